@@ -35,6 +35,22 @@ class _Fixed:
     codec: struct.Struct
     names: tuple[str, ...]
 
+    def truncated(self, available: int, offset: int) -> TruncatedPayload:
+        """The error for a run of which only ``available`` bytes remain, at ``offset``.
+
+        It names the first field that does not fit and gives *that field's*
+        offset, whichever way the fields were grouped into runs.
+        """
+        fmt = self.codec.format
+        order, codes = fmt[0], fmt[1:]
+        for i, name in enumerate(self.names):
+            field_offset = struct.calcsize(order + codes[:i])
+            if field_offset + struct.calcsize(order + codes[i]) > available:
+                return TruncatedPayload(
+                    f"field {name!r} runs past the end of the payload", offset=offset + field_offset
+                )
+        raise AssertionError("the run fits")  # pragma: no cover
+
 
 @dataclass(frozen=True, slots=True)
 class _String:
@@ -109,10 +125,7 @@ class CompiledStruct:
         if single is not None:
             stop = start + single.size
             if stop > end:
-                raise TruncatedPayload(
-                    f"payload is {end - start} bytes, the fields need {single.size}",
-                    offset=end - start,
-                )
+                raise self.steps[0].truncated(end - start, 0)  # type: ignore[union-attr]
             if stop != end and not lenient:
                 raise TrailingBytes(f"{end - stop} bytes after the last field", offset=stop - start)
             return single.unpack_from(buf, start)
@@ -122,10 +135,7 @@ class CompiledStruct:
             if isinstance(step, _Fixed):
                 stop = pos + step.codec.size
                 if stop > end:
-                    raise TruncatedPayload(
-                        f"field {step.names[0]!r} runs past the end of the payload",
-                        offset=pos - start,
-                    )
+                    raise step.truncated(end - pos, pos - start)
                 values.extend(step.codec.unpack_from(buf, pos))
                 pos = stop
             else:

@@ -1,0 +1,423 @@
+"""Boot the e2e guest against a proxy helper and collect what happened.
+
+One run: a fresh export directory, the helper started as root on it, QEMU
+started **unprivileged** (nobody:nogroup, no supplementary groups) with a
+``-fsdev proxy`` device, the guest from ``build_guest`` running its fixed
+workload, then the helper's exit and the host-side state of the export.
+
+Two ways to connect QEMU and the helper, as libvirt and the helper's manual
+allow:
+
+* ``fd``: a socketpair; the helper gets one end (``-f FD``), QEMU the other
+  (``-fsdev proxy,sock_fd=N``).
+* ``socket``: the helper binds a named socket (``-s PATH -u UID -g GID``),
+  owned by QEMU's uid so that QEMU can connect (``-fsdev proxy,socket=PATH``).
+
+The helper is an argv prefix; the harness appends the helper options, so the
+same runs drive QEMU's ``/usr/lib/qemu/virtfs-proxy-helper`` and ours.
+
+Usage from the repository root::
+
+    python -m tests.e2e.harness [--helper qemu|ours|CMD...] [--mode fd|socket]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import re
+import selectors
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .build_guest import DEFAULT_CACHE, INSTALL_HINT, GuestImage, ensure_guest
+
+QEMU = "qemu-system-x86_64"
+QEMU_HELPER = ("/usr/lib/qemu/virtfs-proxy-helper",)
+REPO = Path(__file__).resolve().parents[2]
+# QEMU runs as this user; the named socket is handed to it with -u/-g.
+QEMU_UID = 65534
+QEMU_GID = 65534
+BOOT_TIMEOUT = 120.0
+
+CHECK_RE = re.compile(r"^CHECK (\S+) (PASS|FAIL)(?: (.*))?$")
+
+
+def our_helper() -> tuple[str, ...]:
+    """The command that starts our helper (the package's console script)."""
+    script = Path(sys.executable).with_name("virtfs-proto")
+    if script.exists():
+        return (str(script), "helper")
+    return (sys.executable, "-m", "virtfs_proto.cli", "helper")
+
+
+class HarnessError(RuntimeError):
+    """The run could not be set up (missing QEMU, helper would not start, ...)."""
+
+
+@dataclass
+class GuestRun:
+    helper: tuple[str, ...]
+    mode: str
+    checks: dict[str, tuple[str, str]]  # name -> (PASS|FAIL, detail)
+    expected: tuple[str, ...]
+    console: str
+    qemu_rc: int | None
+    helper_rc: int | None
+    helper_stderr: str
+    state: dict[str, dict[str, object]]
+    wall: float  # QEMU start to QEMU exit, seconds
+    boot: float | None  # QEMU start to E2E-BEGIN (modules loaded)
+    workload: float | None  # E2E-BEGIN to E2E-END, host wall clock
+    timed_out: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def results(self) -> dict[str, str]:
+        """Per expected check: PASS, FAIL or MISSING."""
+        return {name: self.checks.get(name, ("MISSING", ""))[0] for name in self.expected}
+
+    @property
+    def all_passed(self) -> bool:
+        return all(v == "PASS" for v in self.results.values()) and not self.errors
+
+    def summary(self) -> str:
+        lines = [
+            f"helper {shlex.join(self.helper)} mode={self.mode}: qemu rc={self.qemu_rc} "
+            f"helper rc={self.helper_rc} wall={self.wall:.1f}s boot={_fmt(self.boot)} "
+            f"workload={_fmt(self.workload)}"
+        ]
+        for name in self.expected:
+            verdict, detail = self.checks.get(name, ("MISSING", ""))
+            lines.append(f"  {name:18} {verdict} {detail}".rstrip())
+        lines.extend(f"  error: {e}" for e in self.errors)
+        return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}s"
+
+
+def require_tools(helper: Sequence[str]) -> None:
+    """Fail loudly, with the install command, when a prerequisite is missing."""
+    if shutil.which(QEMU) is None:
+        raise HarnessError(f"{QEMU} not found; {INSTALL_HINT}")
+    exe = helper[0]
+    if shutil.which(exe) is None and not os.access(exe, os.X_OK):
+        raise HarnessError(f"helper {exe} not found; {INSTALL_HINT}")
+    if os.geteuid() != 0:
+        raise HarnessError("the e2e harness must run as root: the helper needs chroot and caps")
+
+
+# Files whose mtime the workload sets explicitly (touch_time): their times are
+# part of the state; all other times depend on when the run happened.
+TIMED_FILES = frozenset({"t/timed"})
+
+
+def host_state(export: Path) -> dict[str, dict[str, object]]:
+    """What the guest left in the export: everything but times and inode numbers."""
+    state: dict[str, dict[str, object]] = {}
+    paths = [export]
+    for dirpath, dirnames, filenames in os.walk(export):
+        paths.extend(Path(dirpath) / n for n in dirnames + filenames)
+    for path in sorted(paths):
+        rel = "." if path == export else str(path.relative_to(export))
+        st = os.lstat(path)
+        entry: dict[str, object] = {
+            "type": stat.S_IFMT(st.st_mode),
+            "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+        }
+        if rel in TIMED_FILES:
+            entry["mtime"] = st.st_mtime_ns
+            entry["atime"] = st.st_atime_ns
+        if stat.S_ISREG(st.st_mode):
+            entry["size"] = st.st_size
+            entry["nlink"] = st.st_nlink
+            entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif stat.S_ISLNK(st.st_mode):
+            entry["target"] = os.readlink(path)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            entry["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        try:
+            names = sorted(os.listxattr(path, follow_symlinks=False))
+        except OSError:
+            names = []
+        entry["xattrs"] = {n: os.getxattr(path, n, follow_symlinks=False).hex() for n in names}
+        state[rel] = entry
+    return state
+
+
+def _fs_type(path: Path) -> str:
+    """statfs(2)'s f_type of path in hex, as `stat -f -c %t` prints it."""
+    res = subprocess.run(
+        ["stat", "-f", "-c", "%t", str(path)], capture_output=True, text=True, check=True
+    )
+    return res.stdout.strip()
+
+
+def _drop_to_qemu_user() -> None:
+    # Runs in the child between fork and exec: QEMU must hold no root powers,
+    # as under libvirt; only the helper is privileged.
+    os.setgroups([])
+    os.setresgid(QEMU_GID, QEMU_GID, QEMU_GID)
+    os.setresuid(QEMU_UID, QEMU_UID, QEMU_UID)
+
+
+def run_guest(
+    helper: Sequence[str],
+    mode: str = "fd",
+    *,
+    image: GuestImage | None = None,
+    compressed_kernel: bool = False,
+    timeout: float = BOOT_TIMEOUT,
+    workdir: Path | None = None,
+    keep_export: bool = False,
+) -> GuestRun:
+    """Boot the guest once against ``helper`` and return everything observed."""
+    if mode not in ("fd", "socket"):
+        raise ValueError(f"mode must be fd or socket, not {mode!r}")
+    helper = tuple(helper)
+    require_tools(helper)
+    image = image or ensure_guest()
+    base = workdir or DEFAULT_CACHE / "runs"
+    base.mkdir(parents=True, exist_ok=True)
+    # The export lives beside the cache rather than in /tmp: /tmp may be a
+    # tmpfs, which has no user xattrs before Linux 6.6.
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=base))
+    export = run_dir / "export"
+    export.mkdir(mode=0o755)
+    helper_log = run_dir / "helper.stderr"
+    # sun_path holds 108 bytes, so the named socket goes in a short /tmp path.
+    sock_dir = Path(tempfile.mkdtemp(prefix="virtfs-e2e-"))
+    sock_dir.chmod(0o755)
+    sock_path = sock_dir / "proxy.sock"
+
+    kernel = image.kernel_compressed if compressed_kernel else image.kernel
+    # QEMU (as nobody) opens kernel and initrd through /dev/fd, so it does not
+    # need search permission on every directory above the cache.
+    kfd = os.open(kernel, os.O_RDONLY)
+    ifd = os.open(image.initrd, os.O_RDONLY)
+    qemu_fds = [kfd, ifd]
+    helper_proc: subprocess.Popen[bytes] | None = None
+    qemu_proc: subprocess.Popen[bytes] | None = None
+    qemu_end: socket.socket | None = None
+    helper_end: socket.socket | None = None
+    errors: list[str] = []
+    try:
+        with open(helper_log, "wb") as log:
+            if mode == "fd":
+                qemu_end, helper_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                helper_argv = [*helper, "-p", str(export), "-f", str(helper_end.fileno()), "-n"]
+                helper_proc = subprocess.Popen(
+                    helper_argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(helper_end.fileno(),),
+                )
+                helper_end.close()
+                qemu_fds.append(qemu_end.fileno())
+                fsdev = f"proxy,id=fs0,sock_fd={qemu_end.fileno()}"
+            else:
+                helper_argv = [
+                    *helper,
+                    "-p",
+                    str(export),
+                    "-s",
+                    str(sock_path),
+                    "-u",
+                    str(QEMU_UID),
+                    "-g",
+                    str(QEMU_GID),
+                    "-n",
+                ]
+                helper_proc = subprocess.Popen(
+                    helper_argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                )
+                deadline = time.monotonic() + 10
+                while not sock_path.exists():
+                    if helper_proc.poll() is not None or time.monotonic() > deadline:
+                        raise HarnessError(
+                            f"helper did not create {sock_path} (rc={helper_proc.poll()}): "
+                            + helper_log.read_text(errors="replace")
+                        )
+                    time.sleep(0.01)
+                fsdev = f"proxy,id=fs0,socket={sock_path}"
+
+            qemu_argv = [
+                QEMU,
+                "-accel",
+                "tcg",
+                "-M",
+                "pc",
+                "-m",
+                "256M",
+                "-smp",
+                "1",
+                "-nodefaults",
+                "-nographic",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-nic",
+                "none",
+                "-kernel",
+                f"/dev/fd/{kfd}",
+                "-initrd",
+                f"/dev/fd/{ifd}",
+                "-append",
+                f"{image.cmdline} e2e_fstype={_fs_type(export)}",
+                "-fsdev",
+                fsdev,
+                "-device",
+                "virtio-9p-pci,fsdev=fs0,mount_tag=share",
+            ]
+            t0 = time.monotonic()
+            qemu_proc = subprocess.Popen(
+                qemu_argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=tuple(qemu_fds),
+                preexec_fn=_drop_to_qemu_user,
+            )
+            if qemu_end is not None:
+                qemu_end.close()
+                qemu_end = None
+            console, marks, timed_out = _read_console(qemu_proc, t0, timeout)
+            wall = time.monotonic() - t0
+            qemu_rc = qemu_proc.wait()
+            try:
+                helper_rc: int | None = helper_proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                errors.append("helper did not exit within 10 s of QEMU's exit")
+                helper_proc.kill()
+                helper_rc = helper_proc.wait()
+    finally:
+        for fd in (kfd, ifd):
+            os.close(fd)
+        for s in (qemu_end, helper_end):
+            if s is not None:
+                s.close()
+        for p in (qemu_proc, helper_proc):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+    if timed_out:
+        errors.append(f"guest did not finish within {timeout:.0f} s")
+    if "E2E-END" not in marks:
+        errors.append("guest never reached the end of its workload")
+    checks: dict[str, tuple[str, str]] = {}
+    for line in console.splitlines():
+        m = CHECK_RE.match(line.strip())
+        if m:
+            if m.group(1) in checks:
+                errors.append(f"check {m.group(1)} reported twice")
+            checks[m.group(1)] = (m.group(2), m.group(3) or "")
+        elif line.startswith("E2E-ERROR"):
+            errors.append(line.strip())
+    unexpected = set(checks) - set(image.check_names)
+    if unexpected:
+        errors.append(f"unexpected checks: {sorted(unexpected)}")
+    state = host_state(export)
+    run = GuestRun(
+        helper=helper,
+        mode=mode,
+        checks=checks,
+        expected=image.check_names,
+        console=console,
+        qemu_rc=qemu_rc,
+        helper_rc=helper_rc,
+        helper_stderr=helper_log.read_text(errors="replace"),
+        state=state,
+        wall=wall,
+        boot=marks.get("E2E-BEGIN"),
+        workload=(marks["E2E-END"] - marks["E2E-BEGIN"])
+        if "E2E-END" in marks and "E2E-BEGIN" in marks
+        else None,
+        timed_out=timed_out,
+        errors=errors,
+    )
+    if not keep_export:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return run
+
+
+def _read_console(
+    proc: subprocess.Popen[bytes], t0: float, timeout: float
+) -> tuple[str, dict[str, float], bool]:
+    """Collect QEMU's serial output, noting when each E2E-* marker arrived."""
+    assert proc.stdout is not None
+    buf = bytearray()
+    marks: dict[str, float] = {}
+    deadline = t0 + timeout
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    timed_out = False
+    with sel, contextlib.suppress(OSError):
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                proc.kill()
+                break
+            if not sel.select(timeout=left):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            start = max(0, len(buf) - 16)
+            buf += chunk
+            now = time.monotonic() - t0
+            for marker in ("E2E-BEGIN", "E2E-END"):
+                if marker not in marks and marker.encode() in buf[start:]:
+                    marks[marker] = now
+    proc.stdout.close()
+    return buf.decode(errors="replace").replace("\r\n", "\n"), marks, timed_out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument(
+        "--helper", default="qemu", help="qemu, ours, or a helper command line (shell-quoted)"
+    )
+    ap.add_argument("--mode", choices=["fd", "socket"], default="fd")
+    ap.add_argument(
+        "--compressed-kernel",
+        action="store_true",
+        help="boot the bzImage instead of the PVH vmlinux",
+    )
+    ap.add_argument("--console", action="store_true", help="print the guest console")
+    ap.add_argument("--keep", action="store_true", help="keep the export directory")
+    args = ap.parse_args(argv)
+    helper = {"qemu": QEMU_HELPER, "ours": our_helper()}.get(args.helper) or tuple(
+        shlex.split(args.helper)
+    )
+    run = run_guest(
+        helper, args.mode, compressed_kernel=args.compressed_kernel, keep_export=args.keep
+    )
+    if args.console:
+        print(run.console)
+        print("--- helper stderr ---")
+        print(run.helper_stderr)
+    print(run.summary())
+    return 0 if run.all_passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -37,8 +37,9 @@ from .errors import (
 from .fastpath import CompiledStruct
 from .layouts import layouts_for
 
-#: Largest errno value an ErrorReply can carry (``-errno`` must fit an int32).
-_MAX_ERRNO: Final = 0x7FFFFFFF
+#: Largest errno value an ErrorReply can carry (``-errno`` must fit an int32,
+#: whose smallest value is ``-2**31``; the decoder yields that one too).
+_MAX_ERRNO: Final = 1 << 31
 
 #: The success layout of each RESPONSE request (xattr requests depend on ``size``).
 _RESPONSE_LAYOUT: Final[Mapping[MessageType, str]] = {
@@ -187,7 +188,7 @@ def decode_request(
 def _check_reply_fits(request: m.Request, reply: m.Reply) -> str:
     if isinstance(reply, m.ErrorReply):
         if not 0 < reply.errno <= _MAX_ERRNO:
-            raise LocalProtocolError(f"errno must be a positive int32, not {reply.errno}")
+            raise LocalProtocolError(f"errno must be 1..2**31, not {reply.errno}")
         return "error"
     layout = success_layout(request)
     if layout != reply.LAYOUT:
@@ -216,7 +217,7 @@ def encode_error_reply(
     """An error answer to a request of ``message_type`` (no decoded request needed)."""
     reply = m.ErrorReply(errno)
     if not 0 < errno <= _MAX_ERRNO:
-        raise LocalProtocolError(f"errno must be a positive int32, not {errno}")
+        raise LocalProtocolError(f"errno must be 1..2**31, not {errno}")
     return encode_reply_for(message_type, reply, "error", byteorder)
 
 

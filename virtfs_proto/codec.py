@@ -271,6 +271,7 @@ def decode_fd_reply(
         if len(fds) != 1:
             raise BadFdCount(
                 f"FD reply came with {len(fds)} descriptors, expected 1",
+                fds=tuple(fds),
                 message_type=message_type,
             )
         return m.FdReply(fds[0])
@@ -278,6 +279,7 @@ def decode_fd_reply(
         if fds:
             raise BadFdCount(
                 f"error FD reply came with {len(fds)} descriptors, expected none",
+                fds=tuple(fds),
                 message_type=message_type,
             )
         return m.ErrorReply(-value)
@@ -340,7 +342,9 @@ def decode_reply(
         (value,) = c.replies["fd"].decode(data, 0, 4)
         return decode_fd_reply(value, fds, message_type=request.TYPE)
     if fds:
-        raise BadFdCount(f"{len(fds)} descriptors came with a {request.TYPE.name} reply")
+        raise BadFdCount(
+            f"{len(fds)} descriptors came with a {request.TYPE.name} reply", fds=tuple(fds)
+        )
     if len(data) < HEADER_SIZE:
         raise TruncatedPayload(f"{len(data)} bytes is shorter than the 8-byte header", offset=0)
     message_type, size = c.header_struct.unpack_from(data, 0)

@@ -186,12 +186,14 @@ def decode_request(
 
 
 def _check_reply_fits(request: m.Request, reply: m.Reply) -> str:
+    if getattr(request, "TYPE", None) not in REPLY_KIND:
+        raise LocalProtocolError(f"not a request: {request!r}")
     if isinstance(reply, m.ErrorReply):
         if not 0 < reply.errno <= _MAX_ERRNO:
             raise LocalProtocolError(f"errno must be 1..2**31, not {reply.errno}")
         return "error"
     layout = success_layout(request)
-    if layout != reply.LAYOUT:
+    if layout != getattr(reply, "LAYOUT", None):
         raise LocalProtocolError(
             f"{type(reply).__name__} cannot answer {request.TYPE.name}"
             f" (expected the {layout!r} reply)",
@@ -208,7 +210,8 @@ def encode_reply(
     An :class:`~virtfs_proto.messages.FdReply`'s descriptor is not part of
     the bytes: send it as SCM_RIGHTS ancillary data with them.
     """
-    return encode_reply_for(request.TYPE, reply, _check_reply_fits(request, reply), byteorder)
+    layout = _check_reply_fits(request, reply)
+    return encode_reply_for(request.TYPE, reply, layout, byteorder)
 
 
 def encode_error_reply(

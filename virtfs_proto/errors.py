@@ -100,3 +100,61 @@ class BadFdCount(RemoteProtocolError):
 
 class ConnectionClosed(RemoteProtocolError):
     """The peer closed the connection mid-frame or with requests unanswered."""
+
+
+# -- I/O layers (transport, client, launcher) ---------------------------------
+
+
+class TransportError(ProxyProtocolError):
+    """The socket under a connection failed (a timeout, a local resource limit)."""
+
+
+class TransportTimeout(TransportError):
+    """No (complete) reply arrived within the timeout.
+
+    The transport stays usable: what arrived is kept, and reading again
+    resumes. A client that gives up on the reply must close the connection,
+    since the late reply would otherwise answer its next request.
+    """
+
+
+class AncillaryTruncated(TransportError):
+    """``recvmsg()`` set ``MSG_CTRUNC``: descriptors were sent that could not all be received.
+
+    Either the peer passed more descriptors than any reply carries, or this
+    process hit ``RLIMIT_NOFILE`` (QEMU reports the latter as ``ENFILE``).
+    Every descriptor that did arrive has been closed; ``data`` holds the bytes
+    that came with them (the stream itself is intact).
+    """
+
+    def __init__(self, message: str, *, data: bytes = b"", **where: int | None) -> None:
+        super().__init__(message, **where)
+        self.data = data
+
+
+class HelperStartError(ProxyProtocolError):
+    """A helper process exited (or never listened) instead of serving the connection."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        returncode: int | None = None,
+        stderr: str = "",
+        argv: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        #: the helper's exit status (negative: killed by that signal), None if still running
+        self.returncode = returncode
+        #: what the helper wrote to stderr before failing
+        self.stderr = stderr
+        #: the command line that was run
+        self.argv = argv
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.returncode is not None:
+            text += f" [exit status {self.returncode}]"
+        if self.stderr.strip():
+            text += f"; stderr: {self.stderr.strip()}"
+        return text

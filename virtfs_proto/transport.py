@@ -1,0 +1,404 @@
+"""The client side's socket code: exact reads and SCM_RIGHTS over an AF_UNIX stream.
+
+The sans-I/O :class:`~virtfs_proto.connection.ClientConnection` decides what
+the bytes mean; this module only moves them. Three rules keep descriptors
+attached to the right reply:
+
+* **Exact reads.** FD replies have no header and a passed descriptor rides
+  with the ``recvmsg()`` that reads the first byte of its reply, so we never
+  ask the kernel for more than :meth:`ClientConnection.bytes_wanted` bytes:
+  a read cannot swallow the start of the next reply (nor its descriptor).
+* **Room for extras.** Each ``recvmsg()`` leaves room for
+  :data:`FD_ROOM` descriptors although a reply carries at most one, so a
+  peer that passes several is *seen* (and the extras closed) rather than
+  silently truncated by the kernel; more than that sets ``MSG_CTRUNC``,
+  which we detect and report as :class:`~virtfs_proto.errors.AncillaryTruncated`.
+* **Nothing leaks.** Every received descriptor is either handed to the
+  caller inside an :class:`~virtfs_proto.messages.FdReply` or closed here
+  before an error is raised. Descriptors are received ``O_CLOEXEC`` so a
+  helper started later does not inherit them.
+
+Errors are typed: EOF or a reset is
+:class:`~virtfs_proto.errors.ConnectionClosed`, a timeout
+:class:`~virtfs_proto.errors.TransportTimeout`.
+
+The raw helpers (:meth:`Transport.send`, :meth:`Transport.recv_reply_raw`,
+:meth:`Transport.read_until_eof`) bypass the codec, for test suites that send
+malformed traffic and look at exactly what comes back.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final
+
+from . import messages as m
+from .connection import NEED_DATA, ClientConnection, ConnectionState, ReplyReceived
+from .constants import HEADER_SIZE, HOST_BYTE_ORDER, PROXY_MAX_IO_SZ, ByteOrder, ReplyKind
+from .errors import (
+    AncillaryTruncated,
+    BadFdCount,
+    ConnectionClosed,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TransportTimeout,
+)
+
+#: Descriptors one ``recvmsg()`` has room for. A reply carries at most one;
+#: the rest of the room exists so a misbehaving peer's extras are received
+#: and closed (and reported) instead of being dropped by the kernel.
+FD_ROOM: Final = 16
+
+_FD_SIZE: Final = array.array("i").itemsize
+_CONTROL_SPACE: Final = socket.CMSG_SPACE(FD_ROOM * _FD_SIZE)
+
+
+class _Default:
+    """Sentinel type for "use the transport's own timeout"."""
+
+
+#: Pass as ``timeout=`` to use the transport's default timeout (the default).
+DEFAULT_TIMEOUT: Final = _Default()
+
+Timeout = float | None | _Default
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    """Close every descriptor in ``fds``, ignoring ones already closed."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+@dataclass(slots=True)
+class RawReply:
+    """Bytes and descriptors read for one reply, without decoding them.
+
+    ``complete`` is False when the peer closed the connection (``eof``) before
+    the whole reply arrived; ``data`` then holds what did arrive.
+    """
+
+    data: bytes
+    fds: list[int] = field(default_factory=list)
+    eof: bool = False
+    #: MSG_CTRUNC was set on some read: descriptors were lost (and those that
+    #: arrived are still in ``fds``, for the caller to close)
+    fds_truncated: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole reply (as announced by its shape) arrived."""
+        return not self.eof
+
+    def close_fds(self) -> None:
+        """Close the received descriptors (and forget them)."""
+        close_fds(self.fds)
+        self.fds = []
+
+
+class Transport:
+    """One AF_UNIX stream socket to a helper, with exact reads and fd passing.
+
+    ``timeout`` (seconds, or None to wait forever) bounds each *whole*
+    operation: a reply that trickles in byte by byte still has to finish in
+    time. Every method taking ``timeout=`` can override it for one call.
+
+    Not thread-safe by itself: :class:`~virtfs_proto.client.ProxyClient`
+    serialises access. The transport owns the socket and closes it.
+    """
+
+    def __init__(self, sock: socket.socket, *, timeout: float | None = None) -> None:
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise LocalProtocolError("the proxy protocol runs over an AF_UNIX SOCK_STREAM socket")
+        self.sock = sock
+        self.timeout = timeout
+        # Timeouts are enforced per system call from a deadline; the socket
+        # starts in blocking mode so each call's timeout is ours alone.
+        sock.settimeout(None)
+
+    # -- plumbing ------------------------------------------------------------
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 once closed)."""
+        return self.sock.fileno()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self.sock.fileno() < 0
+
+    def close(self) -> None:
+        """Close the socket. The helper sees EOF and exits. Idempotent."""
+        self.sock.close()
+
+    def shutdown_write(self) -> None:
+        """Send EOF to the helper but keep reading (to see what it still says)."""
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _deadline(self, timeout: Timeout) -> float | None:
+        if isinstance(timeout, _Default):
+            timeout = self.timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _arm(self, deadline: float | None, what: str) -> None:
+        """Set the socket's timeout to what is left before ``deadline``."""
+        if deadline is None:
+            self.sock.settimeout(None)
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TransportTimeout(f"timed out {what}")
+        self.sock.settimeout(left)
+
+    # -- sending -------------------------------------------------------------
+
+    def send(
+        self, data: bytes, fds: Sequence[int] = (), *, timeout: Timeout = DEFAULT_TIMEOUT
+    ) -> None:
+        """Send all of ``data``; ``fds`` (if any) ride as SCM_RIGHTS with its first bytes.
+
+        Raw: nothing checks that ``data`` is a well-formed request, so test
+        suites can send anything. A peer that went away raises
+        :class:`ConnectionClosed`.
+        """
+        deadline = self._deadline(timeout)
+        view = memoryview(data)
+        try:
+            if fds:
+                if not data:
+                    raise LocalProtocolError("descriptors need at least one byte to ride with")
+                self._arm(deadline, "sending")
+                sent = socket.send_fds(self.sock, [view], list(fds))
+                view = view[sent:]
+            while view:
+                self._arm(deadline, "sending")
+                sent = self.sock.send(view)
+                view = view[sent:]
+        except TimeoutError:
+            raise TransportTimeout(f"timed out sending ({len(view)} bytes unsent)") from None
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ConnectionClosed(f"the helper has gone away ({exc.strerror})") from exc
+
+    def send_request(self, conn: ClientConnection, request: m.Request) -> None:
+        """Encode ``request`` through ``conn`` (it becomes outstanding) and send it."""
+        self.send(conn.send_request(request))
+
+    # -- receiving -----------------------------------------------------------
+
+    def _recvmsg(self, max_bytes: int, deadline: float | None) -> tuple[bytes, list[int], bool]:
+        """One ``recvmsg()``: (data, fds, MSG_CTRUNC was set). b"" is EOF."""
+        self._arm(deadline, "waiting for the helper")
+        try:
+            data, ancdata, flags, _ = self.sock.recvmsg(
+                max_bytes, _CONTROL_SPACE, socket.MSG_CMSG_CLOEXEC
+            )
+        except TimeoutError:
+            raise TransportTimeout("timed out waiting for the helper") from None
+        except ConnectionResetError as exc:
+            raise ConnectionClosed("the helper reset the connection") from exc
+        fds = array.array("i")
+        for level, kind, cdata in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                # A truncated control message can end mid-descriptor.
+                fds.frombytes(cdata[: len(cdata) - len(cdata) % _FD_SIZE])
+        return data, list(fds), bool(flags & socket.MSG_CTRUNC)
+
+    def recv(
+        self, max_bytes: int, *, timeout: Timeout = DEFAULT_TIMEOUT
+    ) -> tuple[bytes, list[int]]:
+        """One ``recvmsg()`` of at most ``max_bytes``: the bytes and the descriptors with them.
+
+        ``b""`` means EOF. On ``MSG_CTRUNC`` the descriptors that arrived are
+        closed and :class:`AncillaryTruncated` (carrying the bytes) is raised.
+        The caller owns the returned descriptors.
+        """
+        data, fds, truncated = self._recvmsg(max_bytes, self._deadline(timeout))
+        if truncated:
+            close_fds(fds)
+            raise AncillaryTruncated(
+                f"MSG_CTRUNC: descriptors were dropped ({len(fds)} arrived and were closed)",
+                data=data,
+            )
+        return data, fds
+
+    def recv_exact(self, n: int, *, timeout: Timeout = DEFAULT_TIMEOUT) -> RawReply:
+        """Read exactly ``n`` bytes (fewer only at EOF), keeping every descriptor."""
+        return self._read_raw(n, self._deadline(timeout), RawReply(b""))
+
+    def _read_raw(self, n: int, deadline: float | None, into: RawReply) -> RawReply:
+        chunks = [into.data]
+        have = len(into.data)
+        goal = have + n
+        try:
+            while have < goal:
+                data, fds, truncated = self._recvmsg(goal - have, deadline)
+                into.fds.extend(fds)
+                into.fds_truncated |= truncated
+                if not data:
+                    into.eof = True
+                    break
+                chunks.append(data)
+                have += len(data)
+        except BaseException:
+            # Descriptors gathered so far would leak with the exception.
+            into.close_fds()
+            raise
+        into.data = b"".join(chunks)
+        return into
+
+    def recv_reply_raw(
+        self,
+        kind: ReplyKind,
+        *,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        byteorder: ByteOrder = HOST_BYTE_ORDER,
+        max_payload: int = PROXY_MAX_IO_SZ,
+    ) -> RawReply:
+        """Read one reply of the given shape without decoding it.
+
+        An FD reply is exactly 4 bytes; a STATUS or RESPONSE reply is the
+        8-byte header and then the ``size`` it announces (at most
+        ``max_payload`` of it is read, so a hostile size cannot make us wait
+        for or buffer gigabytes: the rest stays unread on the socket). EOF is
+        reported in the result (``eof``, ``complete``), not raised; a timeout
+        raises :class:`TransportTimeout`. The caller owns (closes) ``fds``.
+        """
+        deadline = self._deadline(timeout)
+        if kind is ReplyKind.FD:
+            return self._read_raw(4, deadline, RawReply(b""))
+        reply = self._read_raw(HEADER_SIZE, deadline, RawReply(b""))
+        if reply.eof:
+            return reply
+        size = int.from_bytes(reply.data[4:8], byteorder)
+        return self._read_raw(min(size, max_payload), deadline, reply)
+
+    def read_until_eof(
+        self, *, timeout: Timeout = DEFAULT_TIMEOUT, limit: int = 1 << 20
+    ) -> RawReply:
+        """Read everything until the peer closes (at most ``limit`` bytes).
+
+        For checking that a helper disconnects (and says nothing) after a
+        fatal request. Raises :class:`TransportTimeout` if it stays open.
+        """
+        deadline = self._deadline(timeout)
+        reply = RawReply(b"")
+        while not reply.eof and len(reply.data) < limit:
+            self._read_raw(min(65536, limit - len(reply.data)), deadline, reply)
+        return reply
+
+    # -- driving a ClientConnection -------------------------------------------
+
+    def exchange(
+        self, conn: ClientConnection, request: m.Request, *, timeout: Timeout = DEFAULT_TIMEOUT
+    ) -> ReplyReceived:
+        """Send ``request`` and return its reply (``conn`` must have nothing outstanding).
+
+        The reply may be an :class:`~virtfs_proto.messages.ErrorReply`;
+        turning it into an exception is the client's business.
+        """
+        if conn.outstanding:
+            raise LocalProtocolError(
+                f"exchange() with {conn.outstanding} replies outstanding: use read_event()"
+            )
+        deadline = self._deadline(timeout)
+        self.send(conn.send_request(request), timeout=self._left(deadline))
+        return self.read_event(conn, timeout=self._left(deadline))
+
+    @staticmethod
+    def _left(deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def read_event(
+        self, conn: ClientConnection, *, timeout: Timeout = DEFAULT_TIMEOUT
+    ) -> ReplyReceived:
+        """Read until the oldest outstanding request's reply is complete, and return it.
+
+        For pipelining: send several requests, then call this once per
+        request. Reads never go past that reply. Raises:
+
+        * :class:`ConnectionClosed` on EOF or a reset (the helper died);
+        * :class:`TransportTimeout` if ``timeout`` passes (what arrived is
+          kept in ``conn``; calling again resumes);
+        * :class:`BadFdCount` if the reply came with the wrong descriptors
+          (they are closed here; the stream is still in step);
+        * :class:`AncillaryTruncated` on ``MSG_CTRUNC`` (also in step);
+        * another :class:`RemoteProtocolError` for garbage (fatal for ``conn``).
+        """
+        if not conn.outstanding:
+            raise LocalProtocolError("read_event() with no request outstanding")
+        deadline = self._deadline(timeout)
+        truncated = False
+        while True:
+            try:
+                event = conn.next_event()
+            except BadFdCount as exc:
+                close_fds(exc.fds)
+                exc.fds = ()
+                close_fds(conn.discard_fds())
+                if truncated:
+                    raise AncillaryTruncated(
+                        "MSG_CTRUNC: the descriptor of an FD reply was dropped",
+                        message_type=exc.message_type,
+                    ) from None
+                raise
+            except RemoteProtocolError:
+                close_fds(conn.discard_fds())
+                raise
+            if isinstance(event, ReplyReceived):
+                return self._deliver(conn, event, truncated)
+            if event is ConnectionState.CLOSED:  # pragma: no cover - outstanding was checked
+                raise ConnectionClosed("the helper closed the connection")
+            assert event is NEED_DATA
+            want = conn.bytes_wanted()
+            if want <= 0:  # pragma: no cover - NEED_DATA with a request outstanding wants bytes
+                raise LocalProtocolError("the connection needs data but wants no bytes")
+            data, fds, trunc = self._recvmsg(want, deadline)
+            if trunc:
+                close_fds(fds)
+                fds = []
+                truncated = True
+            if data:
+                conn.receive_data(data, fds)
+            else:
+                close_fds(fds)
+                conn.receive_eof()
+
+    def _deliver(
+        self, conn: ClientConnection, event: ReplyReceived, truncated: bool
+    ) -> ReplyReceived:
+        # Reads stop at the end of this reply, so any descriptor still
+        # undelivered came with it and is one too many.
+        stray = conn.discard_fds()
+        if stray or truncated:
+            close_fds(stray)
+            if isinstance(event.reply, m.FdReply):
+                close_fds([event.reply.fd])
+            message_type = event.request.TYPE
+            if truncated:
+                raise AncillaryTruncated(
+                    "MSG_CTRUNC: descriptors were dropped from the reply", message_type=message_type
+                )
+            raise BadFdCount(
+                f"{len(stray)} unexpected descriptors came with the reply to"
+                f" {message_type.name} (closed)",
+                message_type=message_type,
+            )
+        return event

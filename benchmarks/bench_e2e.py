@@ -1,0 +1,58 @@
+"""Guest workload wall time: our helper against QEMU's, one run each.
+
+Boots the e2e guest (tests/e2e) once per helper, socketpair mode, and prints
+the host wall time between the guest's E2E-BEGIN and E2E-END markers (the
+fixed workload only: boot and module loading are excluded), and the ratio
+ours / QEMU's. The target is a ratio of at most 1.1. A benchmark, not a test:
+it prints numbers and exits 0 unless a run failed.
+
+Usage (as root, from the repository root): .venv/bin/python benchmarks/bench_e2e.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.e2e.build_guest import ensure_guest
+from tests.e2e.harness import QEMU_HELPER, GuestRun, our_helper, run_guest
+
+TARGET = 1.1
+
+
+def _line(label: str, run: GuestRun) -> str:
+    passed = sum(v == "PASS" for v in run.results.values())
+    workload = "-" if run.workload is None else f"{run.workload:6.2f} s"
+    boot = "-" if run.boot is None else f"{run.boot:5.2f} s"
+    return (
+        f"{label:6} workload {workload}  boot {boot}  wall {run.wall:5.2f} s  "
+        f"checks {passed}/{len(run.expected)}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--mode", choices=["fd", "socket"], default="fd")
+    args = ap.parse_args(argv)
+    image = ensure_guest()
+    qemu = run_guest(QEMU_HELPER, args.mode, image=image)
+    print(_line("qemu", qemu))
+    ours = run_guest(our_helper(), args.mode, image=image)
+    print(_line("ours", ours))
+    if qemu.workload is None or ours.workload is None or not (qemu.all_passed and ours.all_passed):
+        print("bench_e2e: a run did not complete its workload; no ratio", file=sys.stderr)
+        for run in (qemu, ours):
+            if not run.all_passed:
+                print(run.summary(), run.helper_stderr[-2000:], sep="\n", file=sys.stderr)
+        return 1
+    ratio = ours.workload / qemu.workload
+    verdict = "within" if ratio <= TARGET else "OVER"
+    print(f"ratio  ours/qemu {ratio:.3f} ({verdict} target {TARGET})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -327,6 +327,34 @@ def decode_reply_payload(
     return m.REPLY_CLASSES[layout](*values)
 
 
+def decode_error_reply(
+    message_type: MessageType,
+    data: bytes | bytearray | memoryview,
+    *,
+    byteorder: ByteOrder | None = None,
+) -> m.ErrorReply:
+    """Decode a reply that can only be an error (to a request that did not decode)."""
+    c = codecs_for(byteorder)
+    if REPLY_KIND[message_type] is ReplyKind.FD:
+        expected = 4
+        value = c.int32.unpack_from(data, 0)[0] if len(data) == 4 else None
+    else:
+        expected = HEADER_SIZE + 4
+        value = None
+        if len(data) == expected and c.header_struct.unpack_from(data, 0) == (
+            MessageType.T_ERROR,
+            4,
+        ):
+            value = c.int32.unpack_from(data, HEADER_SIZE)[0]
+    if value is None or value >= 0:
+        raise UnexpectedReply(
+            f"expected a {expected}-byte error reply to a malformed {message_type.name}",
+            message_type=message_type,
+            size=len(data),
+        )
+    return m.ErrorReply(-value)
+
+
 def decode_reply(
     request: m.Request,
     data: bytes | bytearray | memoryview,

@@ -15,10 +15,22 @@ import dataclasses
 from typing import Any
 
 from . import messages as m
-from .codec import codecs_for, decode_reply, decode_request, encode_reply, encode_request
+from .codec import (
+    codecs_for,
+    decode_error_reply,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+)
 from .constants import REPLY_KIND, V9FS_FD_VALID, ByteOrder, MessageType, ReplyKind
 from .errnos import errno_name, errno_number
-from .errors import LocalProtocolError, ProxyProtocolError
+from .errors import (
+    LocalProtocolError,
+    ProxyProtocolError,
+    TrailingBytes,
+    TruncatedPayload,
+)
 
 #: Stands for the passed descriptor where only bytes are at hand (a capture, a hex dump).
 PLACEHOLDER_FD = -1
@@ -150,14 +162,30 @@ def decode_exchange(
     """Decode one exchange given as hex into its JSON form."""
     out: dict[str, Any] = {}
     request: m.Request | None = None
+    malformed_type: MessageType | None = None
     try:
         request = decode_request(bytes.fromhex(request_hex), byteorder=byteorder, lenient=lenient)
         out["request"] = request_to_json(request)
     except ValueError:
         out["request"] = {"error": {"kind": "BadHex", "message": "request is not hex"}}
+    except (TruncatedPayload, TrailingBytes) as exc:
+        out["request"] = {"error": error_to_json(exc)}
+        malformed_type = MessageType(exc.message_type) if exc.message_type is not None else None
     except ProxyProtocolError as exc:
         out["request"] = {"error": error_to_json(exc)}
     if reply_hex is None:
+        return out
+    if request is None and malformed_type is not None:
+        # The header was sound, so the helper still answered (QEMU: -ENOBUFS);
+        # only an error can answer a request that did not decode.
+        try:
+            out["reply"] = reply_to_json(
+                decode_error_reply(malformed_type, bytes.fromhex(reply_hex), byteorder=byteorder)
+            )
+        except ValueError:
+            out["reply"] = {"error": {"kind": "BadHex", "message": "reply is not hex"}}
+        except ProxyProtocolError as exc:
+            out["reply"] = {"error": error_to_json(exc)}
         return out
     if request is None:
         out["reply"] = {

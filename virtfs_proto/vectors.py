@@ -1,0 +1,454 @@
+"""Golden vectors: the data form, and the runner that records or replays them.
+
+A vector is one scenario against a fresh :mod:`~virtfs_proto.fixture`
+export: a list of exchanges (request bytes out, the helper's raw reply
+bytes and passed descriptors back) and how the helper ended. The same
+runner captures vectors from QEMU's helper and replays them against any
+helper; comparison skips the byte ranges marked machine-dependent (inode
+numbers, devices, times, file system figures). The JSON format is
+specified in ``spec/vectors.rst``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from . import messages as m
+from .codec import codecs_for, decode_request, success_layout
+from .constants import HEADER_SIZE, REPLY_KIND, ByteOrder, MessageType, ReplyKind
+from .errors import ProxyProtocolError, TransportTimeout
+from .fixture import Fixture, build_fixture, sentinel_state
+from .jsonform import decode_exchange
+from .layouts import layouts_for
+from .transport import RawReply, Transport
+
+#: How long one reply may take before the helper counts as hung.
+REPLY_TIMEOUT: Final = 3.0
+
+#: Fields of each reply layout whose bytes depend on the machine or the moment.
+MACHINE_DEPENDENT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "stat": (
+        "st_dev",
+        "st_ino",
+        "st_blksize",
+        "st_blocks",
+        "st_atim_sec",
+        "st_atim_nsec",
+        "st_mtim_sec",
+        "st_mtim_nsec",
+        "st_ctim_sec",
+        "st_ctim_nsec",
+    ),
+    "statfs": (
+        "f_type",
+        "f_bsize",
+        "f_blocks",
+        "f_bfree",
+        "f_bavail",
+        "f_files",
+        "f_ffree",
+        "f_fsid0",
+        "f_fsid1",
+        "f_namelen",
+        "f_frsize",
+    ),
+    # FS_IOC_GETVERSION is per inode, and QEMU's helper leaks stack bytes
+    # into the high half; on file systems without it the value is 0.
+    "version": ("version",),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing the client does: send bytes, maybe close its write side, read a reply."""
+
+    request: bytes
+    #: shape of the reply to read; None: expect the helper to close without one
+    expect: ReplyKind | None
+    #: shut down our write side after sending (the helper sees EOF)
+    shutdown: bool = False
+
+
+def step(request: m.Request, *, byteorder: ByteOrder | None = None) -> Step:
+    """A step sending a well-formed request and reading its reply."""
+    from .codec import encode_request
+
+    return Step(encode_request(request, byteorder=byteorder), REPLY_KIND[request.TYPE])
+
+
+def raw_step(data: bytes, expect: ReplyKind | None = None, *, shutdown: bool = False) -> Step:
+    """A step sending arbitrary bytes."""
+    return Step(data, expect, shutdown)
+
+
+@dataclass
+class Exchange:
+    """What one step sent and got back."""
+
+    request: bytes
+    reply: bytes | None
+    fds: int = 0
+    fd_types: list[str] = field(default_factory=list)
+    eof: bool = False
+    timed_out: bool = False
+    shutdown: bool = False
+
+
+@dataclass
+class Outcome:
+    """A whole scenario's result."""
+
+    exchanges: list[Exchange]
+    helper: str  #: "alive" (still serving when we hung up) or "exited"
+    returncode: int | None
+    sentinel_intact: bool
+    stderr: str
+
+
+def _fd_type(fd: int) -> str:
+    mode = os.fstat(fd).st_mode
+    for test, name in ((stat.S_ISREG, "regular"), (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return name
+    return f"other:{stat.filemode(mode)}"
+
+
+@contextlib.contextmanager
+def running_helper(
+    argv: Sequence[str], export: Path, mode: str = "fd", *, socket_dir: Path | None = None
+) -> Iterator[tuple[Transport, subprocess.Popen[bytes]]]:
+    """Start a helper on ``export`` the way libvirt does and yield a raw transport to it.
+
+    ``mode="fd"``: a socketpair, the helper gets ``-f FD``; ``mode="socket"``:
+    the helper binds ``-s PATH -u 0 -g 0`` and we connect (and unlink it, as
+    QEMU does).
+    """
+    ours: socket.socket
+    if mode == "fd":
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cmd = [*argv, "-p", str(export), "-f", str(theirs.fileno()), "-n"]
+        proc = subprocess.Popen(
+            cmd,
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+        theirs.close()
+    elif mode == "socket":
+        directory = socket_dir or Path(tempfile.mkdtemp(prefix="virtfs-sock-"))
+        path = directory / "proxy.sock"
+        cmd = [*argv, "-p", str(export), "-s", str(path), "-u", "0", "-g", "0", "-n"]
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        )
+        ours = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                ours.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    ours.close()
+                    proc.kill()
+                    _, err = proc.communicate()
+                    raise RuntimeError(
+                        f"helper did not listen on {path}: {err.decode(errors='replace')}"
+                    ) from None
+                time.sleep(0.01)
+        path.unlink(missing_ok=True)
+        if socket_dir is None:
+            shutil.rmtree(directory, ignore_errors=True)
+    else:
+        raise ValueError(f"mode must be 'fd' or 'socket', not {mode!r}")
+    transport = Transport(ours, timeout=REPLY_TIMEOUT)
+    try:
+        yield transport, proc
+    finally:
+        transport.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_steps(
+    argv: Sequence[str], steps: Sequence[Step], *, mode: str = "fd", workdir: Path | None = None
+) -> tuple[Outcome, Fixture]:
+    """Run a scenario against a fresh fixture and a freshly started helper."""
+    root = Path(tempfile.mkdtemp(prefix="virtfs-vec-", dir=workdir))
+    fixture = build_fixture(root)
+    before = sentinel_state(fixture)
+    exchanges: list[Exchange] = []
+    with running_helper(argv, fixture.export, mode) as (transport, proc):
+        for s in steps:
+            ex = Exchange(s.request, None, shutdown=s.shutdown)
+            exchanges.append(ex)
+            try:
+                transport.send(s.request)
+                if s.shutdown:
+                    transport.shutdown_write()
+            except ProxyProtocolError:
+                ex.eof = True
+                break
+            try:
+                raw: RawReply = (
+                    transport.recv_reply_raw(s.expect)
+                    if s.expect is not None
+                    else transport.read_until_eof()
+                )
+            except TransportTimeout:
+                ex.timed_out = True
+                break
+            try:
+                ex.reply = raw.data if raw.data or s.expect is not None else None
+                ex.eof = raw.eof
+                ex.fds = len(raw.fds)
+                ex.fd_types = [_fd_type(fd) for fd in raw.fds]
+            finally:
+                raw.close_fds()
+            if raw.eof:
+                if not raw.data:
+                    ex.reply = None
+                break
+        # A helper that ended the conversation gets a moment to exit.
+        if any(ex.eof for ex in exchanges):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=3)
+        returncode = proc.poll()
+        helper = "exited" if returncode is not None else "alive"
+        transport.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+    intact = sentinel_state(fixture) == before
+    shutil.rmtree(root, ignore_errors=True)
+    return Outcome(
+        exchanges, helper, returncode if helper == "exited" else None, intact, stderr
+    ), fixture
+
+
+def _field_ranges(layout: str, byteorder: ByteOrder | None) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    offset = HEADER_SIZE
+    for sub in layouts_for(byteorder).replies[layout].subcons:
+        size = sub.sizeof()
+        out[sub.name] = (offset, offset + size)
+        offset += size
+    return out
+
+
+def machine_dependent_ranges(
+    request_bytes: bytes, reply: bytes | None, byteorder: ByteOrder | None = None
+) -> list[tuple[int, int, str]]:
+    """Byte ranges of ``reply`` that legitimately differ between machines or runs."""
+    if not reply or len(reply) < HEADER_SIZE:
+        return []
+    try:
+        request = decode_request(request_bytes, byteorder=byteorder, lenient=True)
+    except ProxyProtocolError:
+        return []
+    if REPLY_KIND[request.TYPE] is not ReplyKind.RESPONSE:
+        return []
+    (reply_type,) = codecs_for(byteorder).int32.unpack_from(reply, 0)
+    if reply_type != MessageType.T_SUCCESS:
+        return []
+    layout = success_layout(request)
+    names = MACHINE_DEPENDENT_FIELDS.get(layout, ())
+    if not names:
+        return []
+    ranges = _field_ranges(layout, byteorder)
+    chosen = [(*ranges[n], n) for n in names]
+    if layout == "stat":
+        # A directory's size and link count depend on the file system.
+        mode_start, mode_end = ranges["st_mode"]
+        st_mode = int.from_bytes(reply[mode_start:mode_end], byteorder or "little")
+        if stat.S_ISDIR(st_mode):
+            chosen += [(*ranges["st_size"], "st_size"), (*ranges["st_nlink"], "st_nlink")]
+    return sorted(chosen)
+
+
+# -- the JSON form of a vector ---------------------------------------------
+
+
+@dataclass
+class Vector:
+    """A recorded scenario, as stored in ``spec/vectors/<name>.json``."""
+
+    name: str
+    description: str
+    mode: str
+    byteorder: ByteOrder
+    source: dict[str, Any]
+    exchanges: list[dict[str, Any]]
+    end: dict[str, Any]
+    #: why QEMU's recorded behaviour must not be copied (None: every helper must match)
+    defect: str | None = None
+
+    def steps(self) -> list[Step]:
+        """The steps that replay this vector."""
+        out = []
+        for ex in self.exchanges:
+            kind = ex["expect"]
+            out.append(
+                Step(
+                    bytes.fromhex(ex["request"]),
+                    ReplyKind(kind) if kind else None,
+                    bool(ex.get("shutdown")),
+                )
+            )
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "mode": self.mode,
+            "byteorder": self.byteorder,
+            "defect": self.defect,
+            "source": self.source,
+            "exchanges": self.exchanges,
+            "end": self.end,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Vector:
+        return cls(
+            name=obj["name"],
+            description=obj["description"],
+            mode=obj["mode"],
+            byteorder=obj["byteorder"],
+            source=obj["source"],
+            exchanges=obj["exchanges"],
+            end=obj["end"],
+            defect=obj.get("defect"),
+        )
+
+
+def record(
+    name: str,
+    description: str,
+    steps: Sequence[Step],
+    outcome: Outcome,
+    *,
+    mode: str,
+    source: dict[str, Any],
+    byteorder: ByteOrder,
+    defect: str | None = None,
+) -> Vector:
+    """Turn a run's outcome into a vector."""
+    exchanges = []
+    sent = b""  # the request stream, cut into frames as replies claim them
+    for s, ex in zip(steps, outcome.exchanges, strict=False):
+        request_hex = ex.request.hex()
+        reply_hex = ex.reply.hex() if ex.reply is not None else None
+        sent += ex.request
+        frame, sent = _next_frame(sent, byteorder)
+        exchanges.append(
+            {
+                "request": request_hex,
+                "expect": s.expect.value if s.expect else None,
+                "shutdown": s.shutdown,
+                "reply": reply_hex,
+                "fds": ex.fds,
+                "fd_types": ex.fd_types,
+                "eof": ex.eof,
+                "timed_out": ex.timed_out,
+                "decoded": decode_exchange(
+                    frame.hex(), reply_hex if s.expect else None, byteorder=byteorder, lenient=True
+                ),
+                "machine_dependent": [
+                    list(r) for r in machine_dependent_ranges(frame, ex.reply, byteorder)
+                ],
+            }
+        )
+    end = {"helper": outcome.helper, "returncode": outcome.returncode}
+    if outcome.returncode is not None and outcome.returncode < 0:
+        end["signal"] = signal.Signals(-outcome.returncode).name
+    return Vector(name, description, mode, byteorder, source, exchanges, end, defect)
+
+
+def _next_frame(stream: bytes, byteorder: ByteOrder) -> tuple[bytes, bytes]:
+    """Split the first whole request frame off ``stream`` (all of it if none is whole).
+
+    Pipelined steps send several frames at once and then read one reply per
+    frame; each reply is decoded against the frame it answers.
+    """
+    if len(stream) >= HEADER_SIZE:
+        size = codecs_for(byteorder).header_struct.unpack_from(stream, 0)[1]
+        end = HEADER_SIZE + size
+        if len(stream) >= end:
+            return stream[:end], stream[end:]
+    return stream, b""
+
+
+def load_vectors(directory: Path) -> list[Vector]:
+    """Every vector in ``directory``, sorted by name."""
+    return [Vector.from_json(json.loads(p.read_text())) for p in sorted(directory.glob("*.json"))]
+
+
+def _masked(data: bytes, ranges: Sequence[Sequence[Any]]) -> bytes:
+    buf = bytearray(data)
+    for start, end, _ in ranges:
+        buf[start:end] = bytes(min(end, len(buf)) - min(start, len(buf)))
+    return bytes(buf)
+
+
+def compare(vector: Vector, outcome: Outcome) -> list[str]:
+    """Differences between a replay and the recorded vector (empty: they agree)."""
+    problems: list[str] = []
+    for i, ex in enumerate(vector.exchanges):
+        if i >= len(outcome.exchanges):
+            problems.append(f"exchange {i}: never sent (the conversation ended earlier)")
+            break
+        got = outcome.exchanges[i]
+        if got.timed_out and not ex["timed_out"]:
+            problems.append(f"exchange {i}: no reply within {REPLY_TIMEOUT} s")
+            continue
+        want = bytes.fromhex(ex["reply"]) if ex["reply"] is not None else None
+        ranges = ex["machine_dependent"]
+        if want is None or got.reply is None:
+            if want != got.reply:
+                problems.append(
+                    f"exchange {i}: reply {got.reply.hex() if got.reply else None},"
+                    f" expected {ex['reply']}"
+                )
+        elif len(want) != len(got.reply) or _masked(want, ranges) != _masked(got.reply, ranges):
+            problems.append(
+                f"exchange {i}: reply {got.reply.hex()}, expected {ex['reply']}"
+                f" (machine-dependent ranges {[tuple(r) for r in ranges]} ignored)"
+            )
+        if got.fd_types != ex["fd_types"]:
+            problems.append(f"exchange {i}: passed fds {got.fd_types}, expected {ex['fd_types']}")
+    if outcome.helper != vector.end["helper"]:
+        problems.append(
+            f"helper {outcome.helper} (returncode {outcome.returncode}),"
+            f" expected {vector.end['helper']} (returncode {vector.end['returncode']})"
+        )
+    elif outcome.helper == "exited" and outcome.returncode != vector.end["returncode"]:
+        problems.append(
+            f"helper exited with {outcome.returncode}, expected {vector.end['returncode']}"
+        )
+    if not outcome.sentinel_intact:
+        problems.append("the sentinel file outside the export was changed")
+    return problems

@@ -35,7 +35,10 @@ Directives:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib
+import io
 import json
 import struct
 from collections.abc import Iterable, Sequence
@@ -478,36 +481,66 @@ def errno_table_rst() -> list[str]:
     )
 
 
+def _vector_request_name(data: bytes, byteorder: str) -> str:
+    if len(data) < 4:
+        return f"{len(data)} bytes"
+    code = int.from_bytes(data[:4], byteorder)  # type: ignore[arg-type]
+    try:
+        return MessageType(code).name
+    except ValueError:
+        return f"type {code}"
+
+
 def vectors_rst(vector_dir: Path) -> list[str]:
+    """A table of the vectors in ``vector_dir`` (the format of ``spec/vectors.rst``)."""
     files = sorted(vector_dir.glob("*.json"))
     if not files:
         return ["No vectors are committed in this release.", ""]
     body = []
+    sources: dict[str, int] = {}
     for path in files:
         data = json.loads(path.read_text())
-        request = bytes.fromhex(data["request"])
-        try:
-            mtype = MessageType(int.from_bytes(request[:4], BYTEORDER)).name
-        except ValueError:
-            mtype = f"type {int.from_bytes(request[:4], BYTEORDER)}"
-        reply = bytes.fromhex(data["reply"])
+        order = data.get("byteorder", BYTEORDER)
+        steps = []
+        for ex in data["exchanges"]:
+            name = _vector_request_name(bytes.fromhex(ex["request"]), order)
+            outcome = ""
+            if ex.get("timed_out"):
+                outcome = " (hang)"
+            elif ex.get("reply") is None:
+                outcome = " (no reply)"
+            elif ex.get("fds"):
+                outcome = f" (+{ex['fds']} fd)"
+            steps.append(f"``{name}``{outcome}")
+        end = data.get("end", {})
+        ending = end.get("helper", "")
+        if end.get("signal"):
+            ending += f" ({end['signal']})"
+        elif end.get("returncode") is not None:
+            ending += f" (status {end['returncode']})"
         source = data.get("source", {})
-        dependent = ", ".join(f[2] for f in data.get("machine_dependent", []))
+        label = " ".join(str(v) for v in source.values()) or "unknown"
+        sources[label] = sources.get(label, 0) + 1
         body.append(
             [
                 _lit(data.get("name", path.stem)),
-                _lit(mtype),
-                str(len(request)),
-                str(len(reply)),
-                str(data.get("fds", 0)),
-                dependent,
-                source.get("qemu_version", ""),
+                data.get("mode", ""),
+                ", ".join(steps),
+                ending,
+                "defect: " + data["defect"] if data.get("defect") else "",
+                data.get("description", ""),
             ]
         )
-    return list_table(
-        ["vector", "request", "request bytes", "reply bytes", "fds", "machine-dependent", "source"],
+    out = [
+        f"{len(files)} vectors. Sources: "
+        + "; ".join(f"{label} ({n})" for label, n in sorted(sources.items()))
+        + ".",
+        "",
+    ]
+    return out + list_table(
+        ["vector", "mode", "exchanges", "helper at the end", "QEMU defect", "description"],
         body,
-        widths=[22, 16, 9, 9, 5, 21, 18],
+        widths=[16, 7, 27, 12, 18, 20],
     )
 
 
@@ -515,35 +548,88 @@ def cli_parser() -> argparse.ArgumentParser:
     """The ``virtfs-proto`` argument parser, from :mod:`virtfs_proto.cli`."""
     from virtfs_proto import cli
 
-    for attr in ("build_parser", "make_parser", "parser", "create_parser"):
-        found = getattr(cli, attr, None)
+    return _parser_of(cli, required=True)  # type: ignore[return-value]
+
+
+def _parser_of(module: Any, required: bool = False) -> argparse.ArgumentParser | None:
+    for attr in ("build_parser", "make_parser", "create_parser", "parser", "_parser"):
+        found = getattr(module, attr, None)
         if isinstance(found, argparse.ArgumentParser):
             return found
         if callable(found):
             parser = found()
             if isinstance(parser, argparse.ArgumentParser):
                 return parser
-    raise LookupError("virtfs_proto.cli exposes no argparse parser (build_parser())")
+    if required:
+        raise LookupError(f"{module.__name__} exposes no argparse parser (build_parser())")
+    return None
 
 
 def cli_subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Every sub-command's parser; a delegated one is its own module's parser."""
+    from virtfs_proto import cli
+
+    delegated = getattr(cli, "_DELEGATED", {})
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
+            out = {}
+            for name, sub in action.choices.items():
+                own = None
+                if name in delegated:
+                    try:
+                        module = importlib.import_module(delegated[name][0])
+                    except ImportError:
+                        module = None
+                    own = _parser_of(module) if module is not None else None
+                out[name] = own or sub
+            return out
     return {}
+
+
+def _delegated_help(name: str) -> list[str] | None:
+    """``virtfs-proto NAME --help`` of a sub-command that parses its own options."""
+    from virtfs_proto import cli
+
+    delegated = getattr(cli, "_DELEGATED", {})
+    if name not in delegated:
+        return None
+    try:
+        module = importlib.import_module(delegated[name][0])
+    except ImportError:
+        return None
+    if _parser_of(module) is not None or not callable(getattr(module, "main", None)):
+        return None
+    # QEMU-compatible commands print their usage on stderr, as QEMU's helper does.
+    buffer = io.StringIO()
+    with (
+        contextlib.redirect_stdout(buffer),
+        contextlib.redirect_stderr(buffer),
+        contextlib.suppress(SystemExit),
+    ):
+        module.main(["--help"])
+    text = buffer.getvalue().rstrip()
+    return text.splitlines() if text else None
 
 
 def cli_rst() -> list[str]:
     parser = cli_parser()
     parser.prog = "virtfs-proto"
+    helps = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
     out = ["::", "", *_indent(parser.format_help().rstrip().splitlines()), ""]
     for name, sub in cli_subcommands(parser).items():
         title = f"virtfs-proto {name}"
         out += [title, "-" * len(title), ""]
-        if sub.description:
-            out += [" ".join(sub.description.split()), ""]
-        sub.prog = title
-        out += ["::", "", *_indent(sub.format_help().rstrip().splitlines()), ""]
+        summary = sub.description or helps.get(name, "")
+        if summary:
+            out += [" ".join(summary.split()), ""]
+        text = _delegated_help(name)
+        if text is None:
+            sub.prog = title
+            text = sub.format_help().rstrip().splitlines()
+        out += ["::", "", *_indent(text), ""]
     return out
 
 

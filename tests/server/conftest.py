@@ -1,0 +1,151 @@
+"""Fixtures for the reference helper's tests: exports, and helpers run as subprocesses.
+
+Privileges are only ever dropped in helper subprocesses, never in pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from virtfs_proto import messages as m
+from virtfs_proto.connection import ClientConnection
+from virtfs_proto.transport import Transport
+
+QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
+OURS = [sys.executable, "-m", "virtfs_proto.server"]
+SECRET = b"SECRET outside the export\n"
+
+#: The layer configurations: each containment layer alone, and both.
+LAYER_A_OPENAT2 = ("--no-chroot", "--resolver=openat2")
+LAYER_A_WALK = ("--no-chroot", "--resolver=walk")
+LAYER_B_CHROOT = ("--resolver=none",)
+BOTH_LAYERS: tuple[str, ...] = ()
+LAYERS = {
+    "a-openat2": LAYER_A_OPENAT2,
+    "a-walk": LAYER_A_WALK,
+    "b-chroot": LAYER_B_CHROOT,
+    "a+b": BOTH_LAYERS,
+}
+
+
+def qemu_helper() -> str:
+    """QEMU's helper, or a failure (never a silent skip) when it is missing."""
+    if not os.access(QEMU_HELPER, os.X_OK):
+        pytest.fail("install it: apt-get install -y qemu-system-common")
+    return QEMU_HELPER
+
+
+@dataclass
+class Helper:
+    """A helper subprocess on one end of a socketpair, with a client on the other."""
+
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    transport: Transport
+    conn: ClientConnection = field(default_factory=ClientConnection)
+
+    def call(self, request: m.Request, timeout: float = 5.0) -> m.Reply:
+        return self.transport.exchange(self.conn, request, timeout=timeout).reply
+
+    def close(self, timeout: float = 5.0) -> int:
+        self.sock.close()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")
+
+
+def spawn(command: list[str], export: Path | str, *extra: str) -> Helper:
+    ours_end, helper_end = socket.socketpair()
+    fd = helper_end.fileno()
+    proc = subprocess.Popen(
+        [*command, "-p", str(export), "-f", str(fd), "-n", *extra],
+        pass_fds=[fd],
+        stderr=subprocess.PIPE,
+    )
+    helper_end.close()
+    return Helper(proc, ours_end, Transport(ours_end, timeout=5.0))
+
+
+def spawn_ours(export: Path | str, *extra: str) -> Helper:
+    return spawn(OURS, export, *extra)
+
+
+def spawn_qemu(export: Path | str) -> Helper:
+    return spawn([qemu_helper()], export)
+
+
+@dataclass
+class Export:
+    """A directory tree to export, with a secret beside it (outside)."""
+
+    base: Path
+    root: Path
+    secret: Path
+
+
+def build_export(base: Path) -> Export:
+    """The same tree for every helper: files, dirs, symlinks that try to escape, a FIFO."""
+    root = base / "export"
+    root.mkdir()
+    os.chmod(base, 0o755)
+    secret = base / "outside_secret.txt"
+    secret.write_bytes(SECRET)
+    (root / "file.txt").write_bytes(b"hello\n")
+    os.chmod(root / "file.txt", 0o644)
+    (root / "dir").mkdir()
+    (root / "dir" / "sub.txt").write_bytes(b"sub\n")
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    os.symlink("/file.txt", root / "link_abs")
+    os.symlink("../outside_secret.txt", root / "link_rel_escape")
+    os.symlink(str(secret), root / "link_abs_host")
+    os.symlink("..", root / "link_dotdot")
+    os.symlink(str(base), root / "link_host_dir")
+    os.symlink("dir", root / "link_dir")
+    os.mkfifo(root / "fifo")
+    return Export(base, root, secret)
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Export:
+    return build_export(tmp_path)
+
+
+@pytest.fixture
+def shm_export() -> Iterator[Export]:
+    """An export on tmpfs: 64 KiB user xattrs, and no FS_IOC_GETVERSION."""
+    base = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="virtfs-proto-test-"))
+    try:
+        yield build_export(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def helpers() -> Iterator[list[Helper]]:
+    """Collects helpers a test starts, and kills whatever is left at the end."""
+    started: list[Helper] = []
+    yield started
+    for h in started:
+        h.sock.close()
+        if h.proc.poll() is None:
+            h.proc.kill()
+        h.proc.wait()
+        if h.proc.stderr is not None:
+            h.proc.stderr.close()

@@ -1,0 +1,1 @@
+"""The reference helper: a hardened, drop-in virtfs-proxy-helper (Linux only)."""

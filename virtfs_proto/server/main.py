@@ -1,0 +1,382 @@
+"""``virtfs-proto helper``: QEMU's virtfs-proxy-helper command line, hardened.
+
+Options, validation and messages are those of QEMU 7.2's helper; unlike it,
+every failure exits non-zero:
+
+* 255: no ``-p`` or neither ``-s`` nor ``-f`` (as QEMU);
+* 1: any other bad option or set-up failure (QEMU exits 0 for most of these,
+  e.g. an unusable ``-f`` fd or a ``-s`` socket that cannot be created), and
+  a peer that sent fatal garbage (unknown type, frame over 64 KiB), which
+  QEMU also answers by closing the connection, but with status 0;
+* 0: the client closed the connection (EOF, or a write to a peer that has
+  gone: EPIPE is not fatal, SIGPIPE is ignored).
+
+Extra long options, not in QEMU's helper:
+
+``--user NAME|UID``, ``--group NAME|GID``
+    who the helper becomes after entering the jail (default ``nobody`` and
+    its primary group); never root.
+``--print-confinement``
+    confine exactly as for serving, print the confinement of every thread
+    (uid, gid, capability sets, no_new_privs, root), exit 0. ``-f``/``-s``
+    are not needed with it.
+
+Test-only options (they weaken the helper; each exists so one containment
+layer can be tested without the other): ``--no-chroot`` (layer b off),
+``--resolver=openat2|walk|none`` (``walk`` forces the user-space fallback of
+layer a, ``none`` turns layer a off), ``--no-drop`` (stay root).
+"""
+
+from __future__ import annotations
+
+import getopt
+import os
+import signal
+import socket
+import stat
+import sys
+import syslog
+from collections.abc import Callable
+from dataclasses import dataclass
+from errno import ENOBUFS
+from typing import Final
+
+from .. import messages as m
+from ..connection import NEED_DATA, ConnectionState, MalformedRequest, ServerConnection
+from ..errors import ConnectionClosed, RemoteProtocolError
+from . import privileges
+from .ops import Operations, export_supports_getversion
+from .resolve import Resolver
+
+PROG: Final = "virtfs-proxy-helper"
+
+USAGE: Final = (
+    f"usage: {PROG}\n"
+    " -p|--path <path> 9p path to export\n"
+    " {-f|--fd <socket-descriptor>} socket file descriptor to be used\n"
+    " {-s|--socket <socketname> socket file used for communication\n"
+    " \t-u|--uid <uid> -g|--gid <gid>} - uid:gid combination to give "
+    " access to this socket\n"
+    " \tNote: -s & -f can not be used together\n"
+    " [-n|--nodaemon] Run as a normal program\n"
+)
+EXTRA_USAGE: Final = (
+    " [--user <user>] [--group <group>] who to run as (default: nobody)\n"
+    " [--print-confinement] confine, print uid/gid/capabilities of every thread, exit\n"
+)
+
+EXIT_USAGE: Final = 255
+EXIT_FAILURE: Final = 1
+
+SHORT_OPTIONS: Final = "p:nh?f:s:u:g:"
+LONG_OPTIONS: Final = [
+    "path=",
+    "fd=",
+    "socket=",
+    "uid=",
+    "gid=",
+    "nodaemon",
+    "help",
+    "user=",
+    "group=",
+    "print-confinement",
+    "no-chroot",
+    "no-drop",
+    "resolver=",
+]
+
+#: Big enough for the largest frame, so one recv() can hold a whole request.
+RECV_BUFFER_SIZE: Final = 2 * (8 + 65536)
+
+UNIX_PATH_MAX: Final = 108
+
+
+class UsageError(Exception):
+    def __init__(self, message: str, status: int = EXIT_FAILURE, usage: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.usage = usage
+
+
+@dataclass
+class Options:
+    path: str | None = None
+    fd: int | None = None
+    socket: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    nodaemon: bool = False
+    user: str | None = None
+    group: str | None = None
+    print_confinement: bool = False
+    chroot: bool = True
+    drop: bool = True
+    resolver: str = "openat2"
+
+
+def _atoi(value: str, what: str) -> int:
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise UsageError(f"invalid {what} {value!r}", usage=False) from None
+
+
+def parse_args(argv: list[str]) -> Options:
+    try:
+        pairs, _ = getopt.gnu_getopt(argv, SHORT_OPTIONS, LONG_OPTIONS)
+    except getopt.GetoptError as exc:
+        # getopt_long's wording, not Python's
+        what = (
+            f"invalid option -- '{exc.opt}'"
+            if len(exc.opt) == 1
+            else f"unrecognized option '--{exc.opt}'"
+        )
+        if "requires argument" in exc.msg:
+            what = f"option requires an argument -- '{exc.opt}'"
+        raise UsageError(f"virtfs-proto helper: {what}") from None
+    o = Options()
+    for opt, val in pairs:
+        if opt in ("-p", "--path"):
+            o.path = val
+        elif opt in ("-f", "--fd"):
+            o.fd = _atoi(val, "socket descriptor")
+        elif opt in ("-s", "--socket"):
+            o.socket = val
+        elif opt in ("-u", "--uid"):
+            o.uid = _atoi(val, "uid")
+        elif opt in ("-g", "--gid"):
+            o.gid = _atoi(val, "gid")
+        elif opt in ("-n", "--nodaemon"):
+            o.nodaemon = True
+        elif opt in ("-h", "-?", "--help"):
+            raise UsageError("", EXIT_FAILURE)
+        elif opt == "--user":
+            o.user = val
+        elif opt == "--group":
+            o.group = val
+        elif opt == "--print-confinement":
+            o.print_confinement = True
+        elif opt == "--no-chroot":
+            o.chroot = False
+        elif opt == "--no-drop":
+            o.drop = False
+        elif opt == "--resolver":
+            if val not in ("openat2", "walk", "none"):
+                raise UsageError(f"--resolver must be openat2, walk or none, not {val!r}")
+            o.resolver = val
+    # QEMU's checks, in QEMU's order and words
+    if (o.socket is None and o.fd is None and not o.print_confinement) or o.path is None:
+        raise UsageError("socket, socket descriptor or path not specified", EXIT_USAGE)
+    if o.socket is not None and o.fd is not None:
+        raise UsageError("both named socket and socket descriptor specified")
+    if o.socket is not None and (o.uid is None or o.gid is None):
+        raise UsageError(
+            "owner uid:gid not specified, owner uid:gid specifies who can access the socket file"
+        )
+    try:
+        st = os.lstat(o.path)
+    except OSError as exc:
+        raise UsageError(
+            f'invalid path "{o.path}" specified, {os.strerror(exc.errno or 0)}', usage=False
+        ) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f'specified path "{o.path}" is not directory', usage=False)
+    return o
+
+
+class Log:
+    """stderr with ``-n``, syslog (connected before the chroot) otherwise."""
+
+    def __init__(self) -> None:
+        self.use_syslog = False
+
+    def open_syslog(self) -> None:
+        syslog.openlog(PROG, syslog.LOG_PID | syslog.LOG_NDELAY, syslog.LOG_DAEMON)
+        self.use_syslog = True
+
+    def __call__(self, message: str, priority: int = syslog.LOG_INFO) -> None:
+        if self.use_syslog:
+            syslog.syslog(priority, message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def error(self, message: str) -> None:
+        self(message, syslog.LOG_ERR)
+
+
+def daemonize() -> None:
+    """daemon(0, 0): background, new session, cwd /, stdio on /dev/null."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+
+
+def proxy_socket(path: str, uid: int, gid: int, log: Log) -> socket.socket:
+    """QEMU's proxy_socket(): bind, chown, listen, accept exactly one client."""
+    if os.path.lexists(path):
+        raise OSError("socket already exists")
+    if len(os.fsencode(path)) >= UNIX_PATH_MAX:
+        raise OSError(f"UNIX domain socket path exceeds {UNIX_PATH_MAX} characters")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o7)
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        os.chown(path, uid, gid)
+        listener.listen(1)
+        client, _ = listener.accept()
+    finally:
+        listener.close()
+    return client
+
+
+def socket_from_fd(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise OSError(f"fd {fd} is not an AF_UNIX stream socket")
+    return sock
+
+
+def serve(sock: socket.socket, handle: Callable[[m.Request], m.Reply], log: Log) -> int:
+    """Answer requests until EOF (0) or fatal garbage (1)."""
+    conn = ServerConnection(lenient=True)  # QEMU ignores payload bytes past the fields
+    buf = bytearray(RECV_BUFFER_SIZE)
+    view = memoryview(buf)
+    recv_into = sock.recv_into
+    sendall = sock.sendall
+    send_fds = socket.send_fds
+    next_event = conn.next_event
+    send_reply = conn.send_reply
+    while True:
+        try:
+            event = next_event()
+        except ConnectionClosed as exc:
+            log(f"client went away mid-request: {exc}")
+            return 0
+        except RemoteProtocolError as exc:
+            log.error(f"closing the connection: {exc}")
+            return EXIT_FAILURE
+        if event is NEED_DATA:
+            try:
+                n = recv_into(buf)
+            except ConnectionResetError:
+                return 0
+            if n:
+                conn.receive_data(view[:n])
+            else:
+                conn.receive_eof()
+            continue
+        if event is ConnectionState.CLOSED:
+            return 0
+        if isinstance(event, MalformedRequest):
+            reply: m.Reply = m.ErrorReply(ENOBUFS)  # what QEMU's unmarshal answers
+        else:
+            reply = handle(event)  # type: ignore[arg-type]
+        data, fds = send_reply(reply)
+        try:
+            if fds:
+                send_fds(sock, [data], fds)
+            else:
+                sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            return 0
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _report(log: Log, proc_fd: int | None, export: tuple[int, int]) -> list[str]:
+    lines: list[str] = []
+    try:
+        threads = privileges.confinement_report(proc_fd=proc_fd)
+    except (OSError, privileges.ConfinementError) as exc:
+        log.error(f"confinement report unavailable: {exc}")
+        return lines
+    for t in threads:
+        jailed = "jailed in export" if t.root_dev_ino == export else "NOT jailed in export"
+        lines.append(f"confinement: {t.format()} ({jailed})")
+    return lines
+
+
+def run(o: Options, log: Log) -> int:
+    assert o.path is not None
+    uid = gid = 0
+    if o.drop:
+        uid, gid = privileges.resolve_user(o.user, o.group)
+    keep = {0, 1, 2} | ({o.fd} if o.fd is not None else set())
+    privileges.close_inherited_fds(keep)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if not o.nodaemon and not o.print_confinement:
+        daemonize()
+        log.open_syslog()
+    log("Started")
+    sock: socket.socket | None = None
+    if o.socket is not None:
+        assert o.uid is not None and o.gid is not None
+        sock = proxy_socket(o.socket, o.uid, o.gid, log)
+    elif o.fd is not None:
+        sock = socket_from_fd(o.fd)
+    export_st = os.stat(o.path)
+    export = (export_st.st_dev, export_st.st_ino)
+    try:
+        proc_fd: int | None = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        proc_fd = None
+    try:
+        if o.chroot:
+            privileges.enter_jail(o.path)
+            root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            root_fd = os.open(o.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.chdir(root_fd)
+        get_version = export_supports_getversion(root_fd)
+        os.umask(0)  # modes from the client are exact
+        if o.drop:
+            privileges.drop_privileges(uid, gid, proc_fd=proc_fd)
+        lines = _report(log, proc_fd, export)
+    finally:
+        if proc_fd is not None:
+            os.close(proc_fd)  # never reachable by a client request
+    if o.print_confinement:
+        print("\n".join(lines), flush=True)
+        return 0
+    for line in lines:
+        log(line)
+    assert sock is not None
+    resolver = Resolver(
+        root_fd,
+        use_openat2={"openat2": None, "walk": False}.get(o.resolver),
+        contain=o.resolver != "none",
+    )
+    ops = Operations(resolver, get_version=get_version, log=log.error)
+    rc = serve(sock, ops.handle, log)
+    log("Done")
+    return rc
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``virtfs-proto helper``; ``argv`` excludes the program name."""
+    log = Log()
+    try:
+        o = parse_args(argv)
+    except UsageError as exc:
+        if exc.args[0]:
+            print(exc.args[0], file=sys.stderr)
+        if exc.usage:
+            sys.stderr.write(USAGE + EXTRA_USAGE)
+        sys.stderr.flush()
+        return exc.status
+    try:
+        return run(o, log)
+    except (OSError, privileges.ConfinementError) as exc:
+        log.error(f"{exc}")
+        return EXIT_FAILURE

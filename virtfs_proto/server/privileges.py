@@ -1,0 +1,416 @@
+"""Containment layer (b) and least privilege, through ctypes only.
+
+The helper starts as root, then, before it reads a single request:
+
+1. :func:`enter_jail` chroots into the export. ``chroot`` rather than
+   ``pivot_root`` in a private mount namespace: the helper keeps no fd that
+   points outside the jail (the export fd is reopened inside it, and
+   :func:`close_inherited_fds` closes everything else but the socket), and
+   once CAP_SYS_CHROOT is gone and the uid is not 0 the process can neither
+   chroot again nor mount, so the classic chroot escapes are closed.
+   pivot_root would also hide the host's mounts from ``/proc/<pid>/root`` of
+   other processes, but only by unsharing the mount namespace and re-mounting
+   the export, which changes what an administrator sees of the export's
+   mounts; chroot keeps the drop-in behaviour of QEMU's helper.
+2. :func:`drop_privileges` removes every capability but :data:`KEPT_CAPABILITIES`
+   from the bounding set, clears the ambient set, sets PR_SET_KEEPCAPS,
+   switches real, effective, saved (and hence fs) uid/gid to an unprivileged
+   user with no supplementary groups, then sets permitted = effective = the
+   kept set, inheritable = 0, and PR_SET_NO_NEW_PRIVS.
+
+Capabilities and the bounding set are per thread, so the drop refuses to run
+in a process with more than one thread: QEMU's helper drops in its main
+thread only and leaves its RCU thread with every capability.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import grp
+import os
+import pwd
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+CAP_CHOWN: Final = 0
+CAP_DAC_OVERRIDE: Final = 1
+CAP_DAC_READ_SEARCH: Final = 2
+CAP_FOWNER: Final = 3
+CAP_FSETID: Final = 4
+CAP_SETGID: Final = 6
+CAP_SETUID: Final = 7
+CAP_SETPCAP: Final = 8
+CAP_SYS_CHROOT: Final = 18
+CAP_SYS_ADMIN: Final = 21
+CAP_MKNOD: Final = 27
+
+CAPABILITY_NAMES: Final[Mapping[int, str]] = {
+    CAP_CHOWN: "CAP_CHOWN",
+    CAP_DAC_OVERRIDE: "CAP_DAC_OVERRIDE",
+    CAP_DAC_READ_SEARCH: "CAP_DAC_READ_SEARCH",
+    CAP_FOWNER: "CAP_FOWNER",
+    CAP_FSETID: "CAP_FSETID",
+    CAP_SETGID: "CAP_SETGID",
+    CAP_SETUID: "CAP_SETUID",
+    CAP_SETPCAP: "CAP_SETPCAP",
+    CAP_SYS_CHROOT: "CAP_SYS_CHROOT",
+    CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
+    CAP_MKNOD: "CAP_MKNOD",
+}
+
+#: The capabilities the helper keeps, each with the reason it is needed. The
+#: helper performs every operation on behalf of the guest, whose own kernel
+#: already made the permission decision, so it must not be stopped by the
+#: host's DAC checks, exactly as QEMU's helper (which runs as uid 0) is not.
+#:
+#: CAP_DAC_READ_SEARCH is deliberately *not* kept although DAC_OVERRIDE
+#: covers what it grants for reading and searching: it also grants
+#: ``open_by_handle_at(2)``, which opens any inode of the filesystem by handle
+#: and walks straight out of both containment layers (the "shocker" escape).
+KEPT_CAPABILITIES: Final[Mapping[int, str]] = {
+    CAP_CHOWN: "give created files the requester's uid:gid (create, mkdir, mknod, "
+    "symlink are done as the helper's user, then chowned) and serve T_CHOWN",
+    CAP_DAC_OVERRIDE: "read, write and search files and directories whatever their "
+    "mode and owner: the guest kernel has already checked the guest's permissions",
+    CAP_FOWNER: "chmod, utimensat, xattr changes, O_NOATIME and links to files the "
+    "helper's user does not own (the guest owns them); sticky-directory removals",
+    CAP_FSETID: "keep the setuid/setgid bits a guest asks for (chmod, create with a "
+    "group the helper is not in) and across the chown that applies credentials",
+    CAP_MKNOD: "device nodes for T_MKNOD with uid == gid == 0, the only case in which "
+    "QEMU's helper could create them (its CAP_MKNOD is effective only then)",
+}
+
+_LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
+
+PR_SET_KEEPCAPS: Final = 8
+PR_CAPBSET_READ: Final = 23
+PR_CAPBSET_DROP: Final = 24
+PR_SET_NO_NEW_PRIVS: Final = 38
+PR_GET_NO_NEW_PRIVS: Final = 39
+PR_CAP_AMBIENT: Final = 47
+PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_prctl = _libc.prctl
+_prctl.restype = ctypes.c_int
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_capget = _libc.capget
+_capget.restype = ctypes.c_int
+_capget.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
+_capset = _libc.capset
+_capset.restype = ctypes.c_int
+_capset.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
+
+
+class ConfinementError(Exception):
+    """The helper could not confine itself; it must not serve requests."""
+
+
+def _raise_errno(what: str) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """prctl(2); raises OSError."""
+    rc = int(_prctl(option, arg2, arg3, arg4, arg5))
+    if rc < 0:
+        _raise_errno(f"prctl({option})")
+    return rc
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilitySets:
+    """The calling thread's capability sets as 64-bit masks."""
+
+    effective: int
+    permitted: int
+    inheritable: int
+
+
+def capget() -> CapabilitySets:
+    """capget(2) for the calling thread."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _capget(ctypes.byref(header), data) != 0:
+        _raise_errno("capget")
+    return CapabilitySets(
+        effective=data[0].effective | data[1].effective << 32,
+        permitted=data[0].permitted | data[1].permitted << 32,
+        inheritable=data[0].inheritable | data[1].inheritable << 32,
+    )
+
+
+def capset(effective: int, permitted: int, inheritable: int = 0) -> None:
+    """capset(2) for the calling thread; the masks are 64-bit."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = effective >> shift & 0xFFFFFFFF
+        data[i].permitted = permitted >> shift & 0xFFFFFFFF
+        data[i].inheritable = inheritable >> shift & 0xFFFFFFFF
+    if _capset(ctypes.byref(header), data) != 0:
+        _raise_errno("capset")
+
+
+def last_capability() -> int:
+    """The highest capability number this kernel knows (without /proc)."""
+    cap = 0
+    while cap < 63:
+        if _prctl(PR_CAPBSET_READ, cap + 1, 0, 0, 0) < 0:
+            break
+        cap += 1
+    return cap
+
+
+def capability_mask(caps: Iterable[int]) -> int:
+    mask = 0
+    for cap in caps:
+        mask |= 1 << cap
+    return mask
+
+
+def capability_names(mask: int) -> list[str]:
+    return [CAPABILITY_NAMES.get(cap, f"cap_{cap}") for cap in range(64) if mask >> cap & 1]
+
+
+def resolve_user(user: str | None, group: str | None) -> tuple[int, int]:
+    """uid and gid for ``--user``/``--group`` (names or numbers; default ``nobody``
+    and that user's primary group)."""
+    user = user or "nobody"
+    try:
+        uid = int(user)
+        default_gid = None
+    except ValueError:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise ConfinementError(f"unknown user {user!r}") from None
+        uid, default_gid = entry.pw_uid, entry.pw_gid
+    if group is None:
+        if default_gid is None:
+            try:
+                default_gid = pwd.getpwuid(uid).pw_gid
+            except KeyError:
+                raise ConfinementError(f"uid {uid} has no passwd entry: give --group") from None
+        gid = default_gid
+    else:
+        try:
+            gid = int(group)
+        except ValueError:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise ConfinementError(f"unknown group {group!r}") from None
+    if uid == 0 or gid == 0:
+        raise ConfinementError("the helper must drop to a non-root uid and gid")
+    return uid, gid
+
+
+def thread_count(proc_fd: int | None) -> int:
+    """Threads of this process, from /proc (via ``proc_fd`` once chrooted)."""
+    if proc_fd is None:
+        try:
+            return len(os.listdir(f"/proc/{os.getpid()}/task"))
+        except FileNotFoundError:
+            return threading.active_count()
+    fd = os.open(f"{os.getpid()}/task", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        return len(os.listdir(fd))
+    finally:
+        os.close(fd)
+
+
+def enter_jail(path: str | bytes) -> None:
+    """chroot into the export and make it the cwd."""
+    os.chroot(path)
+    os.chdir("/")
+
+
+def close_inherited_fds(keep: Iterable[int]) -> None:
+    """Close every fd >= 3 except ``keep``: an inherited directory fd would be a
+    way out of the jail for anyone who can name it (e.g. via /proc/self/fd)."""
+    lo = 3
+    for fd in sorted(set(keep)):
+        if fd < lo:
+            continue
+        os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, 1 << 20)
+
+
+def drop_privileges(
+    uid: int,
+    gid: int,
+    keep: Iterable[int] = KEPT_CAPABILITIES,
+    *,
+    proc_fd: int | None = None,
+) -> None:
+    """Become ``uid:gid`` with exactly the ``keep`` capabilities, for good.
+
+    Must run while still root with CAP_SETPCAP/SETUID/SETGID, in a
+    single-threaded process; afterwards the change cannot be undone.
+    """
+    if uid == 0 or gid == 0:
+        raise ConfinementError("refusing to 'drop' to uid or gid 0")
+    threads = thread_count(proc_fd)
+    if threads != 1:
+        raise ConfinementError(
+            f"{threads} threads: capabilities are per thread, refusing to drop in one"
+        )
+    mask = capability_mask(keep)
+    # The bounding set can only shrink while CAP_SETPCAP is effective: first.
+    for cap in range(last_capability() + 1):
+        if not mask >> cap & 1:
+            prctl(PR_CAPBSET_DROP, cap)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    # Without KEEPCAPS, leaving uid 0 would empty the permitted set.
+    prctl(PR_SET_KEEPCAPS, 1)
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    prctl(PR_SET_KEEPCAPS, 0)
+    # The uid change cleared the effective set; permitted still has everything
+    # the bounding set allowed, so trim it to the kept set and raise those.
+    capset(effective=mask, permitted=mask, inheritable=0)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _verify(uid, gid, mask)
+
+
+def _verify(uid: int, gid: int, mask: int) -> None:
+    sets = capget()
+    if sets.permitted != mask or sets.effective != mask or sets.inheritable:
+        raise ConfinementError(f"capabilities did not take: {sets}")
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise ConfinementError("uid/gid did not take")
+    if os.getgroups() not in ([], [gid]):
+        raise ConfinementError("supplementary groups remain")
+    if prctl(PR_GET_NO_NEW_PRIVS) != 1:
+        raise ConfinementError("no_new_privs did not take")
+    for cap in (CAP_SYS_CHROOT, CAP_SETUID, CAP_SETGID, CAP_SYS_ADMIN):
+        if prctl(PR_CAPBSET_READ, cap) != 0:
+            raise ConfinementError(f"{CAPABILITY_NAMES[cap]} is still in the bounding set")
+    try:
+        os.setresuid(0, 0, 0)
+    except PermissionError:
+        pass
+    else:  # pragma: no cover - would mean the drop is reversible
+        raise ConfinementError("could regain uid 0")
+
+
+# -- the confinement report ------------------------------------------------
+
+_STATUS_FIELDS: Final = (
+    "Uid",
+    "Gid",
+    "CapInh",
+    "CapPrm",
+    "CapEff",
+    "CapBnd",
+    "CapAmb",
+    "NoNewPrivs",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadConfinement:
+    """What /proc says about one thread of a helper."""
+
+    tid: int
+    uid: tuple[int, int, int, int]  # real, effective, saved, fs
+    gid: tuple[int, int, int, int]
+    cap_inh: int
+    cap_prm: int
+    cap_eff: int
+    cap_bnd: int
+    cap_amb: int
+    no_new_privs: int
+    root: str  # readlink of task/<tid>/root, as the reader sees it
+    root_dev_ino: tuple[int, int] | None
+
+    def format(self) -> str:
+        return (
+            f"tid={self.tid} uid={','.join(map(str, self.uid))} "
+            f"gid={','.join(map(str, self.gid))} CapEff={self.cap_eff:016x} "
+            f"CapPrm={self.cap_prm:016x} CapBnd={self.cap_bnd:016x} "
+            f"CapInh={self.cap_inh:016x} CapAmb={self.cap_amb:016x} "
+            f"NoNewPrivs={self.no_new_privs} root={self.root}"
+            + (
+                f" root_inode={self.root_dev_ino[0]}:{self.root_dev_ino[1]}"
+                if self.root_dev_ino
+                else ""
+            )
+        )
+
+
+def confinement_report(
+    pid: int | None = None, *, proc_fd: int | None = None
+) -> list[ThreadConfinement]:
+    """Read ``/proc/<pid>/task/*/status`` and ``task/*/root`` of every thread.
+
+    ``proc_fd`` is an fd of ``/proc`` opened before a chroot, so a jailed
+    helper can still report on itself at start-up (it closes that fd before
+    it serves anything).
+    """
+    pid = os.getpid() if pid is None else pid
+    base = f"{pid}/task" if proc_fd is not None else f"/proc/{pid}/task"
+    dirfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        tids = sorted(int(t) for t in os.listdir(dirfd))
+        threads = []
+        for tid in tids:
+            try:
+                fd = os.open(f"{tid}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd)
+            except FileNotFoundError:
+                continue  # the thread ended while we looked
+            try:
+                text = os.read(fd, 1 << 16).decode()
+            finally:
+                os.close(fd)
+            fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+            missing = [f for f in _STATUS_FIELDS if f not in fields]
+            if missing:
+                raise ConfinementError(f"/proc status lacks {missing}")
+            try:
+                root = os.readlink(f"{tid}/root", dir_fd=dirfd)
+                st = os.stat(f"{tid}/root", dir_fd=dirfd)
+                dev_ino: tuple[int, int] | None = (st.st_dev, st.st_ino)
+            except OSError as exc:
+                root, dev_ino = f"<{errno.errorcode.get(exc.errno or 0, exc.errno)}>", None
+            uid = tuple(int(v) for v in fields["Uid"].split())
+            gid = tuple(int(v) for v in fields["Gid"].split())
+            threads.append(
+                ThreadConfinement(
+                    tid=tid,
+                    uid=(uid[0], uid[1], uid[2], uid[3]),
+                    gid=(gid[0], gid[1], gid[2], gid[3]),
+                    cap_inh=int(fields["CapInh"], 16),
+                    cap_prm=int(fields["CapPrm"], 16),
+                    cap_eff=int(fields["CapEff"], 16),
+                    cap_bnd=int(fields["CapBnd"], 16),
+                    cap_amb=int(fields["CapAmb"], 16),
+                    no_new_privs=int(fields["NoNewPrivs"]),
+                    root=root,
+                    root_dev_ino=dev_ino,
+                )
+            )
+        return threads
+    finally:
+        os.close(dirfd)

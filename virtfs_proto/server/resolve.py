@@ -1,0 +1,359 @@
+"""Containment layer (a): every client path is resolved inside one export-root fd.
+
+The kernel does the work when it can: ``openat2(2)`` with
+``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`` treats the root fd as ``/`` for
+absolute paths, absolute symlinks and ``..``, and refuses procfs magic links.
+Where the kernel lacks openat2 (``ENOSYS``, Linux < 5.6), or when a test forces
+it, a per-component ``O_NOFOLLOW`` walk emulates the same rules in user space:
+each symlink is read and its text re-resolved inside the root, ``..`` pops a
+stack of fds we opened ourselves (so a directory renamed out from under us can
+never lead above the root), and more than 40 links give ``ELOOP``.
+
+Paths arrive as raw wire bytes. QEMU counts a trailing NUL in the length of
+most paths, so exactly one trailing NUL is stripped. An *embedded* NUL is
+rejected with ``EINVAL``: QEMU's helper silently truncates the string there,
+which lets a path name a different file than the client's bytes say.
+
+Two kinds of lookup serve the operations:
+
+* :meth:`Resolver.open` opens the object a path names (following the final
+  symlink or not), e.g. for T_OPEN, T_STATFS, T_CHMOD.
+* :meth:`Resolver.parent` returns a directory fd and one final component, for
+  operations that act on the last component itself (mkdir, mknod, symlink,
+  link, rename, remove, lstat, lchown, utimensat nofollow, readlink, xattrs).
+  The name is a single component, so passing it to a ``*at()`` call with
+  ``AT_SYMLINK_NOFOLLOW`` (or an op that never follows) cannot leave the
+  directory. A path whose last component is ``.`` or ``..``, that ends in
+  ``/``, or that is the root itself is resolved as a directory and returned as
+  ``(dirfd, b".")``: the op then acts on that directory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from typing import Final
+
+SYS_OPENAT2: Final = 437  # the same number on every architecture (Linux >= 5.6)
+
+RESOLVE_NO_XDEV: Final = 0x01
+RESOLVE_NO_MAGICLINKS: Final = 0x02
+RESOLVE_NO_SYMLINKS: Final = 0x04
+RESOLVE_BENEATH: Final = 0x08
+RESOLVE_IN_ROOT: Final = 0x10
+
+#: the kernel's own bound on symlinks followed in one lookup (MAXSYMLINKS)
+MAX_SYMLINKS: Final = 40
+#: openat2 answers EAGAIN when a ``..`` raced a rename or mount; retry this often
+MAX_EAGAIN_RETRIES: Final = 64
+#: statfs f_type of procfs: symlinks there may be magic links
+PROC_SUPER_MAGIC: Final = 0x9FA0
+
+_O_TMPFILE_BITS: Final = getattr(os, "O_TMPFILE", 0o20200000)
+#: open(2) silently drops unknown flag bits, openat2(2) refuses them with EINVAL;
+#: masking keeps T_OPEN's answer to a stray bit the same as QEMU's helper.
+VALID_OPEN_FLAGS: Final = (
+    os.O_RDONLY
+    | os.O_WRONLY
+    | os.O_RDWR
+    | os.O_CREAT
+    | os.O_EXCL
+    | os.O_NOCTTY
+    | os.O_TRUNC
+    | os.O_APPEND
+    | os.O_NONBLOCK
+    | os.O_DSYNC
+    | os.O_SYNC
+    | getattr(os, "O_ASYNC", 0o20000)
+    | os.O_DIRECT
+    | os.O_LARGEFILE
+    | os.O_DIRECTORY
+    | os.O_NOFOLLOW
+    | os.O_NOATIME
+    | os.O_CLOEXEC
+    | os.O_PATH
+    | _O_TMPFILE_BITS
+)
+#: what open(2) keeps of the flags when O_PATH is given (openat2 refuses the rest)
+O_PATH_FLAGS: Final = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_PATH | os.O_CLOEXEC
+
+_DIR_PATH: Final = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    )
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = (
+    ctypes.c_long,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.POINTER(_OpenHow),
+    ctypes.c_size_t,
+)
+_fstatfs = _libc.fstatfs
+
+
+def raw_openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    """``openat2(dirfd, path, {flags, mode, resolve})``; raises OSError."""
+    how = _OpenHow(flags, mode, resolve)
+    fd = _syscall(SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(fd)
+
+
+def openat2_available() -> bool:
+    """True when the running kernel implements openat2(2)."""
+    try:
+        fd = raw_openat2(-100, b"/", _DIR_PATH, 0, 0)  # AT_FDCWD
+    except OSError as exc:
+        return exc.errno != errno.ENOSYS
+    os.close(fd)
+    return True
+
+
+def clean_path(path: bytes) -> bytes:
+    """Strip QEMU's one trailing NUL; refuse embedded NULs and empty paths."""
+    if path.endswith(b"\0"):
+        path = path[:-1]
+    if b"\0" in path:
+        raise OSError(errno.EINVAL, "embedded NUL in path")
+    if not path:
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    return path
+
+
+def clean_name(name: bytes) -> bytes:
+    """Strip one trailing NUL from a non-path string (xattr name, symlink target)."""
+    if name.endswith(b"\0"):
+        name = name[:-1]
+    if b"\0" in name:
+        raise OSError(errno.EINVAL, "embedded NUL in string")
+    return name
+
+
+def normalize_open_flags(flags: int, mode: int) -> tuple[int, int]:
+    """Reduce client flags and mode to what open(2) itself would act on."""
+    flags &= VALID_OPEN_FLAGS
+    if flags & os.O_PATH:
+        flags &= O_PATH_FLAGS
+    # open(2) on 64-bit always sets O_LARGEFILE; openat2 does not, and the
+    # flag is visible to the receiver through F_GETFL.
+    flags |= os.O_LARGEFILE | os.O_CLOEXEC
+    if flags & os.O_CREAT or flags & _O_TMPFILE_BITS == _O_TMPFILE_BITS:
+        mode &= 0o7777
+    else:
+        mode = 0
+    return flags, mode
+
+
+class Resolver:
+    """Resolves client paths inside the export whose root is ``root_fd``.
+
+    ``use_openat2=None`` probes the kernel; ``False`` forces the user-space
+    walk (so tests exercise both). ``contain=False`` turns layer (a) off:
+    paths are then resolved by the kernel's ordinary rules relative to
+    ``root_fd`` (absolute paths from the process root), for tests of the
+    chroot layer on its own.
+    """
+
+    def __init__(
+        self, root_fd: int, *, use_openat2: bool | None = None, contain: bool = True
+    ) -> None:
+        self.root_fd = root_fd
+        self.contain = contain
+        self.uses_openat2 = contain and (
+            openat2_available() if use_openat2 is None else use_openat2
+        )
+        self._how = _OpenHow(0, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+        self._how_ref = ctypes.byref(self._how)
+        self._how_size = ctypes.sizeof(self._how)
+
+    # -- opening whole paths --------------------------------------------
+
+    def open(self, path: bytes, flags: int, mode: int = 0, *, follow: bool = True) -> int:
+        """Open ``path`` inside the root. ``flags``/``mode`` must already be
+        normalized (see :func:`normalize_open_flags`); ``follow=False`` adds
+        ``O_NOFOLLOW``. Raises OSError with the kernel's errno.
+        """
+        path = clean_path(path)
+        if not follow:
+            flags |= os.O_NOFOLLOW
+        return self._open_clean(path, flags, mode)
+
+    def _open_clean(self, path: bytes, flags: int, mode: int) -> int:
+        if not self.contain:
+            return os.open(path, flags, mode, dir_fd=self.root_fd)
+        if self.uses_openat2:
+            return self._openat2(path, flags, mode)
+        return self._walk(path, flags, mode)
+
+    def _openat2(self, path: bytes, flags: int, mode: int) -> int:
+        how = self._how
+        how.flags = flags
+        how.mode = mode
+        for _ in range(MAX_EAGAIN_RETRIES):
+            fd = _syscall(SYS_OPENAT2, self.root_fd, path, self._how_ref, self._how_size)
+            if fd >= 0:
+                return int(fd)
+            err = ctypes.get_errno()
+            if err != errno.EAGAIN:
+                raise OSError(err, os.strerror(err))
+        raise OSError(errno.EAGAIN, "lookup kept racing renames")
+
+    def _walk(self, path: bytes, flags: int, mode: int) -> int:
+        """RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, one component at a time."""
+        follow_final = not flags & os.O_NOFOLLOW
+        final_flags = flags | os.O_NOFOLLOW
+        todo = _components(path)
+        # stack[0] is the root; every other entry is an fd we opened, so ".."
+        # is a pop and can never climb above the root.
+        stack = [self.root_fd]
+        links = 0
+        try:
+            while True:
+                name = todo.pop() if todo else b"."
+                if name in (b".", b".."):
+                    if name == b".." and len(stack) > 1:
+                        os.close(stack.pop())
+                    if todo:
+                        continue
+                    name = b"."  # the path ends here: open the directory we are in
+                cur = stack[-1]
+                if todo:  # an intermediate component: must be a directory
+                    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
+                    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+                    if kind == stat.S_IFDIR:
+                        stack.append(fd)
+                        continue
+                    os.close(fd)
+                    if kind != stat.S_IFLNK:
+                        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+                    links = self._follow(cur, name, todo, stack, links)
+                    continue
+                try:
+                    fd = os.open(name, final_flags, mode, dir_fd=cur)
+                except OSError as exc:
+                    # O_NOFOLLOW on a symlink fails with ELOOP (ENOTDIR with
+                    # O_DIRECTORY, EEXIST with O_CREAT|O_EXCL, which is right).
+                    if not follow_final or exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    if not _is_symlink(cur, name):
+                        raise
+                    links = self._follow(cur, name, todo, stack, links)
+                    continue
+                if follow_final and flags & os.O_PATH and stat.S_ISLNK(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    links = self._follow(cur, name, todo, stack, links)
+                    continue
+                return fd
+        finally:
+            for fd in stack[1:]:
+                os.close(fd)
+
+    def _follow(
+        self, cur: int, name: bytes, todo: list[bytes], stack: list[int], links: int
+    ) -> int:
+        """Splice a symlink's target into ``todo``; absolute targets restart at the root."""
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+        if _on_procfs(cur):
+            # procfs symlinks may be magic links: refuse them as openat2's
+            # RESOLVE_NO_MAGICLINKS does (stricter: /proc/self is refused too).
+            raise OSError(errno.ELOOP, "refusing a procfs link")
+        target = os.readlink(name, dir_fd=cur)
+        if target.startswith(b"/"):
+            while len(stack) > 1:
+                os.close(stack.pop())
+        todo.extend(_components(target))
+        return links
+
+    # -- parent directory + final name -----------------------------------
+
+    def parent(self, path: bytes) -> tuple[int, bytes]:
+        """Return ``(dirfd, name)`` for an op on the last component of ``path``.
+
+        ``name`` is one component (never containing ``/``, never ``..``);
+        ``b"."`` means the op applies to ``dirfd`` itself. Release the fd with
+        :meth:`release`: it may be :attr:`root_fd`, which must stay open.
+        """
+        path = clean_path(path)
+        stripped = path.rstrip(b"/")
+        head, _, name = stripped.rpartition(b"/")
+        if not stripped or len(stripped) != len(path) or name in (b".", b".."):
+            return self._open_clean(stripped or b"/", _DIR_PATH, 0), b"."
+        if not head.strip(b"/"):
+            return self.root_fd, name
+        return self._open_clean(head, _DIR_PATH, 0), name
+
+    def release(self, dirfd: int) -> None:
+        """Close an fd returned by :meth:`parent` unless it is the root."""
+        if dirfd != self.root_fd:
+            os.close(dirfd)
+
+    def open_dir(self, path: bytes) -> int:
+        """An ``O_PATH`` fd of the directory ``path`` (following symlinks)."""
+        return self.open(path, _DIR_PATH)
+
+
+def _components(path: bytes) -> list[bytes]:
+    """Components in *reverse* order (pop() yields the next), "." for a trailing '/'."""
+    parts = [p for p in path.split(b"/") if p]
+    if path.endswith(b"/") and parts:
+        parts.append(b".")
+    parts.reverse()
+    return parts
+
+
+def _is_symlink(dirfd: int, name: bytes) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+class _Statfs(ctypes.Structure):
+    # struct statfs of the 64-bit Linux ABI (not a wire layout: the kernel's)
+    _fields_ = (
+        ("f_type", ctypes.c_long),
+        ("f_bsize", ctypes.c_long),
+        ("f_blocks", ctypes.c_uint64),
+        ("f_bfree", ctypes.c_uint64),
+        ("f_bavail", ctypes.c_uint64),
+        ("f_files", ctypes.c_uint64),
+        ("f_ffree", ctypes.c_uint64),
+        ("f_fsid", ctypes.c_int * 2),
+        ("f_namelen", ctypes.c_long),
+        ("f_frsize", ctypes.c_long),
+        ("f_flags", ctypes.c_long),
+        ("f_spare", ctypes.c_long * 4),
+    )
+
+
+_fstatfs.argtypes = (ctypes.c_int, ctypes.POINTER(_Statfs))
+_fstatfs.restype = ctypes.c_int
+
+
+def fstatfs(fd: int) -> _Statfs:
+    """fstatfs(2) on any fd, O_PATH included; raises OSError."""
+    buf = _Statfs()
+    if _fstatfs(fd, ctypes.byref(buf)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf
+
+
+def _on_procfs(dirfd: int) -> bool:
+    return int(fstatfs(dirfd).f_type) == PROC_SUPER_MAGIC

@@ -504,13 +504,19 @@ def vectors_rst(vector_dir: Path) -> list[str]:
         steps = []
         for ex in data["exchanges"]:
             name = _vector_request_name(bytes.fromhex(ex["request"]), order)
-            outcome = ""
+            reply = ex.get("decoded", {}).get("reply", {})
             if ex.get("timed_out"):
                 outcome = " (hang)"
             elif ex.get("reply") is None:
                 outcome = " (no reply)"
-            elif ex.get("fds"):
-                outcome = f" (+{ex['fds']} fd)"
+            elif reply.get("kind") == "error":
+                outcome = f" → {reply.get('name', reply.get('errno'))}"
+            elif reply.get("kind"):
+                outcome = f" → {reply['kind']}"
+            else:
+                outcome = " → undecodable"
+            if ex.get("fds"):
+                outcome += f" + {ex['fds']} fd"
             steps.append(f"``{name}``{outcome}")
         end = data.get("end", {})
         ending = end.get("helper", "")
@@ -519,7 +525,7 @@ def vectors_rst(vector_dir: Path) -> list[str]:
         elif end.get("returncode") is not None:
             ending += f" (status {end['returncode']})"
         source = data.get("source", {})
-        label = " ".join(str(v) for v in source.values()) or "unknown"
+        label = source.get("package") or source.get("helper") or "unknown"
         sources[label] = sources.get(label, 0) + 1
         body.append(
             [

@@ -1,0 +1,202 @@
+"""Escape attempts, each run with only layer (a), only layer (b), and both.
+
+Layer (a) is path resolution inside the export's root fd (openat2, or the
+user-space walk); layer (b) is the chroot. Nothing a client sends may read,
+stat, create, change or link anything outside the export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from virtfs_proto import messages as m
+
+from .conftest import LAYERS, SECRET, Export, Helper, spawn_ours
+
+READ_ESCAPES = [
+    b"../outside_secret.txt",
+    b"/../outside_secret.txt",
+    b"//../../outside_secret.txt\0",
+    b"dir/../../outside_secret.txt",
+    b"a/b/c/../../../../outside_secret.txt",
+    b"link_rel_escape",
+    b"link_abs_host",
+    b"link_dotdot/outside_secret.txt",
+    b"link_host_dir/outside_secret.txt",
+    b"link_dir/../../outside_secret.txt",
+    b"link_dotdot/link_dotdot/outside_secret.txt",
+]
+
+
+@pytest.fixture(params=list(LAYERS), ids=list(LAYERS))
+def layer(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    return LAYERS[request.param]
+
+
+def _is_secret(ex: Export, st: os.stat_result | m.StatReply) -> bool:
+    secret = ex.secret.stat()
+    if isinstance(st, m.StatReply):
+        return (st.st_dev, st.st_ino) == (secret.st_dev, secret.st_ino)
+    return (st.st_dev, st.st_ino) == (secret.st_dev, secret.st_ino)
+
+
+def _assert_outside_untouched(ex: Export) -> None:
+    assert sorted(p.name for p in ex.base.iterdir()) == ["export", "outside_secret.txt"]
+    assert ex.secret.read_bytes() == SECRET
+    assert stat.S_IMODE(ex.secret.stat().st_mode) == 0o644
+    assert ex.secret.stat().st_nlink == 1
+    assert os.listxattr(ex.secret) == []
+
+
+def _assert_not_secret(ex: Export, reply: m.Reply) -> None:
+    if isinstance(reply, m.FdReply):
+        try:
+            assert not _is_secret(ex, os.fstat(reply.fd))
+            assert os.pread(reply.fd, 100, 0) != SECRET
+        finally:
+            os.close(reply.fd)
+    elif isinstance(reply, m.StatReply):
+        assert not _is_secret(ex, reply)
+
+
+@pytest.fixture
+def ours(export: Export, layer: tuple[str, ...], helpers: list[Helper]) -> Helper:
+    h = spawn_ours(export.root, *layer)
+    helpers.append(h)
+    return h
+
+
+def test_reads_stay_inside(export: Export, ours: Helper) -> None:
+    for path in READ_ESCAPES:
+        for request in (
+            m.OpenRequest(path, os.O_RDONLY),
+            m.LstatRequest(path),
+            m.StatfsRequest(path),
+            m.GetversionRequest(path),
+            m.LgetxattrRequest(0, path, b"user.x"),
+        ):
+            _assert_not_secret(export, ours.call(request))
+    # the ones that do resolve, resolve to the export's own files
+    assert isinstance(ours.call(m.LstatRequest(b"link_dotdot/file.txt")), m.StatReply)
+
+
+def test_writes_stay_inside(export: Export, ours: Helper) -> None:
+    requests: list[m.Request] = [
+        m.CreateRequest(b"link_dotdot/created_outside", os.O_RDWR | os.O_CREAT, 0o644, 0, 0),
+        m.CreateRequest(b"link_host_dir/created_outside", os.O_RDWR | os.O_CREAT, 0o644, 0, 0),
+        m.OpenRequest(b"../created_outside", os.O_RDWR | os.O_CREAT),
+        m.MkdirRequest(0, 0, b"link_host_dir/evil_dir", 0o755),
+        m.MkdirRequest(0, 0, b"../evil_dir", 0o755),
+        m.MknodRequest(0, 0, b"link_dotdot/evil_fifo", stat.S_IFIFO | 0o644, 0),
+        m.SymlinkRequest(0, 0, b"/", b"link_dotdot/evil_link"),
+        m.RenameRequest(b"file.txt", b"link_dotdot/stolen.txt"),
+        m.RenameRequest(b"../outside_secret.txt", b"stolen.txt"),
+        m.LinkRequest(b"../outside_secret.txt", b"hard_secret"),
+        m.LinkRequest(b"link_host_dir/outside_secret.txt", b"hard_secret2"),
+        m.LinkRequest(b"file.txt", b"link_dotdot/hard_out"),
+        m.ChmodRequest(b"link_abs_host", 0o777),
+        m.ChmodRequest(b"link_rel_escape", 0o777),
+        m.ChownRequest(b"link_dotdot/outside_secret.txt", 1234, 1234),
+        m.TruncateRequest(b"link_rel_escape", 0),
+        m.TruncateRequest(b"link_host_dir/outside_secret.txt", 0),
+        m.UtimeRequest(b"../outside_secret.txt", 0, 0, 0, 0),
+        m.LsetxattrRequest(b"link_dotdot/outside_secret.txt", b"user.evil", b"x", 1, 0),
+        m.RemoveRequest(b"link_dotdot/outside_secret.txt"),
+        m.RemoveRequest(b"../outside_secret.txt"),
+    ]
+    secret_times = export.secret.stat().st_mtime_ns
+    for request in requests:
+        _assert_not_secret(export, ours.call(request))
+    _assert_outside_untouched(export)
+    assert export.secret.stat().st_mtime_ns == secret_times
+    assert os.stat(export.secret).st_uid == 0
+    # a hard link to a symlink is a symlink: reading through it stays inside
+    assert not any(
+        _is_secret(export, p.lstat()) for p in export.root.rglob("*") if not p.is_symlink()
+    )
+    # "link_dotdot" is ".." of the root, i.e. the root: the rename stayed inside
+    assert (export.root / "stolen.txt").read_bytes() == b"hello\n"
+
+
+@pytest.fixture
+def proc_in_export(export: Export) -> Iterator[Path]:
+    """procfs mounted inside the export: the home of magic links."""
+    proc = export.root / "proc"
+    proc.mkdir()
+    subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
+    try:
+        yield proc
+    finally:
+        subprocess.run(["umount", "-l", str(proc)], check=True)
+
+
+def test_proc_magic_links_stay_inside(
+    export: Export, proc_in_export: Path, layer: tuple[str, ...], helpers: list[Helper]
+) -> None:
+    os.symlink(f"/proc/self/root{export.secret}", export.root / "magic_root")
+    os.symlink("/proc/self/cwd/../outside_secret.txt", export.root / "magic_cwd")
+    h = spawn_ours(export.root, *layer)
+    helpers.append(h)
+    paths = [
+        f"proc/self/root{export.secret}".encode(),
+        f"/proc/1/root{export.secret}".encode(),
+        b"/proc/self/cwd/../outside_secret.txt",
+        b"proc/self/root/../outside_secret.txt",
+        b"magic_root",
+        b"magic_cwd",
+    ] + [f"/proc/self/fd/{fd}/../outside_secret.txt".encode() for fd in range(12)]
+    for path in paths:
+        for request in (m.OpenRequest(path, os.O_RDONLY), m.LstatRequest(path)):
+            _assert_not_secret(export, h.call(request))
+    _assert_outside_untouched(export)
+
+
+def test_renames_racing_lookups_stay_inside(export: Export, ours: Helper) -> None:
+    """A host process moves directories around while the helper walks through them."""
+    deep = export.root / "a" / "b" / "c"
+    moved = export.root / "c_moved"
+    stop = threading.Event()
+
+    def mover() -> None:
+        while not stop.is_set():
+            for src, dst in ((deep, moved), (moved, deep)):
+                with contextlib.suppress(OSError):
+                    os.rename(src, dst)
+
+    thread = threading.Thread(target=mover)
+    thread.start()
+    try:
+        for _ in range(300):
+            for path in (
+                b"a/b/c/../../../../outside_secret.txt",
+                b"c_moved/../../outside_secret.txt",
+            ):
+                _assert_not_secret(export, ours.call(m.OpenRequest(path, os.O_RDONLY)))
+                _assert_not_secret(export, ours.call(m.LstatRequest(path)))
+    finally:
+        stop.set()
+        thread.join()
+    _assert_outside_untouched(export)
+
+
+def test_with_no_layer_the_escapes_succeed(export: Export, helpers: list[Helper]) -> None:
+    """The checks above can fail: with both layers off, the same paths escape."""
+    h = spawn_ours(export.root, "--no-chroot", "--resolver=none")
+    helpers.append(h)
+    escaped = []
+    for path in READ_ESCAPES:
+        try:
+            _assert_not_secret(export, h.call(m.OpenRequest(path, os.O_RDONLY)))
+        except AssertionError:
+            escaped.append(path)
+    assert b"link_rel_escape" in escaped
+    assert b"dir/../../outside_secret.txt" in escaped
+    assert b"link_abs_host" in escaped

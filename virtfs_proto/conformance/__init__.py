@@ -1,0 +1,12 @@
+"""The conformance and security suite: ``virtfs-proto conformance --helper CMD``.
+
+Checks any helper binary (QEMU's ``virtfs-proxy-helper`` or this project's) by
+starting it on a fresh fixture export and running three groups of cases:
+``wire`` (the golden vectors replayed), ``behaviour`` (each operation's
+effect on the host) and ``security`` (attacks). Linux only; needs root.
+"""
+
+from .model import CASES, Case, CaseResult, Report, Verdict
+from .runner import format_table, main, run
+
+__all__ = ["CASES", "Case", "CaseResult", "Report", "Verdict", "format_table", "main", "run"]

@@ -1,0 +1,1 @@
+"""Wire: golden vectors."""

@@ -1,0 +1,276 @@
+"""Cases, verdicts, the context a case runs in, and the report."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from .. import messages as m
+from ..errnos import errno_name
+from .fixture import Workspace
+from .session import DEFAULT_TIMEOUT, HelperSession
+
+GROUPS: Final = ("wire", "behaviour", "security")
+
+
+class Verdict(enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    DEVIATION = "known-deviation"
+
+
+class CheckFailed(Exception):
+    """The helper's answer or its effect is not what the spec says."""
+
+
+class Deviation(Exception):
+    """The helper showed a behaviour the spec lets a peer tolerate (a QEMU quirk)."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"{name}: {detail}")
+        self.name = name
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One check. ``fatal``: the case ends the connection on purpose, and the helper
+    must then exit with status 0 without replying. ``fresh``: the case runs on a
+    helper of its own (it may change the helper's state)."""
+
+    name: str
+    group: str
+    cls: str
+    doc: str
+    func: Callable[[Context], None]
+    fatal: bool = False
+    fresh: bool = False
+    modes: tuple[str, ...] = ("fd", "socket")
+
+
+#: Every registered case, in definition order.
+CASES: list[Case] = []
+
+
+def case(
+    group: str,
+    cls: str,
+    *,
+    fatal: bool = False,
+    fresh: bool = False,
+    modes: tuple[str, ...] = ("fd", "socket"),
+    name: str | None = None,
+) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
+    """Register a case function; its docstring is the case's description."""
+    assert group in GROUPS
+
+    def register(func: Callable[[Context], None]) -> Callable[[Context], None]:
+        full = f"{group}.{name or func.__name__}"
+        assert all(c.name != full for c in CASES), full
+        doc = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
+        CASES.append(Case(full, group, cls, doc, func, fatal, fresh or fatal, modes))
+        return func
+
+    return register
+
+
+def errname(errno: int) -> str:
+    return errno_name(errno)
+
+
+def vpath(name: str | bytes) -> bytes:
+    """A path as QEMU sends a V9fsPath: ``//name`` with a trailing NUL (root: ``/``)."""
+    raw = os.fsencode(name)
+    return (b"//" + raw if raw else b"/") + b"\0"
+
+
+def spath(name: str | bytes) -> bytes:
+    """A path as QEMU builds a new name: ``//name`` without a NUL."""
+    return b"//" + os.fsencode(name)
+
+
+def show(reply: m.Reply) -> str:
+    if isinstance(reply, m.ErrorReply):
+        return f"error {errname(reply.errno)}"
+    if isinstance(reply, m.FdReply):
+        return "an fd"
+    text = repr(reply)
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+class Context:
+    """What a case works with: the workspace, the helper, and checking shortcuts."""
+
+    def __init__(self, ws: Workspace, helper: HelperSession, mode: str) -> None:
+        self.ws = ws
+        self.helper = helper
+        self.mode = mode
+        self._fds: list[int] = []
+        #: notes a case leaves for the report (shown beside the verdict)
+        self.notes: list[str] = []
+
+    # -- paths --------------------------------------------------------------
+
+    def host(self, name: str = "") -> Path:
+        """The host path of ``name`` inside the export."""
+        return self.ws.export / name if name else self.ws.export
+
+    # -- requests -------------------------------------------------------------
+
+    def call(self, request: m.Request, timeout: float = DEFAULT_TIMEOUT) -> m.Reply:
+        reply = self.helper.call(request, timeout)
+        if isinstance(reply, m.FdReply):
+            self._fds.append(reply.fd)
+        return reply
+
+    def ok(self, request: m.Request, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """The reply, which must be a success."""
+        reply = self.call(request, timeout)
+        if isinstance(reply, m.ErrorReply):
+            raise CheckFailed(f"{request.TYPE.name} failed with {errname(reply.errno)}")
+        return reply
+
+    def fd(self, request: m.OpenRequest | m.CreateRequest, timeout: float = DEFAULT_TIMEOUT) -> int:
+        reply = self.ok(request, timeout)
+        assert isinstance(reply, m.FdReply)
+        return reply.fd
+
+    def err(self, request: m.Request, *errnos: int, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """The errno of the reply, which must be an error with one of ``errnos``
+        (any errno when none are given)."""
+        reply = self.call(request, timeout)
+        if not isinstance(reply, m.ErrorReply):
+            raise CheckFailed(
+                f"{request.TYPE.name} succeeded ({show(reply)}); expected "
+                + (" or ".join(errname(e) for e in errnos) if errnos else "an error")
+            )
+        if errnos and reply.errno not in errnos:
+            raise CheckFailed(
+                f"{request.TYPE.name} failed with {errname(reply.errno)}; expected "
+                + " or ".join(errname(e) for e in errnos)
+            )
+        return reply.errno
+
+    def adopt(self, fd: int) -> int:
+        """Close ``fd`` when the case ends."""
+        self._fds.append(fd)
+        return fd
+
+    def close_fds(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+    # -- checks -------------------------------------------------------------
+
+    @staticmethod
+    def expect(condition: bool, message: str) -> None:
+        if not condition:
+            raise CheckFailed(message)
+
+    def expect_inside(self, fd: int, what: str) -> os.stat_result:
+        """``fd`` must be an object of the export (not a sentinel), regular or a directory."""
+        st = os.fstat(fd)
+        for p in (self.ws.secret, self.ws.secret_dir, self.ws.outside, self.ws.root):
+            o = os.lstat(p)
+            if (o.st_dev, o.st_ino) == (st.st_dev, st.st_ino):
+                raise CheckFailed(f"{what}: the fd passed back is {p} (outside the export)")
+        self.expect(
+            stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode),
+            f"{what}: the fd passed back is not a regular file or directory",
+        )
+        return st
+
+    @staticmethod
+    def same_file(fd: int, path: Path) -> bool:
+        a, b = os.fstat(fd), os.lstat(path)
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+@dataclass(slots=True)
+class CaseResult:
+    name: str
+    group: str
+    cls: str
+    mode: str
+    verdict: Verdict
+    detail: str = ""
+    deviation: str = ""
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "group": self.group,
+            "class": self.cls,
+            "mode": self.mode,
+            "verdict": self.verdict.value,
+            "detail": self.detail,
+            "deviation": self.deviation,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(slots=True)
+class Report:
+    helper: list[str]
+    modes: list[str]
+    results: list[CaseResult] = field(default_factory=list)
+
+    def count(self, verdict: Verdict) -> int:
+        return sum(r.verdict is verdict for r in self.results)
+
+    @property
+    def passed(self) -> int:
+        return self.count(Verdict.PASS)
+
+    @property
+    def failed(self) -> int:
+        return self.count(Verdict.FAIL)
+
+    @property
+    def deviations(self) -> int:
+        return self.count(Verdict.DEVIATION)
+
+    def failures(self) -> list[CaseResult]:
+        return [r for r in self.results if r.verdict is Verdict.FAIL]
+
+    def failed_names(self, mode: str | None = None) -> set[str]:
+        return {r.name for r in self.failures() if mode is None or r.mode == mode}
+
+    def summary(self) -> str:
+        """The report's last line."""
+        return f"{self.passed} passed, {self.failed} failed"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "helper": self.helper,
+            "modes": self.modes,
+            "passed": self.passed,
+            "failed": self.failed,
+            "known_deviations": self.deviations,
+            "results": [r.as_json() for r in self.results],
+        }
+
+
+def select(cases: Iterable[Case], only: str | None) -> list[Case]:
+    """Cases whose name or class matches the glob or substring ``only``."""
+    import fnmatch
+
+    out = list(cases)
+    if only:
+        out = [
+            c
+            for c in out
+            if fnmatch.fnmatchcase(c.name, only)
+            or only in c.name
+            or fnmatch.fnmatchcase(c.cls, only)
+        ]
+    return out

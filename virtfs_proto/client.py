@@ -328,6 +328,10 @@ class ProxyClient:
         self._lock = threading.Lock()
         #: why the connection became unusable, once it has
         self.failure: ProxyProtocolError | None = None
+        #: Set by whoever started the helper (see :mod:`~virtfs_proto.launcher`):
+        #: called when the connection drops, its answer (e.g. "killed by
+        #: SIGABRT") is added to the :class:`ConnectionClosed` message.
+        self.peer_status: Callable[[], str | None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -371,6 +375,11 @@ class ProxyClient:
         self.failure = exc
         close_fds(self._conn.discard_fds())
         self.transport.close()
+        if isinstance(exc, ConnectionClosed) and self.peer_status is not None:
+            status = self.peer_status()
+            if status:
+                exc.message = f"{exc.message}; the helper {status}"
+                exc.args = (exc.message,)
 
     def request(self, request: m.Request, *, timeout: Timeout = DEFAULT_TIMEOUT) -> m.Reply:
         """Exchange one request and return the decoded reply, ``ErrorReply`` included.

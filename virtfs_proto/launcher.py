@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -96,15 +97,37 @@ class Helper:
         """The helper's process id."""
         return self.process.pid
 
+    _stderr_text: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.client.peer_status = self.status
+
     @property
     def stderr(self) -> str:
-        """Everything the helper has written to stderr so far."""
+        """Everything the helper has written to stderr (so far, while it runs)."""
+        if self._stderr_text is not None:
+            return self._stderr_text
         return _read_all(self._stderr).decode(errors="replace")
+
+    def status(self, wait: float = 0.5) -> str | None:
+        """How the helper ended ("exited with status 0", "was killed by SIGABRT"...).
+
+        Waits up to ``wait`` seconds for it to exit; None if it still runs.
+        A dead connection calls this to say *why* in its error.
+        """
+        try:
+            returncode = self.process.wait(wait)
+        except subprocess.TimeoutExpired:
+            return None
+        text = describe_exit(returncode)
+        last = self.stderr.strip().splitlines()
+        return f"{text} (stderr: {last[-1]})" if last else text
 
     def close(self, timeout: float = 5.0) -> int:
         """Close the client, wait for the helper to exit (kill it after ``timeout``).
 
-        Returns its exit status (negative: the signal that killed it).
+        Returns its exit status (negative: the signal that killed it). The
+        captured stderr stays readable through :attr:`stderr`.
         """
         self.client.close()
         try:
@@ -112,6 +135,9 @@ class Helper:
         except subprocess.TimeoutExpired:
             self.process.kill()
             returncode = self.process.wait()
+        if self._stderr is not None and not self._stderr.closed:
+            self._stderr_text = _read_all(self._stderr).decode(errors="replace")
+            self._stderr.close()
         return returncode
 
     def __enter__(self) -> Helper:
@@ -124,8 +150,17 @@ class Helper:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-        if self._stderr is not None:
-            self._stderr.close()
+
+
+def describe_exit(returncode: int) -> str:
+    """ "exited with status N" or "was killed by SIGNAME", from a Popen returncode."""
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"was killed by {name}"
 
 
 def _read_all(f: IO[bytes] | None) -> bytes:

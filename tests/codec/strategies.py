@@ -118,7 +118,12 @@ def field_strategy(con: Any) -> st.SearchStrategy[Any]:
 
 def values_for(definition: Any) -> st.SearchStrategy[dict[str, Any]]:
     """A dict of field values for a construct ``Struct``."""
-    return st.fixed_dictionaries({sc.name: field_strategy(sc) for sc in definition.subcons})
+    names = [sc.name for sc in definition.subcons]
+    drawn = st.fixed_dictionaries(
+        {name: field_strategy(sc) for name, sc in zip(names, definition.subcons, strict=True)}
+    )
+    # fixed_dictionaries does not promise an order: put the fields back in the wire's.
+    return drawn.map(lambda values: {name: values[name] for name in names})
 
 
 def request_of(mtype: MessageType) -> st.SearchStrategy[m.Request]:

@@ -1,0 +1,123 @@
+"""spawn_helper: the socketpair and named-socket flows, and helpers that fail to start."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from virtfs_proto.errors import HelperStartError
+from virtfs_proto.launcher import describe_exit, helper_args, spawn_helper
+
+OUR_HELPER = [sys.executable, "-m", "virtfs_proto.server"]
+
+
+def test_helper_args() -> None:
+    assert helper_args("/srv", fd=7) == ["-f", "7", "-p", "/srv", "-n"]
+    assert helper_args(Path("/srv"), socket_path="/run/s", uid=1, gid=2, nodaemon=False) == [
+        "-s", "/run/s", "-u", "1", "-g", "2", "-p", "/srv",
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        helper_args("/srv")
+    with pytest.raises(ValueError):
+        helper_args("/srv", fd=3, socket_path="/s")
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(0) == "exited with status 0"
+    assert describe_exit(-6) == "was killed by SIGABRT"
+
+
+@pytest.mark.qemu_helper
+@pytest.mark.parametrize("mode", ["fd", "socket"])
+def test_qemu_helper_both_modes(qemu_helper: str, export: Path, mode: str) -> None:
+    with spawn_helper([qemu_helper], export, mode, timeout=10) as helper:  # type: ignore[arg-type]
+        assert helper.mode == mode
+        assert helper.client.lstat("/file.txt").st_size == len(b"hello from the export\n")
+        fd = helper.client.open("/file.txt")
+        os.close(fd)
+        assert ("-f" in helper.argv) == (mode == "fd")
+        assert ("-s" in helper.argv) == (mode == "socket")
+    assert helper.process.returncode == 0
+    assert "Started" in helper.stderr
+
+
+@pytest.mark.qemu_helper
+def test_named_socket_is_unlinked_after_connect(
+    qemu_helper: str, export: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "proxy.sock"
+    with spawn_helper(
+        [qemu_helper], export, "socket", uid=1000, gid=1000, socket_path=str(path)
+    ) as helper:
+        assert helper.socket_path == str(path)
+        # QEMU's helper never unlinks it; the launcher does, as QEMU does.
+        assert not path.exists()
+        assert helper.client.statfs().f_bsize > 0
+
+
+@pytest.mark.qemu_helper
+def test_named_socket_that_exists_already(qemu_helper: str, export: Path, tmp_path: Path) -> None:
+    path = tmp_path / "taken"
+    path.touch()
+    with pytest.raises(HelperStartError) as info:
+        spawn_helper([qemu_helper], export, "socket", socket_path=str(path), start_timeout=5)
+    # QEMU's helper logs this and exits with status 0 (not a failure status).
+    assert "socket already exists" in info.value.stderr
+    assert info.value.returncode == 0
+    assert path.exists()  # not ours to remove
+
+
+@pytest.mark.qemu_helper
+@pytest.mark.parametrize("mode", ["fd", "socket"])
+def test_missing_export_reports_stderr(qemu_helper: str, tmp_path: Path, mode: str) -> None:
+    with pytest.raises(HelperStartError) as info:
+        spawn_helper([qemu_helper], tmp_path / "nope", mode)  # type: ignore[arg-type]
+    assert info.value.returncode == 1
+    assert "invalid path" in info.value.stderr
+    assert "invalid path" in str(info.value)
+
+
+@pytest.mark.qemu_helper
+def test_export_not_a_directory(qemu_helper: str, export: Path) -> None:
+    with pytest.raises(HelperStartError, match="is not directory"):
+        spawn_helper([qemu_helper], export / "file.txt")
+
+
+def test_missing_binary(export: Path) -> None:
+    with pytest.raises(HelperStartError, match="cannot run"):
+        spawn_helper(["/nonexistent/helper"], export)
+
+
+def test_helper_that_exits_at_once(export: Path) -> None:
+    argv = [sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"]
+    with pytest.raises(HelperStartError) as info:
+        spawn_helper(argv, export, settle=5)
+    assert info.value.returncode == 3 and info.value.stderr == "boom"
+
+
+def test_helper_that_never_listens(export: Path) -> None:
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(HelperStartError, match="did not listen"):
+        spawn_helper(argv, export, "socket", start_timeout=0.3)
+
+
+@pytest.mark.parametrize("mode", ["fd", "socket"])
+def test_our_own_helper(export: Path, mode: str) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the reference helper needs root to confine itself", pytrace=False)
+    with spawn_helper(OUR_HELPER, export, mode, timeout=10) as helper:  # type: ignore[arg-type]
+        c = helper.client
+        assert c.lstat("/file.txt").is_file()
+        fd = c.create("/made", mode=0o640, uid=1000, gid=1000)
+        os.write(fd, b"through our helper")
+        os.close(fd)
+        st = (export / "made").stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1000, 1000, 0o640)
+        c.lsetxattr("/made", "user.k", b"v")
+        assert c.lgetxattr("/made", "user.k") == b"v"
+        with pytest.raises(FileNotFoundError):
+            c.open("/missing")
+    assert helper.process.returncode == 0

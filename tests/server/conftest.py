@@ -58,6 +58,7 @@ class Helper:
         return self.transport.exchange(self.conn, request, timeout=timeout).reply
 
     def close(self, timeout: float = 5.0) -> int:
+        """Close our end; the helper's exit status (it is killed if it lingers)."""
         self.sock.close()
         try:
             return self.proc.wait(timeout)
@@ -65,6 +66,9 @@ class Helper:
             self.proc.kill()
             self.proc.wait()
             raise
+        finally:
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
 
     def stderr(self) -> str:
         assert self.proc.stderr is not None

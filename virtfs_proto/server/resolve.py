@@ -7,7 +7,10 @@ Where the kernel lacks openat2 (``ENOSYS``, Linux < 5.6), or when a test forces
 it, a per-component ``O_NOFOLLOW`` walk emulates the same rules in user space:
 each symlink is read and its text re-resolved inside the root, ``..`` pops a
 stack of fds we opened ourselves (so a directory renamed out from under us can
-never lead above the root), and more than 40 links give ``ELOOP``.
+never lead above the root), and more than 40 links give ``ELOOP``. The walk
+opens the last component with ``O_NOFOLLOW`` too (following a symlink there
+by hand), so ``F_GETFL`` on an fd it opened shows ``O_NOFOLLOW``; with openat2
+the flags are exactly the client's.
 
 Paths arrive as raw wire bytes. QEMU counts a trailing NUL in the length of
 most paths, so exactly one trailing NUL is stripped. An *embedded* NUL is

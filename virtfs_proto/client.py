@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Final, Literal, TypeVar, overload
 
 from . import messages as m
+from .codec import encode_request
 from .connection import ClientConnection
 from .constants import MAX_STRING_LENGTH, UTIME_NOW, UTIME_OMIT, ByteOrder
 from .errnos import oserror_for
@@ -393,6 +394,8 @@ class ProxyClient:
                 return self.transport.exchange(self._conn, request, timeout=timeout).reply
             except (BadFdCount, AncillaryTruncated):
                 raise  # the reply was consumed: still in step
+            except LocalProtocolError:
+                raise  # refused before anything was sent (e.g. too large to encode)
             except ProxyProtocolError as exc:
                 self._fail(exc)
                 raise
@@ -421,6 +424,10 @@ class ProxyClient:
         with self._lock:
             self._check_open()
             conn, transport = self._conn, self.transport
+            # Refuse an unencodable request before sending anything: halfway
+            # through, the replies in flight would leave the stream unusable.
+            for request in pending:
+                encode_request(request, byteorder=conn.byteorder)
             sent = 0
             try:
                 while len(replies) < len(pending):

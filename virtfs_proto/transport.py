@@ -41,7 +41,15 @@ from typing import Final
 
 from . import messages as m
 from .connection import NEED_DATA, ClientConnection, ConnectionState, ReplyReceived
-from .constants import HEADER_SIZE, HOST_BYTE_ORDER, PROXY_MAX_IO_SZ, ByteOrder, ReplyKind
+from .constants import (
+    HEADER_SIZE,
+    HOST_BYTE_ORDER,
+    PROXY_MAX_IO_SZ,
+    REPLY_KIND,
+    ByteOrder,
+    MessageType,
+    ReplyKind,
+)
 from .errors import (
     AncillaryTruncated,
     BadFdCount,
@@ -266,13 +274,13 @@ class Transport:
 
     def recv_reply_raw(
         self,
-        kind: ReplyKind,
+        kind: ReplyKind | MessageType,
         *,
         timeout: Timeout = DEFAULT_TIMEOUT,
         byteorder: ByteOrder = HOST_BYTE_ORDER,
         max_payload: int = PROXY_MAX_IO_SZ,
     ) -> RawReply:
-        """Read one reply of the given shape without decoding it.
+        """Read one reply of the given shape (or the shape answering a request type), raw.
 
         An FD reply is exactly 4 bytes; a STATUS or RESPONSE reply is the
         8-byte header and then the ``size`` it announces (at most
@@ -281,6 +289,8 @@ class Transport:
         reported in the result (``eof``, ``complete``), not raised; a timeout
         raises :class:`TransportTimeout`. The caller owns (closes) ``fds``.
         """
+        if isinstance(kind, MessageType):
+            kind = REPLY_KIND[kind]
         deadline = self._deadline(timeout)
         if kind is ReplyKind.FD:
             return self._read_raw(4, deadline, RawReply(b""))

@@ -247,7 +247,7 @@ def test_raw_reply_shapes(fds_before, pair, tmp_path) -> None:
     raw = transport.recv_reply_raw(ReplyKind.FD)
     assert raw.data == FD_OK and len(raw.fds) == 1 and raw.complete
     raw.close_fds()
-    raw = transport.recv_reply_raw(ReplyKind.STATUS)
+    raw = transport.recv_reply_raw(MessageType.T_CHMOD)
     assert raw.data == STATUS_OK and raw.fds == [] and raw.complete
     peer.send(struct.pack("=II", 0, 116) + b"\0" * 10)
     peer.shutdown(socket.SHUT_WR)

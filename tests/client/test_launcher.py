@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -121,3 +122,16 @@ def test_our_own_helper(export: Path, mode: str) -> None:
         with pytest.raises(FileNotFoundError):
             c.open("/missing")
     assert helper.process.returncode == 0
+
+
+def test_missing_qemu_helper_fails_the_tests_loudly() -> None:
+    """Without QEMU's helper the interop tests FAIL with how to install it, never skip."""
+    env = dict(os.environ, VIRTFS_QEMU_HELPER="/nonexistent/virtfs-proxy-helper")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"{__file__}::test_export_not_a_directory"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    assert "install it: apt-get install -y qemu-system-common" in result.stdout
+    assert "1 error" in result.stdout or "1 failed" in result.stdout

@@ -6,7 +6,7 @@ import contextlib
 import enum
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -107,13 +107,34 @@ def show(reply: m.Reply) -> str:
 class Context:
     """What a case works with: the workspace, the helper, and checking shortcuts."""
 
-    def __init__(self, ws: Workspace, helper: HelperSession, mode: str) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        start_helper: Callable[[], HelperSession],
+        mode: str,
+        argv: Sequence[str] = (),
+    ) -> None:
         self.ws = ws
-        self.helper = helper
+        #: the helper command under test (without options)
+        self.argv = list(argv)
+        self._start_helper = start_helper
+        self._helper: HelperSession | None = None
         self.mode = mode
         self._fds: list[int] = []
         #: notes a case leaves for the report (shown beside the verdict)
         self.notes: list[str] = []
+
+    @property
+    def helper(self) -> HelperSession:
+        """The helper under test, started on first use."""
+        if self._helper is None:
+            self._helper = self._start_helper()
+        return self._helper
+
+    @property
+    def used_helper(self) -> HelperSession | None:
+        """The helper the case talked to, if any."""
+        return self._helper
 
     # -- paths --------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..errors import ProxyProtocolError
+from ..errors import HelperStartError, ProxyProtocolError
 from . import cases as _cases  # noqa: F401  (registers every case)
 from .fixture import Workspace
 from .model import (
@@ -27,7 +27,13 @@ from .model import (
     Verdict,
     select,
 )
-from .session import EXIT_TIMEOUT, HelperGone, HelperHung, HelperSession, HelperStartError
+from .session import (
+    EXIT_TIMEOUT,
+    HelperGone,
+    HelperHung,
+    HelperSession,
+    describe_status,
+)
 
 MODES = ("fd", "socket")
 
@@ -49,34 +55,32 @@ class _Runner:
             self.helper.close()
             self.helper = None
 
+    def _helper(self) -> HelperSession:
+        if self.helper is not None and not self.helper.alive():
+            self._dispose()
+        if self.helper is None:
+            self.helper = self._start()
+        return self.helper
+
     def run_case(self, case: Case) -> CaseResult:
         result = CaseResult(case.name, case.group, case.cls, self.mode, Verdict.PASS)
         start = time.monotonic()
-        self.ws.build_export()
-        before = self.ws.snapshot()
         if case.fresh:
             self._dispose()
-        try:
-            if self.helper is None or not self.helper.alive():
-                self._dispose()
-                self.helper = self._start()
-        except HelperStartError as exc:
-            result.verdict, result.detail = Verdict.FAIL, f"helper did not start: {exc}"
-            self.helper = None
-            return result
-        helper = self.helper
-        ctx = Context(self.ws, helper, self.mode)
+        self.ws.build_export()
+        before = self.ws.snapshot()
+        ctx = Context(self.ws, self._helper, self.mode, self.argv)
         tainted = case.fresh
         try:
             case.func(ctx)
         except CheckFailed as exc:
             result.verdict, result.detail = Verdict.FAIL, str(exc)
         except Deviation as exc:
-            result.verdict, result.detail, result.deviation = (
-                Verdict.DEVIATION,
-                exc.detail,
-                exc.name,
-            )
+            result.verdict, result.detail = Verdict.DEVIATION, exc.detail
+            result.deviation = exc.name
+        except HelperStartError as exc:
+            result.verdict, result.detail = Verdict.FAIL, f"helper did not start: {exc}"
+            tainted = True
         except HelperHung as exc:
             result.verdict, result.detail = Verdict.FAIL, f"helper blocked: {exc}"
             tainted = True
@@ -86,7 +90,7 @@ class _Runner:
         except ProxyProtocolError as exc:
             result.verdict, result.detail = Verdict.FAIL, f"malformed reply: {exc}"
             tainted = True
-        except Exception as exc:  # a bug in the case, reported rather than aborting the run
+        except Exception as exc:  # a bug in the case: reported, the run goes on
             tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
             result.verdict, result.detail = Verdict.FAIL, f"suite error: {tb}"
             tainted = True
@@ -94,26 +98,12 @@ class _Runner:
             ctx.close_fds()
         if ctx.notes and not result.detail:
             result.detail = "; ".join(ctx.notes)
-        if helper.conn.outstanding:
-            tainted = True
-        # the helper's state, as the spec requires it after this case
-        if case.fatal:
-            status = helper.wait_exit(EXIT_TIMEOUT)
-            if status != 0 and result.verdict is not Verdict.FAIL:
-                from .session import describe_status
-
-                result.verdict = Verdict.FAIL
-                result.detail = (
-                    "helper did not exit after a fatal frame"
-                    if status is None
-                    else f"helper ended with {describe_status(status)}, not exit 0"
-                )
-        elif not helper.alive() and result.verdict is not Verdict.FAIL:
-            result.verdict = Verdict.FAIL
-            result.detail = f"helper {helper.status()} during the case"
-        if tainted or case.fatal or not helper.alive():
-            helper.kill() if case.fatal or not helper.alive() else None
-            self._dispose()
+        helper = ctx.used_helper
+        if helper is not None:
+            self._check_end_state(case, helper, result)
+            if tainted or case.fatal or helper.conn.outstanding or not helper.alive():
+                helper.kill()
+                self._dispose()
         problems = self.ws.differences(before, self.ws.snapshot())
         if problems:
             result.verdict = Verdict.FAIL
@@ -121,6 +111,23 @@ class _Runner:
             self.ws.build_sentinels()
         result.seconds = time.monotonic() - start
         return result
+
+    @staticmethod
+    def _check_end_state(case: Case, helper: HelperSession, result: CaseResult) -> None:
+        """Alive after an ordinary case; exited (not by a signal) after a fatal one."""
+        if result.verdict is Verdict.FAIL:
+            return
+        if case.fatal:
+            status = helper.wait_exit(EXIT_TIMEOUT)
+            if status is None:
+                result.verdict = Verdict.FAIL
+                result.detail = "the helper did not exit after a fatal frame"
+            elif status < 0:
+                result.verdict = Verdict.FAIL
+                result.detail = f"the helper {describe_status(status)} instead of exiting"
+        elif not helper.alive():
+            result.verdict = Verdict.FAIL
+            result.detail = f"the helper {helper.status()} during the case"
 
     def close(self) -> None:
         self._dispose()

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Final
 
 from .. import messages as m
-from ..connection import NEED_DATA, ClientConnection, ReplyReceived
-from ..errors import ProxyProtocolError
+from ..connection import ClientConnection
+from ..errors import ConnectionClosed, HelperStartError, ProxyProtocolError, TransportTimeout
+from ..transport import Transport, close_fds
 from . import procfs
 
 #: Seconds a single reply may take before the helper counts as blocked.
@@ -38,10 +39,6 @@ class HelperGone(Exception):
     """The helper closed the connection or died instead of replying."""
 
 
-class HelperStartError(Exception):
-    """The helper did not start (exited early or never accepted the connection)."""
-
-
 def describe_status(returncode: int | None) -> str:
     """``exit 0``, ``killed by SIGABRT``, or ``running``."""
     if returncode is None:
@@ -54,38 +51,16 @@ def describe_status(returncode: int | None) -> str:
     return f"exit {returncode}"
 
 
-# -- private transport ------------------------------------------------------
-# PRIVATE TRANSPORT (until virtfs_proto.transport lands): the two system
-# calls the suite needs, with a deadline. Replace with the transport module.
-
-
-def _send(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
-    if fds:
-        sent = socket.send_fds(sock, [data], list(fds))
-        if sent < len(data):
-            sock.sendall(data[sent:])
-    else:
-        sock.sendall(data)
-
-
-def _recv(sock: socket.socket, max_bytes: int, deadline: float) -> tuple[bytes, list[int]]:
-    """Up to ``max_bytes`` and the fds that came with them; b"" at EOF."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    sock.settimeout(remaining)
-    data, fds, _flags, _addr = socket.recv_fds(sock, max_bytes, 4)
-    return data, fds
-
-
-# -- end of private transport -----------------------------------------------
-
-
 class HelperSession:
     """Start ``argv`` on ``export`` in ``mode`` ("fd" or "socket") and talk to it.
 
     ``extra_fds`` are inherited by the helper besides its socket (to check that
     it closes them). stdout and stderr go to a file read by :meth:`log`.
+
+    Not :func:`virtfs_proto.launcher.spawn_helper`: the suite needs raw access
+    to the connection (malformed frames), extra inherited descriptors, the
+    socket file's owner before it is unlinked, and its own process group so
+    that a helper which forks can be killed whole.
     """
 
     def __init__(
@@ -117,15 +92,16 @@ class HelperSession:
                 self.proc = self._popen(cmd, [theirs.fileno(), *extra_fds])
             finally:
                 theirs.close()
-            self.sock = ours
+            sock = ours
         elif mode == "socket":
             path = rundir / f"helper-{os.getpid()}-{time.monotonic_ns()}.sock"
             cmd = [*self.argv, "-p", str(export), "-s", str(path)]
             cmd += ["-u", str(uid), "-g", str(gid), "-n"]
             self.proc = self._popen(cmd, list(extra_fds))
-            self.sock = self._connect(path)
+            sock = self._connect(path)
         else:
             raise ValueError(f"mode must be 'fd' or 'socket', not {mode!r}")
+        self.transport = Transport(sock, timeout=DEFAULT_TIMEOUT)
 
     def _popen(self, cmd: list[str], pass_fds: list[int]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -142,8 +118,10 @@ class HelperSession:
         while True:
             if self.proc.poll() is not None:
                 raise HelperStartError(
-                    f"helper {describe_status(self.proc.returncode)} before accepting: "
-                    f"{self.log()[-400:]!r}"
+                    f"helper {describe_status(self.proc.returncode)} before accepting",
+                    returncode=self.proc.returncode,
+                    stderr=self.log()[-2000:],
+                    argv=tuple(self.argv),
                 )
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -197,7 +175,7 @@ class HelperSession:
 
     def call(self, request: m.Request, timeout: float = DEFAULT_TIMEOUT) -> m.Reply:
         """Send one request and return its reply (an FdReply's fd is ours to close)."""
-        _send(self.sock, self.conn.send_request(request))
+        self.send_raw(self.conn.send_request(request))
         return self.next_reply(timeout)
 
     def call_raw(
@@ -205,58 +183,48 @@ class HelperSession:
     ) -> m.Reply:
         """Send ``frame`` verbatim and decode the reply as answering ``decode_as``."""
         self.conn.send_request(decode_as)
-        _send(self.sock, frame)
+        self.send_raw(frame)
         return self.next_reply(timeout)
 
     def pipeline(self, requests: Sequence[m.Request]) -> None:
         """Send every request in one write; collect the replies with :meth:`next_reply`."""
-        _send(self.sock, b"".join(self.conn.send_request(r) for r in requests))
+        self.send_raw(b"".join(self.conn.send_request(r) for r in requests))
 
     def next_reply(self, timeout: float = DEFAULT_TIMEOUT) -> m.Reply:
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self.conn.next_event()
-            if isinstance(event, ReplyReceived):
-                return event.reply
-            if event is not NEED_DATA:
-                raise HelperGone(f"connection closed ({self.status()})")
-            want = self.conn.bytes_wanted()
-            try:
-                data, fds = _recv(self.sock, want, deadline)
-            except TimeoutError:
-                raise HelperHung(f"no reply within {timeout:g} s ({self.status()})") from None
-            except ConnectionResetError:
-                data, fds = b"", []
-            if not data:
-                for fd in fds:
-                    os.close(fd)
-                self.conn.receive_eof()
-                with contextlib.suppress(ProxyProtocolError):
-                    self.conn.next_event()
-                raise HelperGone(f"connection closed ({self._status_after_eof()})")
-            self.conn.receive_data(data, fds)
-
-    def _status_after_eof(self) -> str:
-        self.wait_exit(1.0)
-        return self.status()
+        """The reply to the oldest outstanding request."""
+        try:
+            return self.transport.read_event(self.conn, timeout=timeout).reply
+        except TransportTimeout:
+            raise HelperHung(f"no reply within {timeout:g} s ({self.status()})") from None
+        except ConnectionClosed:
+            self.wait_exit(1.0)
+            raise HelperGone(f"connection closed ({self.status()})") from None
 
     def send_raw(self, data: bytes, fds: Sequence[int] = ()) -> None:
-        """Bytes (and fds) that the codec's connection does not track."""
-        _send(self.sock, data, fds)
+        """Bytes (and fds) as they are; the codec's connection does not see them."""
+        try:
+            self.transport.send(data, fds)
+        except TransportTimeout:
+            raise HelperHung(f"the helper does not read ({self.status()})") from None
+        except ConnectionClosed:
+            self.wait_exit(1.0)
+            raise HelperGone(f"connection closed ({self.status()})") from None
 
     def read_raw(self, timeout: float) -> tuple[bytes, bool]:
         """Whatever arrives within ``timeout`` seconds, and whether EOF was seen."""
         deadline = time.monotonic() + timeout
         got = bytearray()
         while len(got) < 1 << 20:
+            left = deadline - time.monotonic()
             try:
-                data, fds = _recv(self.sock, 65536, deadline)
-            except TimeoutError:
+                if left <= 0:
+                    raise TransportTimeout("deadline")
+                data, fds = self.transport.recv(65536, timeout=left)
+            except TransportTimeout:
                 return bytes(got), False
-            except ConnectionResetError:
+            except (ConnectionClosed, ProxyProtocolError):
                 return bytes(got), True
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             if not data:
                 return bytes(got), True
             got += data
@@ -266,16 +234,20 @@ class HelperSession:
 
     def shutdown_write(self) -> None:
         with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
+            self.transport.shutdown_write()
+
+    def abandon(self) -> None:
+        """Close our end at once, without reading what the helper still sends."""
+        close_fds(self.conn.discard_fds())
+        self.transport.close()
 
     def close(self) -> int | None:
         """EOF to the helper, then wait for it to exit; kill it if it does not."""
         if self._closed:
             return self.proc.returncode
         self._closed = True
-        for fd in self.conn.discard_fds():
-            os.close(fd)
-        self.sock.close()
+        close_fds(self.conn.discard_fds())
+        self.transport.close()
         status = self.wait_exit()
         if status is None:
             self.kill()

@@ -15,6 +15,7 @@ import dataclasses
 import doctest
 import html
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -101,6 +102,10 @@ def test_site_builds_with_warnings_as_errors(built: Path) -> None:
         "spec/replies.html",
         "spec/errors.html",
         "spec/vectors.html",
+        "tutorials/decode.html",
+        "tutorials/client.html",
+        "tutorials/helper-under-qemu.html",
+        "tutorials/conformance.html",
     ]:
         assert (built / page).is_file(), page
 
@@ -345,3 +350,68 @@ def test_doctest_snippets_run(page: Path) -> None:
     )
     assert result.attempted > 0
     assert result.failed == 0, f"{result.failed} doctest(s) failed in {page}"
+
+
+# -- the examples the pages refer to ------------------------------------------
+
+EXAMPLES = ROOT / "examples"
+
+
+def _run_example(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_every_example_is_referenced_from_the_docs() -> None:
+    pages = "\n".join(p.read_text() for p in DOCS.rglob("*.rst") if "_build" not in p.parts)
+    for example in EXAMPLES.glob("*.py"):
+        assert f"examples/{example.name}" in pages, f"{example.name} is not in the docs"
+
+
+def test_example_decode_capture() -> None:
+    proc = _run_example(str(EXAMPLES / "decode_capture.py"))
+    assert proc.returncode == 0, proc.stderr
+    assert "T_LSTAT" in proc.stdout
+    assert "st_mode        33188" in proc.stdout
+
+
+def test_example_bench_roundtrips_codec_only() -> None:
+    proc = _run_example(str(EXAMPLES / "bench_roundtrips.py"), "--codec-only")
+    assert proc.returncode == 0, proc.stderr
+    assert "decode 116-byte stat reply (fast path)" in proc.stdout
+
+
+QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="the helper chroots: needs root")
+@pytest.mark.parametrize(
+    "helper",
+    [
+        pytest.param([sys.executable, "-m", "virtfs_proto.cli", "helper"], id="ours"),
+        pytest.param(
+            [QEMU_HELPER],
+            id="qemu",
+            marks=[
+                pytest.mark.qemu_helper,
+                pytest.mark.skipif(
+                    not os.access(QEMU_HELPER, os.X_OK), reason="QEMU's helper not installed"
+                ),
+            ],
+        ),
+    ],
+)
+def test_example_talk_to_helper(helper: list[str]) -> None:
+    proc = _run_example(str(EXAMPLES / "talk_to_helper.py"), *helper)
+    assert proc.returncode == 0, proc.stderr
+    # the output the client tutorial shows
+    expected = (DOCS / "tutorials" / "client.rst").read_text()
+    for line in proc.stdout.splitlines():
+        assert line.strip() in expected, line

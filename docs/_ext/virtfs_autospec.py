@@ -30,6 +30,8 @@ Directives:
     the golden vectors committed in ``spec/vectors/``.
 ``.. virtfs-cli::``
     every ``virtfs-proto`` sub-command with its usage and options.
+``.. virtfs-capabilities::``
+    the capabilities the reference helper keeps, with the reason for each.
 """
 
 from __future__ import annotations
@@ -515,8 +517,9 @@ def vectors_rst(vector_dir: Path) -> list[str]:
                 outcome = f" → {reply['kind']}"
             else:
                 outcome = " → undecodable"
-            if ex.get("fds"):
-                outcome += f" + {ex['fds']} fd"
+            expected_fds = 1 if reply.get("kind") == "fd" else 0
+            if ex.get("fds", 0) != expected_fds:
+                outcome += f" ({ex.get('fds', 0)} fds)"
             steps.append(f"``{name}``{outcome}")
         end = data.get("end", {})
         ending = end.get("helper", "")
@@ -639,6 +642,23 @@ def cli_rst() -> list[str]:
     return out
 
 
+def capabilities_rst() -> list[str]:
+    """The reference helper's kept capabilities, from its own table."""
+    from virtfs_proto.server import privileges
+
+    body = [
+        [_lit(privileges.CAPABILITY_NAMES[cap]), str(cap), " ".join(reason.split())]
+        for cap, reason in privileges.KEPT_CAPABILITIES.items()
+    ]
+    mask = privileges.capability_mask(privileges.KEPT_CAPABILITIES)
+    out = list_table(["capability", "number", "why the helper keeps it"], body, [24, 8, 68])
+    out += [
+        f"As a mask (``CapPrm`` / ``CapEff`` / ``CapBnd`` in ``/proc``): ``{mask:016x}``.",
+        "",
+    ]
+    return out
+
+
 # -- Sphinx glue ------------------------------------------------------------
 
 
@@ -720,6 +740,11 @@ class CliDirective(_RstDirective):
         return cli_rst()
 
 
+class CapabilitiesDirective(_RstDirective):
+    def lines(self) -> list[str]:
+        return capabilities_rst()
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("virtfs_vectors_dir", "", "env", types=[str])
     app.add_directive("virtfs-layout", LayoutDirective)
@@ -730,4 +755,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("virtfs-errno-table", ErrnoTableDirective)
     app.add_directive("virtfs-vectors", VectorsDirective)
     app.add_directive("virtfs-cli", CliDirective)
+    app.add_directive("virtfs-capabilities", CapabilitiesDirective)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

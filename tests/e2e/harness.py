@@ -50,16 +50,14 @@ REPO = Path(__file__).resolve().parents[2]
 QEMU_UID = 65534
 QEMU_GID = 65534
 BOOT_TIMEOUT = 120.0
+TRACER = (sys.executable, "-m", "virtfs_proto.cli", "trace")
 
 CHECK_RE = re.compile(r"^CHECK (\S+) (PASS|FAIL)(?: (.*))?$")
 
 
 def our_helper() -> tuple[str, ...]:
-    """The command that starts our helper (the package's console script)."""
-    script = Path(sys.executable).with_name("virtfs-proto")
-    if script.exists():
-        return (str(script), "helper")
-    return (sys.executable, "-m", "virtfs_proto.cli", "helper")
+    """The command that starts our helper (the entry point tests/server uses too)."""
+    return (sys.executable, "-m", "virtfs_proto.server")
 
 
 class HarnessError(RuntimeError):
@@ -185,8 +183,14 @@ def run_guest(
     timeout: float = BOOT_TIMEOUT,
     workdir: Path | None = None,
     keep_export: bool = False,
+    trace: Path | None = None,
 ) -> GuestRun:
-    """Boot the guest once against ``helper`` and return everything observed."""
+    """Boot the guest once against ``helper`` and return everything observed.
+
+    With ``trace``, ``virtfs-proto trace`` sits between QEMU and the helper
+    (it takes QEMU's side of the connection and starts the helper on a
+    socketpair of its own) and writes its JSON Lines there.
+    """
     if mode not in ("fd", "socket"):
         raise ValueError(f"mode must be fd or socket, not {mode!r}")
     helper = tuple(helper)
@@ -220,7 +224,12 @@ def run_guest(
         with open(helper_log, "wb") as log:
             if mode == "fd":
                 qemu_end, helper_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                helper_argv = [*helper, "-p", str(export), "-f", str(helper_end.fileno()), "-n"]
+                fd = str(helper_end.fileno())
+                if trace is None:
+                    helper_argv = [*helper, "-p", str(export), "-f", fd, "-n"]
+                else:
+                    helper_argv = [*TRACER, "-o", str(trace), "--listen-fd", fd, "--", *helper]
+                    helper_argv += ["-p", str(export), "-n"]
                 helper_proc = subprocess.Popen(
                     helper_argv,
                     stdin=subprocess.DEVNULL,
@@ -232,18 +241,12 @@ def run_guest(
                 qemu_fds.append(qemu_end.fileno())
                 fsdev = f"proxy,id=fs0,sock_fd={qemu_end.fileno()}"
             else:
-                helper_argv = [
-                    *helper,
-                    "-p",
-                    str(export),
-                    "-s",
-                    str(sock_path),
-                    "-u",
-                    str(QEMU_UID),
-                    "-g",
-                    str(QEMU_GID),
-                    "-n",
-                ]
+                owner = ["-u", str(QEMU_UID), "-g", str(QEMU_GID)]
+                if trace is None:
+                    helper_argv = [*helper, "-p", str(export), "-s", str(sock_path), *owner, "-n"]
+                else:
+                    helper_argv = [*TRACER, "-o", str(trace), "--listen", str(sock_path), *owner]
+                    helper_argv += ["--", *helper, "-p", str(export), "-n"]
                 helper_proc = subprocess.Popen(
                     helper_argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log
                 )
@@ -404,12 +407,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--console", action="store_true", help="print the guest console")
     ap.add_argument("--keep", action="store_true", help="keep the export directory")
+    ap.add_argument("--trace", type=Path, help="run through virtfs-proto trace, JSON Lines here")
     args = ap.parse_args(argv)
     helper = {"qemu": QEMU_HELPER, "ours": our_helper()}.get(args.helper) or tuple(
         shlex.split(args.helper)
     )
     run = run_guest(
-        helper, args.mode, compressed_kernel=args.compressed_kernel, keep_export=args.keep
+        helper,
+        args.mode,
+        compressed_kernel=args.compressed_kernel,
+        keep_export=args.keep,
+        trace=args.trace,
     )
     if args.console:
         print(run.console)

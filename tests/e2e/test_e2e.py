@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+from virtfs_proto.constants import REQUEST_TYPES
 
 from .build_guest import GuestBuildError, GuestImage, ensure_guest
 from .harness import QEMU_HELPER, GuestRun, HarnessError, our_helper, require_tools, run_guest
@@ -69,6 +74,14 @@ def _state_diff(a: GuestRun, b: GuestRun) -> str:
             n=0,
         )
     )
+
+
+def _field(request: dict[str, object], name: str) -> object:
+    """A decoded request field, with hex strings read back as text (minus QEMU's NUL)."""
+    value = request.get(name)
+    if isinstance(value, str) and name not in ("type",):
+        return bytes.fromhex(value).rstrip(b"\0").decode(errors="replace")
+    return value
 
 
 def _assert_clean_run(run: GuestRun) -> None:
@@ -139,3 +152,81 @@ def test_our_helper_socketpair(qemu_fd: GuestRun, ours_fd: GuestRun) -> None:
 def test_our_helper_named_socket(qemu_fd: GuestRun, ours_socket: GuestRun) -> None:
     _assert_clean_run(ours_socket)
     _assert_same(qemu_fd, ours_socket)
+
+
+@pytest.fixture(scope="module")
+def traced(image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> tuple[GuestRun, Path]:
+    trace = tmp_path_factory.mktemp("trace") / "trace.jsonl"
+    try:
+        return run_guest(QEMU_HELPER, "fd", image=image, trace=trace), trace
+    except HarnessError as exc:
+        pytest.fail(str(exc))
+
+
+def test_tracer_is_transparent(qemu_fd: GuestRun, traced: tuple[GuestRun, Path]) -> None:
+    run, _ = traced
+    _assert_clean_run(run)
+    assert "trace: " in run.helper_stderr and "0 did not decode" in run.helper_stderr
+    _assert_same(qemu_fd, run)
+
+
+def test_trace_decodes_completely(traced: tuple[GuestRun, Path]) -> None:
+    _, trace = traced
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert len(records) > 1000  # thousands of exchanges for 34 checks
+    assert [r["seq"] for r in records] == list(range(len(records)))
+    bad = [r for r in records if "error" in r["request"] or "error" in r["reply"]]
+    assert not bad, bad[:5]
+    # The raw frames decode again, through the CLI, to the very same JSON.
+    hexes = "".join(json.dumps(r["hex"]) + "\n" for r in records)
+    res = subprocess.run(
+        [sys.executable, "-m", "virtfs_proto.cli", "decode"],
+        input=hexes,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    again = [json.loads(line) for line in res.stdout.splitlines()]
+    assert again == [{"request": r["request"], "reply": r["reply"]} for r in records]
+
+
+def test_trace_covers_the_workload(traced: tuple[GuestRun, Path]) -> None:
+    _, trace = traced
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    seen = {r["request"]["type"] for r in records}
+    assert seen == {t.name for t in REQUEST_TYPES}, sorted({t.name for t in REQUEST_TYPES} - seen)
+
+    def find(type_name: str, reply: dict[str, object] | None = None, **fields: object) -> None:
+        """Some exchange has this request type, these decoded fields (strings as text)."""
+        for r in records:
+            q = r["request"]
+            if q["type"] != type_name or (reply is not None and r["reply"] != reply):
+                continue
+            if all(_field(q, k) == v for k, v in fields.items()):
+                return
+        pytest.fail(f"no {type_name} with {fields} reply={reply} in the trace")
+
+    ok = {"kind": "status"}
+    find("T_MKDIR", ok, path="//t", uid=0, gid=0, mode=0o40755)
+    find("T_MKNOD", ok, path="//t/chardev", rdev=0x103, mode=0o20640)
+    find("T_MKNOD", ok, path="//t/fifo", rdev=0, mode=0o10644)
+    find("T_SYMLINK", ok, target="hello", linkpath="//t/sym")
+    find("T_LINK", ok, oldpath="//t/hello", newpath="//t/hard")
+    find("T_RENAME", ok, oldpath="//t/r1", newpath="//t/r2")
+    find("T_RENAME", ok, oldpath="//t/rd1", newpath="//t/rd2")
+    find("T_RENAME", ok, oldpath="//t/ro_src", newpath="//t/ro_dst")
+    find("T_CHMOD", ok, path="//t/modes", mode=0o104750)
+    find("T_CHOWN", ok, path="//t/owned", uid=1234, gid=2345)
+    find("T_CHOWN", ok, path="//t/ownlink", uid=3456, gid=4567)
+    find("T_TRUNCATE", ok, path="//t/trunc", length=4)
+    find("T_TRUNCATE", ok, path="//t/trunc", length=65536)
+    find("T_UTIME", ok, path="//t/timed", atime_sec=981173106, mtime_sec=981173106)
+    find("T_CREATE", {"kind": "fd"}, path="//t/home/file", uid=1000, gid=1000)
+    find("T_LSETXATTR", ok, path="//t/xattrs", name="user.comment", value="hello xattr")
+    find("T_LSETXATTR", {"kind": "error", "errno": 17, "name": "EEXIST"}, name="user.comment")
+    find("T_LREMOVEXATTR", ok, path="//t/xattrs", name="user.gone")
+    find("T_REMOVE", {"kind": "error", "errno": 39, "name": "ENOTEMPTY"}, path="//t/rd2")
+    find("T_REMOVE", ok, path="//t/ghost")
+    find("T_READLINK", None, path="//t/longlink")
+    find("T_STATFS", None, path="/")

@@ -1,0 +1,216 @@
+"""The tracer in the middle: bytes and descriptors pass unchanged, exchanges are logged.
+
+Most tests put the test on both ends (it plays QEMU and the helper) so every
+byte is known; one runs QEMU's real helper behind the tracer. The end-to-end
+trace of a real guest session is in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from virtfs_proto import messages as m
+from virtfs_proto.codec import encode_reply, encode_request
+from virtfs_proto.connection import ClientConnection
+from virtfs_proto.constants import V9FS_FD_VALID, MessageType
+from virtfs_proto.trace import Tracer, TraceStats
+from virtfs_proto.transport import Transport
+
+QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
+
+
+@dataclass
+class Rig:
+    """client (plays QEMU) <-> tracer <-> peer (plays the helper)."""
+
+    client: Transport
+    peer: socket.socket
+    out: io.StringIO
+    thread: threading.Thread
+    result: list[TraceStats]
+
+    def finish(self) -> TraceStats:
+        self.client.close()
+        self.peer.close()
+        self.thread.join(5)
+        assert not self.thread.is_alive(), "tracer did not stop after both sides closed"
+        return self.result[0]
+
+    def records(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.out.getvalue().splitlines()]
+
+
+def start_tracer(
+    helper_side: socket.socket,
+) -> tuple[Transport, io.StringIO, threading.Thread, list[TraceStats]]:
+    client, tracer_client = socket.socketpair()
+    out = io.StringIO()
+    result: list[TraceStats] = []
+    tracer = Tracer(tracer_client, helper_side, out)
+    thread = threading.Thread(target=lambda: result.append(tracer.run()), daemon=True)
+    thread.start()
+    return Transport(client, timeout=5), out, thread, result
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def no_fd_leak() -> Iterator[None]:
+    """The tracer closes every descriptor it forwarded and both of its sockets."""
+    before = open_fds()
+    yield
+    assert open_fds() == before, "descriptors leaked"
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    peer, tracer_helper = socket.socketpair()
+    client, out, thread, result = start_tracer(tracer_helper)
+    r = Rig(client, peer, out, thread, result)
+    yield r
+    r.client.close()
+    r.peer.close()
+    thread.join(5)
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    header = sock.recv(8, socket.MSG_WAITALL)
+    size = struct.unpack("=II", header)[1]
+    return header + (sock.recv(size, socket.MSG_WAITALL) if size else b"")
+
+
+def test_fd_reply_passes_a_working_descriptor(no_fd_leak: None, rig: Rig, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"through the tracer")
+    request = m.OpenRequest(b"//f\0", os.O_RDONLY)
+    conn = ClientConnection()
+    rig.client.send_request(conn, request)
+    assert recv_frame(rig.peer) == encode_request(request)  # forwarded byte for byte
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    socket.send_fds(rig.peer, [struct.pack("=i", V9FS_FD_VALID)], [fd])
+    os.close(fd)
+    reply = rig.client.read_event(conn).reply
+    assert isinstance(reply, m.FdReply)
+    assert os.read(reply.fd, 100) == b"through the tracer"
+    os.close(reply.fd)
+    stats = rig.finish()
+    assert stats.clean and stats.exchanges == 1
+    (rec,) = rig.records()
+    assert rec["request"] == {"type": "T_OPEN", "path": b"//f\0".hex(), "flags": os.O_RDONLY}
+    assert rec["reply"] == {"kind": "fd"}
+    assert rec["fds"] == 1
+    assert rec["hex"] == {"request": encode_request(request).hex(), "reply": "ffffff7f"}
+    assert isinstance(rec["us"], float) and rec["us"] >= 0
+
+
+def test_replies_arriving_byte_by_byte_are_framed(rig: Rig) -> None:
+    requests = [m.LstatRequest(b"/\0"), m.ChmodRequest(b"/x\0", 0o600), m.OpenRequest(b"/y\0", 0)]
+    replies: list[m.Reply] = [m.ErrorReply(2), m.StatusReply(), m.ErrorReply(13)]
+    conn = ClientConnection()
+    for request in requests:  # pipelined: all three in flight
+        rig.client.send_request(conn, request)
+    wire = b"".join(encode_reply(q, a) for q, a in zip(requests, replies, strict=True))
+    for i in range(len(wire)):
+        rig.peer.send(wire[i : i + 1])
+    got = [rig.client.read_event(conn).reply for _ in requests]
+    assert got == replies
+    stats = rig.finish()
+    assert stats.clean and stats.exchanges == 3
+    recs = rig.records()
+    assert [r["seq"] for r in recs] == [0, 1, 2]
+    assert [r["reply"] for r in recs] == [
+        {"kind": "error", "errno": 2, "name": "ENOENT"},
+        {"kind": "status"},
+        {"kind": "error", "errno": 13, "name": "EACCES"},
+    ]
+
+
+def test_malformed_request_and_its_error_reply_are_logged(rig: Rig) -> None:
+    # A T_LSTAT whose 2-byte payload cuts the string short: QEMU's helper answers -ENOBUFS.
+    frame = struct.pack("=IIH", MessageType.T_LSTAT, 2, 10)
+    rig.client.send(frame)
+    assert rig.peer.recv(100) == frame
+    rig.peer.send(struct.pack("=IIi", MessageType.T_ERROR, 4, -105))
+    assert rig.client.recv_exact(12).data == struct.pack("=IIi", MessageType.T_ERROR, 4, -105)
+    stats = rig.finish()
+    assert stats.undecoded == 1 and not stats.clean
+    (rec,) = rig.records()
+    assert rec["request"]["error"]["kind"] == "TruncatedPayload"  # type: ignore[index]
+    assert rec["reply"] == {"kind": "error", "errno": 105, "name": "ENOBUFS"}
+
+
+def test_unanswered_request_and_stray_bytes(no_fd_leak: None, rig: Rig) -> None:
+    rig.peer.send(b"\x00" * 12)  # nothing asked for this
+    assert rig.client.recv_exact(12).data == b"\x00" * 12
+    rig.client.send(encode_request(m.StatfsRequest(b"/\0")))
+    recv_frame(rig.peer)
+    rig.peer.close()  # the helper dies without answering
+    assert rig.client.recv(10) == (b"", [])  # the EOF is passed on
+    stats = rig.finish()
+    assert (stats.stray_bytes, stats.unanswered, stats.exchanges) == (12, 1, 1)
+    stray, rec = rig.records()
+    assert stray["stray"] == {"kind": "UnexpectedReply", "bytes": "00" * 12, "fds": 0}
+    assert rec["reply"] == {"error": {"kind": "NoReply", "message": "no reply came"}}
+
+
+def test_unknown_type_stops_decoding_not_forwarding(rig: Rig) -> None:
+    garbage = struct.pack("=II", 99, 0)
+    after = encode_request(m.LstatRequest(b"/\0"))
+    rig.client.send(garbage + after)
+    assert rig.peer.recv(len(garbage + after), socket.MSG_WAITALL) == garbage + after
+    stats = rig.finish()
+    (rec,) = rig.records()
+    assert rec["request"]["error"]["kind"] == "UnknownMessageType"  # type: ignore[index]
+    assert stats.undecoded == 1 and stats.exchanges == 1
+
+
+def test_qemu_helper_behind_the_tracer(tmp_path: Path) -> None:
+    if not os.access(QEMU_HELPER, os.X_OK):
+        pytest.fail("install it: apt-get install -y qemu-system-common")
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "file").write_bytes(b"data\n")
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(
+        [QEMU_HELPER, "-p", str(export), "-f", str(theirs.fileno()), "-n"],
+        pass_fds=[theirs.fileno()],
+        stderr=subprocess.DEVNULL,
+    )
+    theirs.close()
+    client, out, thread, result = start_tracer(ours)
+    conn = ClientConnection()
+    st = client.exchange(conn, m.LstatRequest(b"//file\0")).reply
+    assert isinstance(st, m.StatReply) and st.st_size == 5
+    opened = client.exchange(conn, m.OpenRequest(b"//file\0", os.O_RDONLY)).reply
+    assert isinstance(opened, m.FdReply)
+    assert os.read(opened.fd, 10) == b"data\n"
+    os.close(opened.fd)
+    created = client.exchange(
+        conn, m.CreateRequest(b"//new", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640, 1000, 1000)
+    ).reply
+    assert isinstance(created, m.FdReply)
+    os.close(created.fd)
+    assert client.exchange(conn, m.RemoveRequest(b"//nope")).reply == m.ErrorReply(2)
+    client.close()
+    thread.join(10)
+    assert proc.wait(10) == 0  # EOF reached the helper through the tracer
+    stats = result[0]
+    assert stats.clean and stats.exchanges == 4
+    st_new = os.lstat(export / "new")
+    assert (st_new.st_uid, st_new.st_gid, st_new.st_mode & 0o777) == (1000, 1000, 0o640)
+    recs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["request"]["type"] for r in recs] == ["T_LSTAT", "T_OPEN", "T_CREATE", "T_REMOVE"]
+    assert recs[0]["reply"]["st_size"] == 5
+    assert [r["fds"] for r in recs] == [0, 1, 1, 0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import astuple
+from dataclasses import astuple, fields
 from typing import Final
 
 from . import messages as m
@@ -236,7 +236,9 @@ def encode_reply_for(
         return c.header_struct.pack(MessageType.T_ERROR, 4) + c.replies["error"].encode(
             (-reply.errno,)
         )
-    payload = c.replies[layout].encode((0,) if layout == "status" else astuple(reply))
+    payload = c.replies[layout].encode(
+        (0,) if layout == "status" else [getattr(reply, f.name) for f in fields(reply)]
+    )
     if len(payload) > PROXY_MAX_IO_SZ:
         raise LocalProtocolError(
             f"reply payload of {len(payload)} bytes exceeds PROXY_MAX_IO_SZ",

@@ -29,6 +29,7 @@ layer a, ``none`` turns layer a off), ``--no-drop`` (stay root).
 
 from __future__ import annotations
 
+import array
 import getopt
 import os
 import signal
@@ -253,10 +254,20 @@ def serve(sock: socket.socket, handle: Callable[[m.Request], m.Reply], log: Log)
     view = memoryview(buf)
     recv_into = sock.recv_into
     sendall = sock.sendall
-    send_fds = socket.send_fds
+    sendmsg = sock.sendmsg
     next_event = conn.next_event
     send_reply = conn.send_reply
+    want_data = True
     while True:
+        if want_data:
+            try:
+                n = recv_into(buf)
+            except ConnectionResetError:
+                return 0
+            if n:
+                conn.receive_data(view[:n])
+            else:
+                conn.receive_eof()
         try:
             event = next_event()
         except ConnectionClosed as exc:
@@ -266,14 +277,7 @@ def serve(sock: socket.socket, handle: Callable[[m.Request], m.Reply], log: Log)
             log.error(f"closing the connection: {exc}")
             return EXIT_FAILURE
         if event is NEED_DATA:
-            try:
-                n = recv_into(buf)
-            except ConnectionResetError:
-                return 0
-            if n:
-                conn.receive_data(view[:n])
-            else:
-                conn.receive_eof()
+            want_data = True
             continue
         if event is ConnectionState.CLOSED:
             return 0
@@ -284,7 +288,7 @@ def serve(sock: socket.socket, handle: Callable[[m.Request], m.Reply], log: Log)
         data, fds = send_reply(reply)
         try:
             if fds:
-                send_fds(sock, [data], fds)
+                sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
             else:
                 sendall(data)
         except (BrokenPipeError, ConnectionResetError):
@@ -292,6 +296,8 @@ def serve(sock: socket.socket, handle: Callable[[m.Request], m.Reply], log: Log)
         finally:
             for fd in fds:
                 os.close(fd)
+        # with nothing pipelined behind it, next_event() could only say NEED_DATA
+        want_data = not conn.buffered
 
 
 def _report(log: Log, proc_fd: int | None, export: tuple[int, int]) -> list[str]:

@@ -73,6 +73,8 @@ _U64: Final = 0xFFFFFFFFFFFFFFFF
 _NS: Final = 1_000_000_000
 _PROBE: Final = os.O_PATH | os.O_CLOEXEC
 _REGULAR_OR_DIR: Final = (stat.S_IFREG, stat.S_IFDIR)
+#: the status flags F_SETFL can change (fs/fcntl.c SETFL_MASK)
+_SETFL_FLAGS: Final = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME | 0o20000
 
 
 class _Timespec(ctypes.Structure):
@@ -102,16 +104,11 @@ def _id(value: int) -> int:
     return -1 if value == _U32 else value
 
 
-def _split_ns(ns: int) -> tuple[int, int]:
-    sec, nsec = divmod(ns, _NS)
-    return sec & _U64, nsec
-
-
 def stat_reply(st: os.stat_result) -> m.StatReply:
     """ProxyStat from an ``os.stat_result`` (time_t goes on the wire as u64)."""
-    a_sec, a_nsec = _split_ns(st.st_atime_ns)
-    m_sec, m_nsec = _split_ns(st.st_mtime_ns)
-    c_sec, c_nsec = _split_ns(st.st_ctime_ns)
+    a_sec, a_nsec = divmod(st.st_atime_ns, _NS)
+    m_sec, m_nsec = divmod(st.st_mtime_ns, _NS)
+    c_sec, c_nsec = divmod(st.st_ctime_ns, _NS)
     return m.StatReply(
         st.st_dev,
         st.st_ino,
@@ -120,14 +117,14 @@ def stat_reply(st: os.stat_result) -> m.StatReply:
         st.st_uid,
         st.st_gid,
         st.st_rdev,
-        st.st_size & _U64,
+        st.st_size,
         st.st_blksize,
         st.st_blocks,
-        a_sec,
+        a_sec & _U64,
         a_nsec,
-        m_sec,
+        m_sec & _U64,
         m_nsec,
-        c_sec,
+        c_sec & _U64,
         c_nsec,
     )
 
@@ -191,9 +188,26 @@ class Operations:
         return _error(ENXIO)
 
     def _probe_kind(self, path: bytes, flags: int) -> int | None:
-        """The file type ``path`` names (None if absent), opening nothing."""
+        """The file type ``path`` names (None if absent), opening nothing.
+
+        A look at the last component without following it (one fstatat on
+        the parent) settles everything but a symlink; only then is the whole
+        path resolved with ``O_PATH``, following it inside the root.
+        """
         try:
-            fd = self.resolver.open(path, _PROBE | (flags & os.O_NOFOLLOW))
+            dirfd, name = self.resolver.parent(path)
+        except FileNotFoundError:
+            return None
+        try:
+            kind = stat.S_IFMT(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            return None
+        finally:
+            self.resolver.release(dirfd)
+        if kind != stat.S_IFLNK or flags & os.O_NOFOLLOW:
+            return kind
+        try:
+            fd = self.resolver.open(path, _PROBE)
         except FileNotFoundError:
             return None
         try:
@@ -242,7 +256,8 @@ class Operations:
                 if mode & 0o6000:  # chown cleared them; the requester asked for them
                     os.fchmod(fd, mode)
             if not flags & (os.O_NONBLOCK | os.O_PATH):
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+                # F_SETFL replaces exactly the flags it can change
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags & _SETFL_FLAGS)
         except BaseException:
             os.close(fd)
             raise

@@ -6,13 +6,22 @@ fixed workload only: boot and module loading are excluded), and the ratio
 ours / QEMU's. The target is a ratio of at most 1.1. A benchmark, not a test:
 it prints numbers and exits 0 unless a run failed.
 
+With ``--per-op`` both helpers run a second time through ``virtfs-proto
+trace`` and the table gives, per request type, how many the guest caused and
+the median round trip seen by the tracer (where the time goes, not the
+headline number: the tracer itself slows both runs).
+
 Usage (as root, from the repository root): .venv/bin/python benchmarks/bench_e2e.py
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
+import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,9 +42,32 @@ def _line(label: str, run: GuestRun) -> str:
     )
 
 
+def _per_op(trace: Path) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = defaultdict(list)
+    for line in trace.read_text().splitlines():
+        record = json.loads(line)
+        if "us" in record and "type" in record["request"]:
+            times[record["request"]["type"]].append(record["us"])
+    return times
+
+
+def per_op_table(mode: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        traces = {"qemu": Path(tmp) / "qemu.jsonl", "ours": Path(tmp) / "ours.jsonl"}
+        run_guest(QEMU_HELPER, mode, trace=traces["qemu"])
+        run_guest(our_helper(), mode, trace=traces["ours"])
+        qemu, ours = _per_op(traces["qemu"]), _per_op(traces["ours"])
+    print(f"{'request':15} {'count':>6} {'qemu us':>8} {'ours us':>8} {'ratio':>6}")
+    for name in sorted(qemu, key=lambda n: -len(qemu[n])):
+        q = statistics.median(qemu[name])
+        o = statistics.median(ours[name]) if ours.get(name) else float("nan")
+        print(f"{name:15} {len(qemu[name]):6} {q:8.1f} {o:8.1f} {o / q:6.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--mode", choices=["fd", "socket"], default="fd")
+    ap.add_argument("--per-op", action="store_true", help="also a per-request-type table")
     args = ap.parse_args(argv)
     image = ensure_guest()
     qemu = run_guest(QEMU_HELPER, args.mode, image=image)
@@ -51,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = ours.workload / qemu.workload
     verdict = "within" if ratio <= TARGET else "OVER"
     print(f"ratio  ours/qemu {ratio:.3f} ({verdict} target {TARGET})")
+    if args.per_op:
+        per_op_table(args.mode)
     return 0
 
 

@@ -343,7 +343,10 @@ def success_layouts(mtype: MessageType) -> list[tuple[str, str]]:
 def _payload_summary(name: str) -> str:
     lay = layouts.layouts_for(BYTEORDER)
     rows, end, terms = layout_rows(lay.replies[name])
-    fields = ", ".join(f"``{r.name}`` ({r.code})" for r in rows)
+    if len(rows) > 3:
+        fields = f"{len(rows)} fields, :ref:`spec-reply-payloads`"
+    else:
+        fields = ", ".join(f"``{r.name}`` ({r.code})" for r in rows)
     return f"{fields}; {_expr(end, terms)} bytes"
 
 

@@ -218,7 +218,7 @@ def daemonize() -> None:
         os.close(devnull)
 
 
-def proxy_socket(path: str, uid: int, gid: int, log: Log) -> socket.socket:
+def proxy_socket(path: str, uid: int, gid: int) -> socket.socket:
     """QEMU's proxy_socket(): bind, chown, listen, accept exactly one client."""
     if os.path.lexists(path):
         raise OSError("socket already exists")
@@ -320,6 +320,10 @@ def run(o: Options, log: Log) -> int:
         uid, gid = privileges.resolve_user(o.user, o.group)
     keep = {0, 1, 2} | ({o.fd} if o.fd is not None else set())
     privileges.close_inherited_fds(keep)
+    # Opened once, before daemonising (a relative -p is relative to where we
+    # were started) and never looked up by name again: this fd becomes the
+    # jail's root and the resolver's root.
+    root_fd = os.open(o.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     if not o.nodaemon and not o.print_confinement:
         daemonize()
@@ -328,10 +332,10 @@ def run(o: Options, log: Log) -> int:
     sock: socket.socket | None = None
     if o.socket is not None:
         assert o.uid is not None and o.gid is not None
-        sock = proxy_socket(o.socket, o.uid, o.gid, log)
+        sock = proxy_socket(o.socket, o.uid, o.gid)
     elif o.fd is not None:
         sock = socket_from_fd(o.fd)
-    export_st = os.stat(o.path)
+    export_st = os.fstat(root_fd)
     export = (export_st.st_dev, export_st.st_ino)
     try:
         proc_fd: int | None = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -339,11 +343,9 @@ def run(o: Options, log: Log) -> int:
         proc_fd = None
     try:
         if o.chroot:
-            privileges.enter_jail(o.path)
-            root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            privileges.enter_jail(root_fd)
         else:
-            root_fd = os.open(o.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            os.chdir(root_fd)
+            os.fchdir(root_fd)
         get_version = export_supports_getversion(root_fd)
         os.umask(0)  # modes from the client are exact
         if o.drop:

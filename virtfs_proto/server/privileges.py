@@ -238,9 +238,10 @@ def thread_count(proc_fd: int | None) -> int:
         os.close(fd)
 
 
-def enter_jail(path: str | bytes) -> None:
-    """chroot into the export and make it the cwd."""
-    os.chroot(path)
+def enter_jail(export_fd: int) -> None:
+    """chroot into the directory ``export_fd`` (no lookup by name) and cd to its root."""
+    os.fchdir(export_fd)
+    os.chroot(".")
     os.chdir("/")
 
 

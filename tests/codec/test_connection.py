@@ -31,7 +31,7 @@ from .strategies import BYTE_ORDERS, reply_for, requests_any
 
 T = MessageType
 LE: ByteOrder = "little"
-connection_cases = settings(max_examples=80, deadline=None)
+connection_cases = settings(max_examples=60, deadline=None)
 
 
 def drain(conn: Any) -> list[Any]:

@@ -21,6 +21,7 @@ or reuses the cache and prints what it produced.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import lzma
 import os
@@ -102,6 +103,11 @@ def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProces
         return subprocess.run(argv, capture_output=True, text=True, check=False, cwd=cwd)
     except FileNotFoundError as exc:
         raise GuestBuildError(f"{argv[0]} not found; {INSTALL_HINT}") from exc
+
+
+def _unique_tmp(final: Path) -> Path:
+    """A temporary name beside ``final``, distinct per process: renamed into place when done."""
+    return final.with_name(f".{final.name}.{os.getpid()}.tmp")
 
 
 def _sha256(*parts: bytes) -> str:
@@ -271,7 +277,12 @@ def fetch_kernel(cache: Path = DEFAULT_CACHE, *, log: bool = True) -> KernelBuil
         for p in [out, *out.rglob("*")]:
             # QEMU runs as nobody and must read these.
             p.chmod(0o755 if p.is_dir() else 0o644)
-        out.rename(directory)
+        try:
+            out.rename(directory)
+        except OSError:
+            # Another test process (several may share a checkout) got there first.
+            if not (directory / "complete").exists():
+                raise
     if log:
         print(
             f"build_guest: fetched {package} {version} in {time.monotonic() - t0:.1f}s",
@@ -290,7 +301,7 @@ def build_xattr_tool(cache: Path = DEFAULT_CACHE) -> Path:
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise GuestBuildError(f"no C compiler for the guest's xattr tool; {INSTALL_HINT}")
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = _unique_tmp(out)
     res = _run(
         [cc, "-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-o", str(tmp), str(src)]
     )
@@ -387,14 +398,16 @@ def build_initramfs(kernel: KernelBuild, cache: Path = DEFAULT_CACHE) -> Path:
         a.file(f"modules/{name}", (kernel.directory / "modules" / name).read_bytes())
     a.file("modules/order", (kernel.directory / "modules" / "order").read_bytes())
 
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = _unique_tmp(out)
     tmp.write_bytes(a.finish())
     tmp.chmod(0o644)
     tmp.rename(out)
-    # Old initramfs builds are cheap to redo and 3 MB each: keep only this one.
+    # Builds for other versions of the guest scripts are 4 MB each and cheap to
+    # redo; a day's grace leaves alone any that a concurrent run is about to boot.
     for old in cache.glob("initramfs-*.cpio"):
-        if old != out:
-            old.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if old != out and time.time() - old.stat().st_mtime > 86400:
+                old.unlink()
     return out
 
 

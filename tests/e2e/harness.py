@@ -309,6 +309,10 @@ def run_guest(
                 errors.append("helper did not exit within 10 s of QEMU's exit")
                 helper_proc.kill()
                 helper_rc = helper_proc.wait()
+    except BaseException:
+        if not keep_export:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         for fd in (kfd, ifd):
             os.close(fd)

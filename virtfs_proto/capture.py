@@ -33,6 +33,7 @@ from .constants import (
     MessageType,
     ReplyKind,
 )
+from .launcher import Mode
 from .vectors import Step, raw_step, record, run_steps, step
 
 QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
@@ -54,7 +55,7 @@ class Scenario:
     name: str
     description: str
     steps: tuple[Step, ...]
-    modes: tuple[str, ...] = ("fd",)
+    modes: tuple[Mode, ...] = ("fd",)
     defect: str | None = None
 
 

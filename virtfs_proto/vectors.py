@@ -16,12 +16,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -32,8 +30,9 @@ from .constants import HEADER_SIZE, REPLY_KIND, ByteOrder, MessageType, ReplyKin
 from .errors import ProxyProtocolError, TransportTimeout
 from .fixture import Fixture, build_fixture, sentinel_state
 from .jsonform import decode_exchange
+from .launcher import Mode, spawn_helper
 from .layouts import layouts_for
-from .transport import RawReply, Transport
+from .transport import RawReply
 
 #: How long one reply may take before the helper counts as hung.
 REPLY_TIMEOUT: Final = 3.0
@@ -126,76 +125,18 @@ def _fd_type(fd: int) -> str:
     return f"other:{stat.filemode(mode)}"
 
 
-@contextlib.contextmanager
-def running_helper(
-    argv: Sequence[str], export: Path, mode: str = "fd", *, socket_dir: Path | None = None
-) -> Iterator[tuple[Transport, subprocess.Popen[bytes]]]:
-    """Start a helper on ``export`` the way libvirt does and yield a raw transport to it.
-
-    ``mode="fd"``: a socketpair, the helper gets ``-f FD``; ``mode="socket"``:
-    the helper binds ``-s PATH -u 0 -g 0`` and we connect (and unlink it, as
-    QEMU does).
-    """
-    ours: socket.socket
-    if mode == "fd":
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        cmd = [*argv, "-p", str(export), "-f", str(theirs.fileno()), "-n"]
-        proc = subprocess.Popen(
-            cmd,
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-        )
-        theirs.close()
-    elif mode == "socket":
-        directory = socket_dir or Path(tempfile.mkdtemp(prefix="virtfs-sock-"))
-        path = directory / "proxy.sock"
-        cmd = [*argv, "-p", str(export), "-s", str(path), "-u", "0", "-g", "0", "-n"]
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
-        )
-        ours = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                ours.connect(str(path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    ours.close()
-                    proc.kill()
-                    _, err = proc.communicate()
-                    raise RuntimeError(
-                        f"helper did not listen on {path}: {err.decode(errors='replace')}"
-                    ) from None
-                time.sleep(0.01)
-        path.unlink(missing_ok=True)
-        if socket_dir is None:
-            shutil.rmtree(directory, ignore_errors=True)
-    else:
-        raise ValueError(f"mode must be 'fd' or 'socket', not {mode!r}")
-    transport = Transport(ours, timeout=REPLY_TIMEOUT)
-    try:
-        yield transport, proc
-    finally:
-        transport.close()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def run_steps(
-    argv: Sequence[str], steps: Sequence[Step], *, mode: str = "fd", workdir: Path | None = None
+    argv: Sequence[str], steps: Sequence[Step], *, mode: Mode = "fd", workdir: Path | None = None
 ) -> tuple[Outcome, Fixture]:
     """Run a scenario against a fresh fixture and a freshly started helper."""
     root = Path(tempfile.mkdtemp(prefix="virtfs-vec-", dir=workdir))
     fixture = build_fixture(root)
     before = sentinel_state(fixture)
     exchanges: list[Exchange] = []
-    with running_helper(argv, fixture.export, mode) as (transport, proc):
+    # uid/gid 0 own the named socket, as when libvirt runs the helper for a root QEMU.
+    helper = spawn_helper(argv, fixture.export, mode, uid=0, gid=0, timeout=REPLY_TIMEOUT)
+    try:
+        transport = helper.client.transport
         for s in steps:
             ex = Exchange(s.request, None, shutdown=s.shutdown)
             exchanges.append(ex)
@@ -216,36 +157,25 @@ def run_steps(
                 ex.timed_out = True
                 break
             try:
-                ex.reply = raw.data if raw.data or s.expect is not None else None
+                ex.reply = raw.data if raw.data else None
                 ex.eof = raw.eof
                 ex.fds = len(raw.fds)
                 ex.fd_types = [_fd_type(fd) for fd in raw.fds]
             finally:
                 raw.close_fds()
             if raw.eof:
-                if not raw.data:
-                    ex.reply = None
                 break
         # A helper that ended the conversation gets a moment to exit.
         if any(ex.eof for ex in exchanges):
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=3)
-        returncode = proc.poll()
-        helper = "exited" if returncode is not None else "alive"
-        transport.close()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
+                helper.process.wait(timeout=3)
+        returncode = helper.process.poll()
+    finally:
+        helper.close()
     intact = sentinel_state(fixture) == before
     shutil.rmtree(root, ignore_errors=True)
-    return Outcome(
-        exchanges, helper, returncode if helper == "exited" else None, intact, stderr
-    ), fixture
+    state = "exited" if returncode is not None else "alive"
+    return Outcome(exchanges, state, returncode, intact, helper.stderr), fixture
 
 
 def _field_ranges(layout: str, byteorder: ByteOrder | None) -> dict[str, tuple[int, int]]:
@@ -297,7 +227,7 @@ class Vector:
 
     name: str
     description: str
-    mode: str
+    mode: Mode
     byteorder: ByteOrder
     source: dict[str, Any]
     exchanges: list[dict[str, Any]]
@@ -351,7 +281,7 @@ def record(
     steps: Sequence[Step],
     outcome: Outcome,
     *,
-    mode: str,
+    mode: Mode,
     source: dict[str, Any],
     byteorder: ByteOrder,
     defect: str | None = None,

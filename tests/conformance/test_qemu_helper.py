@@ -1,0 +1,126 @@
+"""The suite against QEMU 7.2's virtfs-proxy-helper: exactly its known defects fail.
+
+This is what proves that the cases can fail: each expected failure below is a
+defect of QEMU's helper (spec/qemu-deviations.rst, the research notes), and the
+test asserts that precisely these cases fail, in both socket modes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from virtfs_proto.conformance import Report, Verdict, run
+
+#: case name -> the QEMU 7.2 defect it demonstrates
+QEMU_DEFECTS: dict[str, str] = {
+    # golden vectors recording a defect that no helper may reproduce
+    "wire.creds-uid0-gidN": "uid 0 / gid N leaves the serving thread with CAP_DAC_OVERRIDE only "
+    "(setugid/resetugid, helper 283-340)",
+    "wire.lgetxattr-negative": "negative xattr size: g_malloc((gsize)-1), GLib aborts (SIGTRAP)",
+    "wire.readlink-negative": "negative readlink bufsize: g_malloc((gsize)-1), SIGTRAP",
+    # credentials (notes §8)
+    "security.creds.setgid_dir_root_then_user": "guest root in a setgid dir sends uid 0 / gid N; "
+    "the next request with a non-zero uid makes setresuid fail on one thread: glibc SIGABRT",
+    "security.creds.uid0_gidN_then_chown": "after uid 0 / gid N the effective set stays "
+    "{DAC_OVERRIDE}: T_CHOWN fails with EPERM",
+    "security.creds.minus_one_ids": "uid -1 takes the same path as uid 0 / gid N: capng_apply "
+    "leaves only DAC_OVERRIDE effective, T_CHOWN then fails with EPERM",
+    # special files (CVE-2023-2861 check runs after a blocking open; do_getversion plain open)
+    "security.special.open_fifo": "T_OPEN of a FIFO blocks in open() before the ENXIO check",
+    "security.special.open_fifo_wronly": "T_OPEN O_WRONLY of a FIFO blocks in open()",
+    "security.special.open_fifo_via_symlink": "T_OPEN follows a symlink to a FIFO and blocks",
+    "security.special.create_existing_fifo": "T_CREATE without O_EXCL opens an existing FIFO "
+    "and blocks",
+    "security.special.getversion_fifo": "do_getversion open(O_RDONLY)s a FIFO and blocks "
+    "(no special-file check)",
+    # sizes (notes §10, §6)
+    "security.xattr.get_65536_no_wrap": "a 65536-byte value: V9fsString u16 length wraps to 0, "
+    "T_SUCCESS with an empty value (silent data loss)",
+    "security.xattr.get_negative_size": "T_LGETXATTR size -1: g_malloc(SIZE_MAX), SIGTRAP",
+    "security.xattr.list_negative_size": "T_LLISTXATTR negative size: g_malloc, SIGTRAP",
+    "security.xattr.readlink_negative_bufsize": "T_READLINK bufsize -1: g_malloc, SIGTRAP",
+    "security.xattr.set_size_beyond_value": "T_LSETXATTR size is passed to lsetxattr unchecked: "
+    "heap bytes past the value are stored",
+    "security.xattr.set_negative_size": "T_LSETXATTR size -1 is passed on as SIZE_MAX (E2BIG "
+    "from the kernel), not refused with EINVAL",
+    # information leak (notes §11)
+    "security.leak.getversion_high_bits": "FS_IOC_GETVERSION stores 32 bits into an "
+    "uninitialised u64: the high half is stack garbage (ASLR leak)",
+    # framing (notes §9)
+    "security.frame.close_before_reply": "no SIGPIPE handling: a client that hangs up before "
+    "the reply kills the helper with SIGPIPE",
+    "security.frame.close_before_fd_reply": "SIGPIPE on the sendmsg of an FD reply",
+    # confinement (notes §8, §9)
+    "security.confine.not_root": "runs as uid 0 after chroot",
+    "security.confine.capabilities": "keeps CAP_SETUID/CAP_SETGID, and its RCU thread keeps "
+    "every capability (capset acts on one thread)",
+    "security.confine.bounding_set": "the RCU thread keeps the full bounding set",
+    "security.confine.no_new_privs": "never sets PR_SET_NO_NEW_PRIVS",
+    "security.confine.inherited_fds_closed": "closes no inherited descriptor: an fd to a host "
+    "directory survives the chroot",
+    # magic links: /proc inside the export is followed (no RESOLVE_NO_MAGICLINKS)
+    "security.magic.proc_self_fd_inherited": "with procfs in the export, "
+    "/proc/self/fd/N/secret.txt through the inherited fd opens a file outside the export",
+    "security.magic.proc_pid_root": "with procfs in the export, /proc/<pid>/root of a root "
+    "process without capabilities leads to the host's /",
+}
+
+#: behaviours the spec lets a peer tolerate, reported as known deviations
+QEMU_DEVIATIONS: dict[str, str] = {
+    "security.names.embedded_nul_open": "embedded NUL truncates the name (C string)",
+    "security.names.embedded_nul_mkdir": "embedded NUL truncates the name",
+    "security.names.embedded_nul_remove": "embedded NUL truncates the name",
+    "security.frame.trailing_bytes": "trailing payload bytes are read and ignored",
+}
+
+MODES = ("fd", "socket")
+
+
+@pytest.fixture(scope="module")
+def qemu_report(qemu_helper: str) -> Report:
+    return run([qemu_helper], "both")
+
+
+@pytest.mark.qemu_helper
+@pytest.mark.root
+@pytest.mark.parametrize("mode", MODES)
+def test_qemu_fails_exactly_its_known_defects(qemu_report: Report, mode: str) -> None:
+    failed = qemu_report.failed_names(mode)
+    unexpected = {
+        r.name: r.detail
+        for r in qemu_report.failures()
+        if r.mode == mode and r.name not in QEMU_DEFECTS
+    }
+    assert not unexpected, f"cases failing on QEMU's helper with no known defect: {unexpected}"
+    missing = set(QEMU_DEFECTS) - failed
+    assert not missing, f"QEMU defects no longer demonstrated: {sorted(missing)}"
+
+
+@pytest.mark.qemu_helper
+@pytest.mark.root
+@pytest.mark.parametrize("mode", MODES)
+def test_qemu_known_deviations(qemu_report: Report, mode: str) -> None:
+    devs = {
+        r.name for r in qemu_report.results if r.mode == mode and r.verdict is Verdict.DEVIATION
+    }
+    assert devs == set(QEMU_DEVIATIONS)
+
+
+@pytest.mark.qemu_helper
+@pytest.mark.root
+def test_every_failure_says_why(qemu_report: Report) -> None:
+    for r in qemu_report.failures():
+        assert r.detail, r.name
+
+
+@pytest.mark.qemu_helper
+@pytest.mark.root
+def test_report_counts(qemu_report: Report) -> None:
+    for mode in MODES:
+        results = [r for r in qemu_report.results if r.mode == mode]
+        groups = {g: sum(r.group == g for r in results) for g in ("wire", "behaviour", "security")}
+        assert groups["wire"] >= 100
+        assert groups["behaviour"] >= 30
+        assert groups["security"] >= 50
+    assert qemu_report.failed == 2 * len(QEMU_DEFECTS)
+    assert qemu_report.summary() == f"{qemu_report.passed} passed, {qemu_report.failed} failed"

@@ -1,0 +1,94 @@
+"""The suite's own machinery: the sentinel check, selection, the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from virtfs_proto.conformance import CASES, main
+from virtfs_proto.conformance.fixture import SECRET_CONTENT, Workspace
+from virtfs_proto.conformance.model import select
+
+
+@pytest.fixture
+def ws() -> Workspace:
+    w = Workspace()
+    w.build_export()
+    yield w  # type: ignore[misc]
+    w.cleanup()
+
+
+@pytest.mark.root
+def test_snapshot_is_stable(ws: Workspace) -> None:
+    assert ws.differences(ws.snapshot(), ws.snapshot()) == []
+
+
+@pytest.mark.root
+def test_a_plain_read_of_a_sentinel_is_detected(ws: Workspace) -> None:
+    before = ws.snapshot()
+    assert ws.secret.read_bytes() == SECRET_CONTENT  # moves atime (relatime, old atime)
+    problems = ws.differences(before, ws.snapshot())
+    assert any("secret.txt" in p and "atime" in p for p in problems), problems
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    "act",
+    [
+        lambda w: w.secret.write_bytes(b"changed"),
+        lambda w: os.chmod(w.secret, 0o644),
+        lambda w: os.link(w.secret, w.export / "hl"),
+        lambda w: (w.outside / "planted").write_bytes(b""),
+        lambda w: (w.root / "planted").mkdir(),
+        lambda w: os.setxattr(w.secret, "user.x", b"1"),
+        lambda w: os.utime(w.secret_dir / "inner.txt", (1, 1)),
+    ],
+    ids=["write", "chmod", "hardlink", "new-file", "new-dir-in-root", "xattr", "utime"],
+)
+def test_changes_outside_are_detected(ws: Workspace, act: object) -> None:
+    before = ws.snapshot()
+    act(ws)  # type: ignore[operator]
+    assert ws.differences(before, ws.snapshot())
+
+
+def test_selection() -> None:
+    names = {c.name for c in select(CASES, "security.special.*")}
+    assert names and all(n.startswith("security.special.") for n in names)
+    assert {c.cls for c in select(CASES, "race")} == {"race"}
+    assert select(CASES, None) == CASES
+    assert len({c.name for c in CASES}) == len(CASES)
+    assert sum(c.group == "security" for c in CASES) >= 50
+
+
+@pytest.mark.qemu_helper
+@pytest.mark.root
+def test_command_line(qemu_helper: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "r.json"
+    rc = main(
+        [
+            "--helper",
+            qemu_helper,
+            "--mode",
+            "fd",
+            "--only",
+            "behaviour.open_*",
+            "--json",
+            str(report),
+        ]
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    assert out[0].startswith("[fd] wire: 0 cases")
+    assert out[-1] == "6 passed, 0 failed"
+    data = json.loads(report.read_text())
+    assert data["passed"] == 6 and data["failed"] == 0 and len(data["results"]) == 6
+    rc = main(
+        ["--helper", qemu_helper, "--mode", "socket", "--only", "security.special.open_fifo_wronly"]
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 1
+    assert out[-1] == "0 passed, 1 failed"
+    assert any("helper blocked" in line for line in out)

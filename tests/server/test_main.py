@@ -1,0 +1,158 @@
+"""The command line: QEMU's options, validation and messages; non-zero on every failure."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from virtfs_proto import messages as m
+from virtfs_proto.connection import ClientConnection
+from virtfs_proto.server.main import USAGE
+from virtfs_proto.transport import Transport
+
+from .conftest import OURS, Export, qemu_helper
+
+
+def _run(cmd: list[str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+        cwd=cwd,
+    )  # fmt: skip
+
+
+BAD_ARGS = {
+    "nothing": [],
+    "no-path": ["-f", "3"],
+    "no-socket": ["-p", "/tmp"],
+    "both-sockets": ["-p", "/tmp", "-s", "/tmp/x.sock", "-f", "3"],
+    "socket-without-owner": ["-p", "/tmp", "-s", "/tmp/x.sock", "-u", "0"],
+    "missing-path": ["-p", "/nonexistent/dir", "-f", "3", "-n"],
+    "path-is-a-file": ["-p", "/etc/passwd", "-f", "3", "-n"],
+    "help": ["-h"],
+    "unknown-option": ["-p", "/tmp", "-f", "3", "-x"],
+}
+
+
+@pytest.mark.qemu_helper
+@pytest.mark.parametrize("case", list(BAD_ARGS))
+def test_validation_like_qemu(case: str) -> None:
+    args = BAD_ARGS[case]
+    qemu = _run([qemu_helper()], *args)
+    ours = _run(OURS, *args)
+    assert ours.returncode == qemu.returncode != 0
+    # QEMU's words, line for line; ours adds its own options after QEMU's usage
+    # and names itself in getopt's message.
+    q_lines = qemu.stderr.replace(qemu_helper(), "virtfs-proto helper").splitlines()
+    o_lines = ours.stderr.splitlines()
+    assert o_lines[: len(q_lines)] == q_lines
+    assert all(line.startswith(" [--") for line in o_lines[len(q_lines) :])
+
+
+def test_usage_is_qemus() -> None:
+    assert USAGE.startswith("usage: virtfs-proxy-helper\n -p|--path <path> 9p path to export\n")
+    assert "uid:gid combination to give  access" in USAGE  # QEMU's double space
+
+
+@pytest.mark.parametrize("args", [["-f", "abc"], ["-f", "99"], ["-f", "0"]], ids=str)
+def test_unusable_socket_fd_is_an_error(export: Export, args: list[str]) -> None:
+    out = _run(OURS, "-p", str(export.root), "-n", *args)
+    assert out.returncode == 1
+    assert out.stderr.strip()
+
+
+def test_named_socket_mode(export: Export, tmp_path: Path) -> None:
+    path = tmp_path / "proxy.sock"
+    nobody = pwd.getpwnam("nobody")
+    proc = subprocess.Popen(
+        [*OURS, "-p", str(export.root), "-s", str(path), "-u", str(nobody.pw_uid),
+         "-g", str(nobody.pw_gid), "-n"],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while not path.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        st = path.lstat()
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o770
+        assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(path))
+        t = Transport(sock, timeout=5)
+        reply = t.exchange(ClientConnection(), m.LstatRequest(b"/\0")).reply
+        assert isinstance(reply, m.StatReply)
+        t.close()
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    # like QEMU's, it refuses a socket path that exists
+    out = _run(OURS, "-p", str(export.root), "-s", str(path), "-u", "0", "-g", "0", "-n")
+    assert out.returncode == 1 and "socket already exists" in out.stderr
+
+
+def test_daemon_mode_returns_at_once_and_serves(export: Export) -> None:
+    ours_end, helper_end = socket.socketpair()
+    start = time.monotonic()
+    launcher = subprocess.run(
+        [*OURS, "-p", str(export.root), "-f", str(helper_end.fileno())],
+        pass_fds=[helper_end.fileno()],
+        capture_output=True,
+        timeout=20,
+    )
+    helper_end.close()
+    assert launcher.returncode == 0 and launcher.stderr == b""  # stderr is /dev/null now
+    t = Transport(ours_end, timeout=5)
+    reply = t.exchange(ClientConnection(), m.LstatRequest(b"//file.txt\0")).reply
+    assert isinstance(reply, m.StatReply) and reply.st_size == 6
+    t.close()
+    assert time.monotonic() - start < 15
+
+
+def test_relative_path_is_relative_to_the_start_directory(export: Export) -> None:
+    out = _run(OURS, "-p", "export", "--print-confinement", cwd=export.base)
+    assert out.returncode == 0, out.stderr
+    assert "(jailed in export)" in out.stdout
+
+
+def test_top_level_cli_dispatches_to_the_helper(export: Export) -> None:
+    out = _run(
+        [sys.executable, "-m", "virtfs_proto.cli"], "helper", "-p", str(export.root),
+        "--print-confinement",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("confinement: tid=")
+
+
+def test_inherited_descriptors_are_closed(export: Export) -> None:
+    leaked = os.open(export.base, os.O_RDONLY | os.O_DIRECTORY)  # a way out of the jail
+    try:
+        ours_end, helper_end = socket.socketpair()
+        proc = subprocess.Popen(
+            [*OURS, "-p", str(export.root), "-f", str(helper_end.fileno()), "-n"],
+            pass_fds=[helper_end.fileno(), leaked],
+            stderr=subprocess.DEVNULL,
+        )
+        helper_end.close()
+        t = Transport(ours_end, timeout=5)
+        assert isinstance(t.exchange(ClientConnection(), m.LstatRequest(b"/\0")).reply, m.StatReply)
+        targets = [
+            os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")
+        ]
+        # the only directory it holds is the export (the jail's root)
+        assert [t for t in targets if os.path.isdir(t)] == [str(export.root)]
+        t.close()
+        assert proc.wait(10) == 0
+    finally:
+        os.close(leaked)

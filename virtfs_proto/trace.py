@@ -428,15 +428,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     if bool(args.connect) == bool(args.helper):
         raise SystemExit("trace: give exactly one of --connect PATH or -- HELPER ARGS")
+    if args.listen_fd is not None:
+        try:
+            client = socket.socket(fileno=args.listen_fd)
+        except OSError as exc:
+            raise SystemExit(f"trace: --listen-fd {args.listen_fd}: {exc.strerror}") from exc
+        if client.family != socket.AF_UNIX or client.type != socket.SOCK_STREAM:
+            raise SystemExit(f"trace: --listen-fd {args.listen_fd} is not an AF_UNIX stream socket")
     proc: subprocess.Popen[bytes] | None = None
     if args.helper:
         helper, proc = _spawn_helper(list(args.helper))
     else:
         helper = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        helper.connect(args.connect)
-    if args.listen_fd is not None:
-        client = socket.socket(fileno=args.listen_fd)
-    else:
+        try:
+            helper.connect(args.connect)
+        except OSError as exc:
+            raise SystemExit(f"trace: cannot connect to {args.connect}: {exc.strerror}") from exc
+    if args.listen_fd is None:
         client = _listen(args.listen, args.uid, args.gid)
     out: TextIO
     with contextlib.ExitStack() as stack:

@@ -13,7 +13,9 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,3 +216,70 @@ def test_qemu_helper_behind_the_tracer(tmp_path: Path) -> None:
     assert [r["request"]["type"] for r in recs] == ["T_LSTAT", "T_OPEN", "T_CREATE", "T_REMOVE"]
     assert recs[0]["reply"]["st_size"] == 5
     assert [r["fds"] for r in recs] == [0, 1, 1, 0]
+
+
+def wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_cli_between_named_sockets(tmp_path: Path) -> None:
+    """QEMU's helper on -s PATH, the tracer --connect-ing to it and --listen-ing for QEMU."""
+    if not os.access(QEMU_HELPER, os.X_OK):
+        pytest.fail("install it: apt-get install -y qemu-system-common")
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "file").write_bytes(b"x" * 7)
+    helper_sock, tracer_sock, out = (
+        tmp_path / "helper.sock",
+        tmp_path / "t.sock",
+        tmp_path / "t.jsonl",
+    )
+    helper = subprocess.Popen(
+        [QEMU_HELPER, "-p", str(export), "-s", str(helper_sock), "-u", "0", "-g", "0", "-n"],
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(helper_sock, helper)
+    tracer = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "virtfs_proto.cli",
+            "trace",
+            "-o",
+            str(out),
+            "--listen",
+            str(tracer_sock),
+            "-u",
+            "65534",
+            "-g",
+            "65534",
+            "--connect",
+            str(helper_sock),
+        ],
+        stderr=subprocess.PIPE,
+    )
+    wait_for(tracer_sock, tracer)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    for _ in range(500):  # the path exists from bind(); connecting works from listen()
+        try:
+            sock.connect(str(tracer_sock))
+            break
+        except ConnectionRefusedError:
+            time.sleep(0.01)
+    # Owned like the helper's own socket (checked once connected: it listens after chown).
+    st = os.stat(tracer_sock)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o770)
+    with Transport(sock, timeout=5) as client:
+        reply = client.exchange(ClientConnection(), m.LstatRequest(b"//file\0")).reply
+    assert isinstance(reply, m.StatReply) and reply.st_size == 7
+    _, err = tracer.communicate(timeout=10)
+    assert tracer.returncode == 0, err
+    assert b"trace: 1 exchanges, 0 did not decode" in err
+    assert helper.wait(10) == 0
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["request"] == {"type": "T_LSTAT", "path": b"//file\0".hex()}
+    assert rec["reply"]["kind"] == "stat" and rec["reply"]["st_size"] == 7

@@ -128,6 +128,43 @@ SCRIPT: list[m.Request] = [
     m.RemoveRequest(b"//missing"),
     m.LstatRequest(b"//renamed" + NUL),
     m.LstatRequest(b"//newdir" + NUL),
+    # special files, symlinks and the root, through every kind of request
+    m.OpenRequest(b"//opened_creat" + NUL, os.O_RDWR | os.O_CREAT),
+    m.LstatRequest(b"//opened_creat" + NUL),
+    m.OpenRequest(b"//file.txt" + NUL, os.O_WRONLY | os.O_TRUNC),
+    m.LstatRequest(b"//file.txt" + NUL),
+    m.CreateRequest(b"//fifo", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644, 0, 0),
+    m.TruncateRequest(b"//fifo" + NUL, 0),
+    m.ChmodRequest(b"//fifo" + NUL, 0o640),
+    m.ChownRequest(b"//fifo" + NUL, 5, 6),
+    m.UtimeRequest(b"//fifo" + NUL, 1, 2, 3, 4),
+    m.LstatRequest(b"//fifo" + NUL),
+    m.LsetxattrRequest(b"//fifo" + NUL, b"user.x", b"v", 1, 0),
+    m.LgetxattrRequest(10, b"//fifo" + NUL, b"user.x"),
+    m.LlistxattrRequest(100, b"//link_abs" + NUL),
+    m.LsetxattrRequest(b"/" + NUL, b"user.root", b"r", 1, 0),
+    m.LgetxattrRequest(10, b"/" + NUL, b"user.root"),
+    m.LlistxattrRequest(100, b"/" + NUL),
+    m.ReadlinkRequest(b"//link_abs" + NUL, 2),
+    m.ReadlinkRequest(b"//dir/sub.txt" + NUL, 100),
+    m.ChownRequest(b"//dir" + NUL, 11, 12),
+    m.LstatRequest(b"//dir" + NUL),
+    m.MkdirRequest(0, 0, b"//empty1", 0o700),
+    m.MkdirRequest(0, 0, b"//empty2", 0o700),
+    m.RenameRequest(b"//empty1", b"//empty2"),
+    m.RenameRequest(b"//file.txt", b"//dir"),
+    m.LinkRequest(b"//link_abs" + NUL, b"//link_hard"),
+    m.LstatRequest(b"//link_hard" + NUL),
+    m.LinkRequest(b"//dir" + NUL, b"//dir_hard"),
+    m.RemoveRequest(b"//link_dir"),
+    m.LstatRequest(b"//dir/sub.txt" + NUL),
+    m.StatfsRequest(b"//dir/sub.txt" + NUL),
+    m.StatfsRequest(b"//fifo" + NUL),
+    m.SymlinkRequest(1, 2, b"/../../etc/passwd", b"//evil"),
+    m.ReadlinkRequest(b"//evil" + NUL, 4096),
+    m.OpenRequest(b"//evil" + NUL, os.O_RDONLY),
+    m.TruncateRequest(b"//nodir/x" + NUL, 0),
+    m.UtimeRequest(b"//dir/missing" + NUL, 0, 0, 0, 0),
 ]
 
 #: Fields whose values depend on the machine, the file system or the clock.
@@ -145,7 +182,8 @@ def normalize(request: m.Request, reply: m.Reply, ignore_flags: int = 0) -> byte
     if isinstance(reply, m.FdReply):
         st = os.fstat(reply.fd)
         flags = fcntl.fcntl(reply.fd, fcntl.F_GETFL) & ~ignore_flags
-        content = os.pread(reply.fd, 100, 0) if stat.S_ISREG(st.st_mode) else b""
+        readable = flags & os.O_ACCMODE != os.O_WRONLY
+        content = os.pread(reply.fd, 100, 0) if stat.S_ISREG(st.st_mode) and readable else b""
         os.close(reply.fd)
         return f"fd mode={st.st_mode:o} flags={flags:o} {content!r}".encode()
     fields = MACHINE_FIELDS.get(type(reply), ())

@@ -128,6 +128,14 @@ def test_every_errno_name_appears_with_its_wire_bytes(built: Path) -> None:
         assert alias in text
 
 
+def test_every_vector_is_listed(built: Path) -> None:
+    text = page_text(built, "spec/vectors.html")
+    files = sorted((SPEC / "vectors").glob("*.json"))
+    assert f"{len(files)} vectors" in text
+    for path in files:
+        assert path.stem in text, path.name
+
+
 def test_every_cli_subcommand_appears(built: Path) -> None:
     subcommands = autospec.cli_subcommands(autospec.cli_parser())
     assert subcommands, "the CLI parser has no sub-commands"

@@ -46,7 +46,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from construct import FormatField, GreedyBytes, Prefixed, Renamed, Struct
 from docutils import nodes
@@ -69,7 +69,7 @@ from virtfs_proto.constants import (
 )
 
 #: The byte order every rendered table and diagram uses (the vectors' order).
-BYTEORDER = "little"
+BYTEORDER: Literal["little"] = "little"
 
 #: Width of a diagram line, to fit a literal block on a page.
 DIAGRAM_WIDTH = 76
@@ -163,14 +163,14 @@ def layout_rows(
         code, ctype, size = classify(sub)
         doc = " ".join((sub.docs or "").split())
         offset = _expr(fixed, terms)
-        where = {"offset_fixed": fixed, "offset_terms": tuple(terms)}
+        here = (fixed, tuple(terms))
         if size is None:
             term = f"len({name})"
-            rows.append(Row(name, code, ctype, offset, f"2 + {term}", doc, None, **where))
+            rows.append(Row(name, code, ctype, offset, f"2 + {term}", doc, None, "", *here))
             fixed += 2
             terms.append(term)
         else:
-            rows.append(Row(name, code, ctype, offset, str(size), doc, size, **where))
+            rows.append(Row(name, code, ctype, offset, str(size), doc, size, "", *here))
             fixed += size
     return rows, fixed, terms
 
@@ -454,7 +454,7 @@ def reply_payloads_rst() -> list[str]:
                 if layout not in names:
                     names.append(layout)
     for name in names:
-        users = [t.name for t in REQUEST_TYPES if name in dict(map(reversed, success_layouts(t)))]
+        users = [t.name for t in REQUEST_TYPES if any(name == lay for _, lay in success_layouts(t))]
         rows, end = frame_rows("reply", name)
         out += frame_rst(rows, end, title=f"``{name}``: success reply to {', '.join(users)}")
         out += [
@@ -489,7 +489,7 @@ def errno_table_rst() -> list[str]:
 def _vector_request_name(data: bytes, byteorder: str) -> str:
     if len(data) < 4:
         return f"{len(data)} bytes"
-    code = int.from_bytes(data[:4], byteorder)  # type: ignore[arg-type]
+    code = int.from_bytes(data[:4], "big" if byteorder == "big" else "little")
     try:
         return MessageType(code).name
     except ValueError:
@@ -560,7 +560,9 @@ def cli_parser() -> argparse.ArgumentParser:
     """The ``virtfs-proto`` argument parser, from :mod:`virtfs_proto.cli`."""
     from virtfs_proto import cli
 
-    return _parser_of(cli, required=True)  # type: ignore[return-value]
+    parser = _parser_of(cli, required=True)
+    assert parser is not None
+    return parser
 
 
 def _parser_of(module: Any, required: bool = False) -> argparse.ArgumentParser | None:

@@ -78,6 +78,9 @@ class GuestRun:
     wall: float  # QEMU start to QEMU exit, seconds
     boot: float | None  # QEMU start to E2E-BEGIN (modules loaded)
     workload: float | None  # E2E-BEGIN to E2E-END, host wall clock
+    #: user+system CPU seconds of the helper process (with a tracer: tracer and helper);
+    #: unlike wall times, barely moved by other load on the machine
+    helper_cpu: float | None = None
     timed_out: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -94,7 +97,7 @@ class GuestRun:
         lines = [
             f"helper {shlex.join(self.helper)} mode={self.mode}: qemu rc={self.qemu_rc} "
             f"helper rc={self.helper_rc} wall={self.wall:.1f}s boot={_fmt(self.boot)} "
-            f"workload={_fmt(self.workload)}"
+            f"workload={_fmt(self.workload)} helper cpu={_fmt(self.helper_cpu)}"
         ]
         for name in self.expected:
             verdict, detail = self.checks.get(name, ("MISSING", ""))
@@ -303,12 +306,11 @@ def run_guest(
             console, marks, timed_out = _read_console(qemu_proc, t0, timeout)
             wall = time.monotonic() - t0
             qemu_rc = qemu_proc.wait()
-            try:
-                helper_rc: int | None = helper_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+            helper_rc, helper_cpu = _reap(helper_proc, 10.0)
+            if helper_rc is None:
                 errors.append("helper did not exit within 10 s of QEMU's exit")
                 helper_proc.kill()
-                helper_rc = helper_proc.wait()
+                helper_rc, helper_cpu = _reap(helper_proc, None)
     except BaseException:
         if not keep_export:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -357,12 +359,26 @@ def run_guest(
         workload=(marks["E2E-END"] - marks["E2E-BEGIN"])
         if "E2E-END" in marks and "E2E-BEGIN" in marks
         else None,
+        helper_cpu=helper_cpu,
         timed_out=timed_out,
         errors=errors,
     )
     if not keep_export:
         shutil.rmtree(run_dir, ignore_errors=True)
     return run
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout: float | None) -> tuple[int | None, float | None]:
+    """Wait for ``proc`` with wait4(), for its exit status and the CPU time it used."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, 0 if deadline is None else os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_utime + usage.ru_stime
+        if deadline is not None and time.monotonic() > deadline:
+            return None, None
+        time.sleep(0.01)
 
 
 def _read_console(

@@ -95,7 +95,11 @@ class GuestImage:
     cmdline: str
     kernel_package: str
     kernel_version: str
-    check_names: tuple[str, ...]
+    workloads: dict[str, tuple[str, ...]]  # workload -> its check names, in order
+
+    @property
+    def check_names(self) -> tuple[str, ...]:
+        return self.workloads["checks"]
 
 
 def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -355,10 +359,18 @@ class _Newc:
         return data + b"\0" * (-len(data) % 512)
 
 
-def check_names() -> tuple[str, ...]:
-    """The checks the guest script promises, in order (from its `check` lines)."""
-    text = (GUEST_DIR / "checks.sh").read_text()
+#: The guest's workloads: guest/<name>.sh, picked with e2e_workload=<name>.
+WORKLOADS = ("checks", "setgid")
+
+
+def check_names(workload: str = "checks") -> tuple[str, ...]:
+    """The checks a workload promises, in order (from its `check` lines)."""
+    text = (GUEST_DIR / f"{workload}.sh").read_text()
     return tuple(re.findall(r"^check (\S+) ", text, flags=re.MULTILINE))
+
+
+def _guest_scripts() -> list[str]:
+    return ["lib.sh", *(f"{w}.sh" for w in WORKLOADS)]
 
 
 def build_initramfs(kernel: KernelBuild, cache: Path = DEFAULT_CACHE) -> Path:
@@ -367,14 +379,14 @@ def build_initramfs(kernel: KernelBuild, cache: Path = DEFAULT_CACHE) -> Path:
     tool = build_xattr_tool(cache)
     busybox = BUSYBOX.read_bytes()
     init = (GUEST_DIR / "init").read_bytes()
-    checks = (GUEST_DIR / "checks.sh").read_bytes()
+    scripts = {name: (GUEST_DIR / name).read_bytes() for name in _guest_scripts()}
     tool_bytes = tool.read_bytes()
     key = _sha256(
         INITRAMFS_FORMAT.encode(),
         f"{kernel.package}_{kernel.version}".encode(),
         busybox,
         init,
-        checks,
+        *(part for name, data in sorted(scripts.items()) for part in (name.encode(), data)),
         tool_bytes,
     )[:16]
     out = cache / f"initramfs-{key}.cpio"
@@ -382,7 +394,7 @@ def build_initramfs(kernel: KernelBuild, cache: Path = DEFAULT_CACHE) -> Path:
         return out
 
     a = _Newc()
-    for d in ("bin", "dev", "etc", "mnt", "proc", "sys", "tmp", "root", "modules"):
+    for d in ("bin", "dev", "etc", "mnt", "proc", "sys", "tmp", "root", "modules", "workloads"):
         a.dir(d)
     a.chardev("dev/console", 5, 1)
     a.chardev("dev/null", 1, 3, 0o666)
@@ -390,7 +402,9 @@ def build_initramfs(kernel: KernelBuild, cache: Path = DEFAULT_CACHE) -> Path:
     a.symlink("bin/sh", "busybox")
     a.file("bin/e2e-xattr", tool_bytes, 0o755)
     a.file("init", init, 0o755)
-    a.file("checks.sh", checks, 0o755)
+    a.file("lib.sh", scripts.pop("lib.sh"))
+    for name, data in sorted(scripts.items()):
+        a.file(f"workloads/{name}", data, 0o755)
     # The non-root user of the nonroot_* checks; busybox su reads these files.
     a.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000::/tmp:/bin/sh\n")
     a.file("etc/group", b"root:x:0:\ntester:x:1000:\n")
@@ -424,7 +438,7 @@ def ensure_guest(cache: Path = DEFAULT_CACHE) -> GuestImage:
         cmdline=KERNEL_CMDLINE,
         kernel_package=kernel.package,
         kernel_version=kernel.version,
-        check_names=check_names(),
+        workloads={w: check_names(w) for w in WORKLOADS},
     )
 
 

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .build_guest import DEFAULT_CACHE, INSTALL_HINT, GuestImage, ensure_guest
+from .build_guest import DEFAULT_CACHE, INSTALL_HINT, WORKLOADS, GuestImage, ensure_guest
 
 QEMU = "qemu-system-x86_64"
 QEMU_HELPER = ("/usr/lib/qemu/virtfs-proxy-helper",)
@@ -187,6 +187,7 @@ def run_guest(
     workdir: Path | None = None,
     keep_export: bool = False,
     trace: Path | None = None,
+    workload: str = "checks",
 ) -> GuestRun:
     """Boot the guest once against ``helper`` and return everything observed.
 
@@ -199,6 +200,8 @@ def run_guest(
     helper = tuple(helper)
     require_tools(helper)
     image = image or ensure_guest()
+    if workload not in image.workloads:
+        raise ValueError(f"unknown workload {workload!r}; there are {sorted(image.workloads)}")
     base = workdir or DEFAULT_CACHE / "runs"
     base.mkdir(parents=True, exist_ok=True)
     # The export lives beside the cache rather than in /tmp: /tmp may be a
@@ -285,7 +288,7 @@ def run_guest(
                 "-initrd",
                 f"/dev/fd/{ifd}",
                 "-append",
-                f"{image.cmdline} e2e_fstype={_fs_type(export)}",
+                f"{image.cmdline} e2e_fstype={_fs_type(export)} e2e_workload={workload}",
                 "-fsdev",
                 fsdev,
                 "-device",
@@ -340,7 +343,8 @@ def run_guest(
             checks[m.group(1)] = (m.group(2), m.group(3) or "")
         elif line.startswith("E2E-ERROR"):
             errors.append(line.strip())
-    unexpected = set(checks) - set(image.check_names)
+    expected = image.workloads[workload]
+    unexpected = set(checks) - set(expected)
     if unexpected:
         errors.append(f"unexpected checks: {sorted(unexpected)}")
     state = host_state(export)
@@ -348,7 +352,7 @@ def run_guest(
         helper=helper,
         mode=mode,
         checks=checks,
-        expected=image.check_names,
+        expected=expected,
         console=console,
         qemu_rc=qemu_rc,
         helper_rc=helper_rc,
@@ -420,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--helper", default="qemu", help="qemu, ours, or a helper command line (shell-quoted)"
     )
     ap.add_argument("--mode", choices=["fd", "socket"], default="fd")
+    ap.add_argument("--workload", choices=WORKLOADS, default="checks")
     ap.add_argument(
         "--compressed-kernel",
         action="store_true",
@@ -438,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         compressed_kernel=args.compressed_kernel,
         keep_export=args.keep,
         trace=args.trace,
+        workload=args.workload,
     )
     if args.console:
         print(run.console)

@@ -1,56 +1,10 @@
 #!/bin/sh
-# The fixed e2e workload. Each `check NAME FUNC` prints exactly one line:
-#   CHECK NAME PASS
-#   CHECK NAME FAIL rc=N <what went wrong>
-# The harness takes the list of expected names from the `check` lines of this
-# file, so a check that never printed counts as failed. Checks run in order and
+# The fixed e2e workload (lib.sh has the check protocol). The harness takes
+# the list of expected names from the `check` lines of this file, so a check
+# that never printed counts as failed. Checks run in order and
 # later ones build on earlier ones; the tree left under $T is compared
 # host-side across helpers, so what it leaves behind is deliberate.
-M=/mnt
-T=$M/t
-X=/bin/e2e-xattr
-umask 022
-export TZ=UTC
-
-check() {
-    name=$1
-    shift
-    out=$( (set -e; "$@") 2>&1 )
-    rc=$?
-    if [ "$rc" -eq 0 ]; then
-        echo "CHECK $name PASS"
-    else
-        echo "CHECK $name FAIL rc=$rc $(printf '%s' "$out" | tr '\n' ' ' | cut -c1-400)"
-    fi
-}
-
-# eq ACTUAL EXPECTED [WHAT]: fail the enclosing check unless equal.
-eq() {
-    [ "$1" = "$2" ] || { echo "${3:-value}: expected '$2', got '$1'"; exit 1; }
-}
-
-# must_fail PATTERN CMD...: CMD must fail and its message must contain PATTERN.
-must_fail() {
-    pat=$1
-    shift
-    if msg=$("$@" 2>&1); then
-        echo "unexpectedly succeeded: $*"
-        exit 1
-    fi
-    case "$msg" in
-        *"$pat"*) ;;
-        *) echo "wrong error for $*: '$msg' (wanted '$pat')"; exit 1 ;;
-    esac
-}
-
-as_tester() {
-    su -s /bin/sh tester -c "$1"
-}
-
-c_mount() {
-    mount -t 9p -o trans=virtio,version=9p2000.L share $M
-    grep -q " $M 9p " /proc/mounts
-}
+. /lib.sh
 
 c_statfs_type() {
     # 9P2000.L's Rstatfs passes the export's own f_type through (T_STATFS's
@@ -296,12 +250,6 @@ c_df() {
     [ "$2" -gt 0 ] || { echo "total blocks: $2"; exit 1; }
     [ "$4" -gt 0 ] || { echo "available blocks: $4"; exit 1; }
     [ "$(stat -f -c %b $M)" -gt 0 ]
-}
-
-c_umount() {
-    cd /
-    umount $M
-    ! grep -q " $M " /proc/mounts
 }
 
 c_remount() {

@@ -81,6 +81,8 @@ class GuestRun:
     #: user+system CPU seconds of the helper process (with a tracer: tracer and helper);
     #: unlike wall times, barely moved by other load on the machine
     helper_cpu: float | None = None
+    #: QEMU's Uid/Gid/Groups/CapEff lines from /proc/PID/status, read while it ran
+    qemu_credentials: dict[str, str] = field(default_factory=dict)
     timed_out: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -167,14 +169,6 @@ def _fs_type(path: Path) -> str:
         ["stat", "-f", "-c", "%t", str(path)], capture_output=True, text=True, check=True
     )
     return res.stdout.strip()
-
-
-def _drop_to_qemu_user() -> None:
-    # Runs in the child between fork and exec: QEMU must hold no root powers,
-    # as under libvirt; only the helper is privileged.
-    os.setgroups([])
-    os.setresgid(QEMU_GID, QEMU_GID, QEMU_GID)
-    os.setresuid(QEMU_UID, QEMU_UID, QEMU_UID)
 
 
 def run_guest(
@@ -301,12 +295,16 @@ def run_guest(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 pass_fds=tuple(qemu_fds),
-                preexec_fn=_drop_to_qemu_user,
+                # QEMU holds no root powers, as under libvirt; only the helper is privileged.
+                user=QEMU_UID,
+                group=QEMU_GID,
+                extra_groups=[],
             )
             if qemu_end is not None:
                 qemu_end.close()
                 qemu_end = None
-            console, marks, timed_out = _read_console(qemu_proc, t0, timeout)
+            qemu_creds: dict[str, str] = {}
+            console, marks, timed_out = _read_console(qemu_proc, t0, timeout, qemu_creds)
             wall = time.monotonic() - t0
             qemu_rc = qemu_proc.wait()
             helper_rc, helper_cpu = _reap(helper_proc, 10.0)
@@ -364,6 +362,7 @@ def run_guest(
         if "E2E-END" in marks and "E2E-BEGIN" in marks
         else None,
         helper_cpu=helper_cpu,
+        qemu_credentials=qemu_creds,
         timed_out=timed_out,
         errors=errors,
     )
@@ -385,10 +384,24 @@ def _reap(proc: subprocess.Popen[bytes], timeout: float | None) -> tuple[int | N
         time.sleep(0.01)
 
 
+def _credentials(pid: int) -> dict[str, str]:
+    """Uid, Gid, Groups and CapEff lines of /proc/PID/status."""
+    out: dict[str, str] = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("Uid", "Gid", "Groups", "CapEff"):
+                out[key] = " ".join(value.split())
+    return out
+
+
 def _read_console(
-    proc: subprocess.Popen[bytes], t0: float, timeout: float
+    proc: subprocess.Popen[bytes], t0: float, timeout: float, creds: dict[str, str]
 ) -> tuple[str, dict[str, float], bool]:
-    """Collect QEMU's serial output, noting when each E2E-* marker arrived."""
+    """Collect QEMU's serial output, noting when each E2E-* marker arrived.
+
+    At the first output QEMU has surely exec'd: its credentials go into ``creds``.
+    """
     assert proc.stdout is not None
     buf = bytearray()
     marks: dict[str, float] = {}
@@ -408,6 +421,8 @@ def _read_console(
             chunk = os.read(proc.stdout.fileno(), 65536)
             if not chunk:
                 break
+            if not creds:
+                creds.update(_credentials(proc.pid))
             start = max(0, len(buf) - 16)
             buf += chunk
             now = time.monotonic() - t0

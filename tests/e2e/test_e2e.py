@@ -94,6 +94,13 @@ def _assert_clean_run(run: GuestRun) -> None:
     )
     assert run.all_passed, report
     assert run.qemu_rc == 0, report
+    # QEMU ran as nobody:nogroup (real, effective, saved, fs), no groups, no capabilities.
+    assert run.qemu_credentials == {
+        "Uid": "65534 65534 65534 65534",
+        "Gid": "65534 65534 65534 65534",
+        "Groups": "",
+        "CapEff": "0000000000000000",
+    }, run.qemu_credentials
     # The helper sees EOF when QEMU exits and must leave on its own, status 0.
     assert run.helper_rc == 0, report
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import astuple, fields
 from typing import Final
 
 from . import messages as m
@@ -40,6 +39,9 @@ from .layouts import layouts_for
 #: Largest errno value an ErrorReply can carry (``-errno`` must fit an int32,
 #: whose smallest value is ``-2**31``; the decoder yields that one too).
 _MAX_ERRNO: Final = 1 << 31
+
+#: The request types by their code (a dict lookup is cheaper than ``MessageType(code)``).
+_REQUEST_CODES: Final[Mapping[int, MessageType]] = {int(t): t for t in REPLY_KIND}
 
 #: The success layout of each RESPONSE request (xattr requests depend on ``size``).
 _RESPONSE_LAYOUT: Final[Mapping[MessageType, str]] = {
@@ -97,7 +99,7 @@ def encode_request(request: m.Request, *, byteorder: ByteOrder | None = None) ->
         codec = c.requests[request.TYPE]
     except (AttributeError, KeyError):
         raise LocalProtocolError(f"not a request: {request!r}") from None
-    payload = codec.encode(astuple(request))
+    payload = codec.encode_message(request)
     if len(payload) > PROXY_MAX_IO_SZ:
         raise LocalProtocolError(
             f"payload of {len(payload)} bytes exceeds PROXY_MAX_IO_SZ ({PROXY_MAX_IO_SZ})",
@@ -115,11 +117,8 @@ def check_request_header(message_type: int, size: int) -> MessageType:
             message_type=message_type,
             size=size,
         )
-    try:
-        mtype = MessageType(message_type)
-    except ValueError:
-        mtype = None
-    if mtype is None or mtype not in REPLY_KIND:
+    mtype = _REQUEST_CODES.get(message_type)
+    if mtype is None:
         raise UnknownMessageType(
             f"{message_type} is not a request type", message_type=message_type, size=size
         )
@@ -236,9 +235,8 @@ def encode_reply_for(
         return c.header_struct.pack(MessageType.T_ERROR, 4) + c.replies["error"].encode(
             (-reply.errno,)
         )
-    payload = c.replies[layout].encode(
-        (0,) if layout == "status" else [getattr(reply, f.name) for f in fields(reply)]
-    )
+    codec = c.replies[layout]
+    payload = codec.encode((0,)) if layout == "status" else codec.encode_message(reply)
     if len(payload) > PROXY_MAX_IO_SZ:
         raise LocalProtocolError(
             f"reply payload of {len(payload)} bytes exceeds PROXY_MAX_IO_SZ",

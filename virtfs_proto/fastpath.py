@@ -11,14 +11,25 @@ paths agree on every vector and on generated messages.
 
 from __future__ import annotations
 
+import keyword
+import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from construct import FormatField, GreedyBytes, Prefixed, Renamed, Struct
 
 from .errors import LocalProtocolError, TrailingBytes, TruncatedPayload
+
+_Decoder = Callable[..., tuple[Any, ...]]
+_Encoder = Callable[[Sequence[Any]], bytes]
+_MessageEncoder = Callable[[Any], bytes]
+
+
+def _name(step: Any) -> str:
+    # Only on error paths: the name of the string field a step reads.
+    return str(step.name)
 
 
 def _unwrap(con: Any) -> Any:
@@ -67,7 +78,27 @@ class CompiledStruct:
     can be built positionally); ``encode`` takes them in the same order.
     """
 
-    __slots__ = ("_single", "fixed_size", "names", "steps")
+    __slots__ = (
+        "_getter",
+        "_one_field",
+        "_plan",
+        "_single",
+        "decode",
+        "encode",
+        "encode_message",
+        "fixed_size",
+        "names",
+        "steps",
+    )
+
+    #: Decode ``buf[start:end]`` (keyword ``lenient``): the generated function,
+    #: which falls back to :meth:`decode_checked` for anything it does not
+    #: accept, so that errors are always that method's.
+    decode: _Decoder
+    #: Encode field values in definition order (generated; see :meth:`encode_checked`).
+    encode: _Encoder
+    #: Encode a message's fields (generated; see :meth:`encode_message_checked`).
+    encode_message: _MessageEncoder
 
     def __init__(self, definition: Any) -> None:
         if not isinstance(definition, Struct):
@@ -113,13 +144,27 @@ class CompiledStruct:
         self._single: struct.Struct | None = (
             steps[0].codec if len(steps) == 1 and isinstance(steps[0], _Fixed) else None
         )
+        # The steps flattened for the hot loops: (codec, fields it yields (0 for a
+        # string), bytes it takes (the length prefix's, for a string), step).
+        self._plan: tuple[tuple[struct.Struct, int, int, Any], ...] = tuple(
+            (s.codec, len(s.names), s.codec.size, s)
+            if isinstance(s, _Fixed)
+            else (s.length, 0, s.length.size, s)
+            for s in steps
+        )
+        # Reads a message's fields (the definition's names are the dataclass's).
+        self._getter = operator.attrgetter(*self.names)
+        self._one_field = len(self.names) == 1
+        self.decode, self.encode, self.encode_message = _specialise(self)
 
-    def decode(
+    def decode_checked(
         self, buf: bytes | bytearray | memoryview, start: int, end: int, *, lenient: bool = False
     ) -> tuple[Any, ...]:
         """Decode ``buf[start:end]``: exactly, or (lenient) ignoring what follows the fields.
 
-        Offsets in errors are relative to ``start``.
+        Offsets in errors are relative to ``start``. This is the reference
+        implementation, bound check by bound check; :attr:`decode` is the
+        generated equivalent used on the hot path.
         """
         single = self._single
         if single is not None:
@@ -131,34 +176,33 @@ class CompiledStruct:
             return single.unpack_from(buf, start)
         values: list[Any] = []
         pos = start
-        for step in self.steps:
-            if isinstance(step, _Fixed):
-                stop = pos + step.codec.size
+        for codec, count, size, step in self._plan:
+            stop = pos + size
+            if count:
                 if stop > end:
                     raise step.truncated(end - pos, pos - start)
-                values.extend(step.codec.unpack_from(buf, pos))
+                values.extend(codec.unpack_from(buf, pos))
                 pos = stop
-            else:
-                stop = pos + step.length.size
-                if stop > end:
-                    raise TruncatedPayload(
-                        f"length of string {step.name!r} runs past the end of the payload",
-                        offset=pos - start,
-                    )
-                (n,) = step.length.unpack_from(buf, pos)
-                if stop + n > end:
-                    raise TruncatedPayload(
-                        f"string {step.name!r} of {n} bytes runs past the end of the payload",
-                        offset=pos - start,
-                    )
-                values.append(bytes(buf[stop : stop + n]))
-                pos = stop + n
+                continue
+            if stop > end:
+                raise TruncatedPayload(
+                    f"length of string {_name(step)!r} runs past the end of the payload",
+                    offset=pos - start,
+                )
+            n = codec.unpack_from(buf, pos)[0]
+            if stop + n > end:
+                raise TruncatedPayload(
+                    f"string {_name(step)!r} of {n} bytes runs past the end of the payload",
+                    offset=pos - start,
+                )
+            values.append(bytes(buf[stop : stop + n]))
+            pos = stop + n
         if pos != end and not lenient:
             raise TrailingBytes(f"{end - pos} bytes after the last field", offset=pos - start)
         return tuple(values)
 
-    def encode(self, values: Sequence[Any]) -> bytes:
-        """Encode field values given in definition order."""
+    def encode_checked(self, values: Sequence[Any]) -> bytes:
+        """Encode field values given in definition order, checking each one."""
         single = self._single
         if single is not None:
             try:
@@ -167,27 +211,121 @@ class CompiledStruct:
                 raise LocalProtocolError(f"cannot encode {self.names}: {exc}") from None
         parts: list[bytes] = []
         i = 0
-        for step in self.steps:
-            if isinstance(step, _Fixed):
-                n = len(step.names)
+        for codec, count, _, step in self._plan:
+            if count:
                 try:
-                    parts.append(step.codec.pack(*values[i : i + n]))
+                    parts.append(codec.pack(*values[i : i + count]))
                 except struct.error as exc:
                     raise LocalProtocolError(f"cannot encode {step.names}: {exc}") from None
-                i += n
-            else:
-                value = values[i]
-                if not isinstance(value, bytes | bytearray | memoryview):
-                    raise LocalProtocolError(
-                        f"field {step.name!r} must be bytes, not {type(value).__name__}"
-                    )
-                try:
-                    parts.append(step.length.pack(len(value)))
-                except struct.error:
-                    raise LocalProtocolError(
-                        f"string {step.name!r} is {len(value)} bytes; a V9fsString holds "
-                        "at most 65535"
-                    ) from None
-                parts.append(bytes(value))
-                i += 1
+                i += count
+                continue
+            value = values[i]
+            if not isinstance(value, bytes | bytearray | memoryview):
+                raise LocalProtocolError(
+                    f"field {_name(step)!r} must be bytes, not {type(value).__name__}"
+                )
+            try:
+                parts.append(codec.pack(len(value)))
+            except struct.error:
+                raise LocalProtocolError(
+                    f"string {_name(step)!r} is {len(value)} bytes; a V9fsString holds "
+                    "at most 65535"
+                ) from None
+            parts.append(bytes(value))
+            i += 1
         return b"".join(parts)
+
+    def encode_message_checked(self, message: Any) -> bytes:
+        """Encode a message whose attributes are this definition's fields."""
+        try:
+            values = self._getter(message)
+        except AttributeError as exc:
+            raise LocalProtocolError(f"cannot encode {message!r}: {exc}") from None
+        return self.encode_checked((values,) if self._one_field else values)
+
+
+def _specialise(
+    cs: CompiledStruct,
+) -> tuple[
+    Callable[..., tuple[Any, ...]], Callable[[Sequence[Any]], bytes], Callable[[Any], bytes]
+]:
+    """Generate straight-line decode/encode functions for one compiled definition.
+
+    The loops of the ``*_checked`` methods cost more than the struct calls
+    themselves. The generated code does the same steps unrolled, for the
+    common case only: whenever a bound, a type or a range is not right, it
+    hands the input to the checked method, which raises the precise error
+    (or agrees). A decode may read past ``end`` inside ``buf`` before the
+    final check rejects it; that is harmless, as nothing is kept. The code
+    is generated from the steps, so it follows the definitions.
+    """
+    if not all(name.isidentifier() and not keyword.iskeyword(name) for name in cs.names):
+        return cs.decode_checked, cs.encode_checked, cs.encode_message_checked
+    env: dict[str, Any] = {
+        "_struct_error": struct.error,
+        "_decode_checked": cs.decode_checked,
+        "_encode_checked": cs.encode_checked,
+        "LocalProtocolError": LocalProtocolError,
+    }
+    reads: list[str] = []
+    parts: list[str] = []
+    strings: list[str] = []
+    out: list[str] = []
+    for j, step in enumerate(cs.steps):
+        if isinstance(step, _Fixed):
+            env[f"_unpack{j}"] = step.codec.unpack_from
+            env[f"_pack{j}"] = step.codec.pack
+            names = [f"v{len(out) + i}" for i in range(len(step.names))]
+            reads.append(f"{', '.join(names)}, = _unpack{j}(buf, pos)")
+            reads.append(f"pos += {step.codec.size}")
+            parts.append(f"_pack{j}({', '.join(names)})")
+            out += names
+        else:
+            env[f"_unpack{j}"] = step.length.unpack_from
+            env[f"_pack{j}"] = step.length.pack
+            name = f"v{len(out)}"
+            reads.append(f"at = pos + {step.length.size}")
+            reads.append(f"pos = at + _unpack{j}(buf, pos)[0]")
+            reads.append(f"{name} = bytes(buf[at:pos])")
+            parts += [f"_pack{j}(len({name}))", name]
+            strings.append(name)
+            out.append(name)
+    values = ", ".join(out) + ","
+    body = parts[0] if len(parts) == 1 else f"b''.join(({', '.join(parts)}))"
+    checks = " and ".join(f"type({v}) is bytes" for v in strings) or "True"
+    getters = "; ".join(f"{v} = message.{n}" for v, n in zip(out, cs.names, strict=True))
+    indent = "\n        "
+    source = f"""
+def decode(buf, start, end, *, lenient=False):
+    pos = start
+    try:
+        {indent.join(reads)}
+    except _struct_error:
+        return _decode_checked(buf, start, end, lenient=lenient)
+    if pos != end and (pos > end or not lenient):
+        return _decode_checked(buf, start, end, lenient=lenient)
+    return ({values})
+
+def encode(values):
+    try:
+        {values} = values
+        if {checks}:
+            return {body}
+    except (_struct_error, TypeError, ValueError):
+        pass
+    return _encode_checked(values)
+
+def encode_message(message):
+    try:
+        {getters}
+    except AttributeError as exc:
+        raise LocalProtocolError(f"cannot encode {{message!r}}: {{exc}}") from None
+    try:
+        if {checks}:
+            return {body}
+    except (_struct_error, TypeError):
+        pass
+    return _encode_checked(({values}))
+"""
+    exec(compile(source, f"<fastpath {', '.join(cs.names)}>", "exec"), env)
+    return env["decode"], env["encode"], env["encode_message"]

@@ -83,6 +83,8 @@ class GuestRun:
     helper_cpu: float | None = None
     #: QEMU's Uid/Gid/Groups/CapEff lines from /proc/PID/status, read while it ran
     qemu_credentials: dict[str, str] = field(default_factory=dict)
+    helper_argv: list[str] = field(default_factory=list)
+    qemu_argv: list[str] = field(default_factory=list)
     timed_out: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -363,6 +365,8 @@ def run_guest(
         else None,
         helper_cpu=helper_cpu,
         qemu_credentials=qemu_creds,
+        helper_argv=helper_argv,
+        qemu_argv=qemu_argv,
         timed_out=timed_out,
         errors=errors,
     )
@@ -460,6 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         trace=args.trace,
         workload=args.workload,
     )
+    print("helper:", shlex.join(run.helper_argv))
+    print(f"qemu (as uid {QEMU_UID}):", shlex.join(run.qemu_argv))
     if args.console:
         print(run.console)
         print("--- helper stderr ---")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -89,7 +90,8 @@ def _field(request: dict[str, object], name: str) -> object:
 
 def _assert_clean_run(run: GuestRun) -> None:
     report = (
-        f"{run.summary()}\n--- helper stderr ---\n{run.helper_stderr[-4000:]}"
+        f"{run.summary()}\nhelper: {shlex.join(run.helper_argv)}\nqemu: {shlex.join(run.qemu_argv)}"
+        f"\n--- helper stderr ---\n{run.helper_stderr[-4000:]}"
         f"\n--- console ---\n{run.console[-4000:]}"
     )
     assert run.all_passed, report

@@ -243,6 +243,8 @@ class ClientConnection(_Base):
     def receive_data(self, data: bytes | bytearray | memoryview, fds: Sequence[int] = ()) -> None:
         """Buffer bytes read from the socket, with the descriptors that came with them."""
         self._check_usable()
+        if self._eof:
+            raise LocalProtocolError("data received after EOF")
         if fds:
             self._fd_chunks.append(_FdChunk(self._received, self._received + len(data), list(fds)))
         self._buf += data

@@ -559,3 +559,16 @@ def test_client_and_server_loopback(
     events = drain(client)
     assert [(ev.request, ev.reply) for ev in events] == list(zip(requests, replies, strict=True))
     assert server.unanswered == client.outstanding == 0
+
+
+def test_data_after_eof_is_refused_on_both_sides() -> None:
+    client = ClientConnection()
+    client.send_request(OPEN)
+    client.receive_eof()
+    with pytest.raises(e.LocalProtocolError):
+        client.receive_data(VALID, (3,))
+    assert client.discard_fds() == []  # the caller still owns fd 3
+    server = ServerConnection()
+    server.receive_eof()
+    with pytest.raises(e.LocalProtocolError):
+        server.receive_data(b"\x08")

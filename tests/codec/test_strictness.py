@@ -6,7 +6,14 @@ import pytest
 
 from virtfs_proto import errors as e
 from virtfs_proto import messages as m
-from virtfs_proto.codec import decode_reply, decode_request, encode_reply, encode_request
+from virtfs_proto.codec import (
+    decode_error_reply,
+    decode_reply,
+    decode_request,
+    encode_error_reply,
+    encode_reply,
+    encode_request,
+)
 from virtfs_proto.connection import NEED_DATA, ConnectionState, ServerConnection
 from virtfs_proto.constants import PROXY_MAX_IO_SZ, ByteOrder, MessageType
 
@@ -434,3 +441,49 @@ def test_int_field_edges_encode() -> None:
         m.LstatRequest(b"x" * 65534),
     ):
         assert decode_request(encode_request(request)) == request
+
+
+# -- the answer to a request that did not decode ---------------------------------
+
+
+@pytest.mark.parametrize("order", ["little", "big"])
+@pytest.mark.parametrize("mtype", list(T)[2:], ids=lambda t: t.name)
+def test_error_reply_to_a_malformed_request_round_trips(
+    mtype: MessageType, order: ByteOrder
+) -> None:
+    data = encode_error_reply(mtype, 105, byteorder=order)
+    if mtype in (T.T_OPEN, T.T_CREATE):
+        assert data == s32(-105, order)
+    else:
+        assert data == u32(1, order) + u32(4, order) + s32(-105, order)
+    assert decode_error_reply(mtype, data, byteorder=order) == m.ErrorReply(105)
+
+
+@pytest.mark.parametrize(
+    ("mtype", "hexdata"),
+    [
+        (T.T_OPEN, "ffffff7f"),  # success is not an answer to a malformed request
+        (T.T_OPEN, "00000000"),
+        (T.T_OPEN, "97ffff"),
+        (T.T_OPEN, "97ffffff00"),
+        (T.T_LSTAT, "00000000 04000000 97ffffff"),  # T_SUCCESS
+        (T.T_LSTAT, "01000000 04000000 00000000"),  # not negative
+        (T.T_LSTAT, "01000000 08000000 97ffffff 00000000"),
+        (T.T_LSTAT, "01000000 04000000 97ff"),
+        (T.T_LSTAT, "97ffffff"),
+        (T.T_CHMOD, ""),
+    ],
+)
+def test_error_reply_to_a_malformed_request_refuses_anything_else(
+    mtype: MessageType, hexdata: str
+) -> None:
+    with pytest.raises(e.UnexpectedReply) as info:
+        decode_error_reply(mtype, bytes.fromhex(hexdata))
+    assert info.value.message_type == mtype
+
+
+@pytest.mark.parametrize("errno", [0, -5, 2**31 + 1])
+def test_encode_error_reply_range(errno: int) -> None:
+    with pytest.raises(e.LocalProtocolError):
+        encode_error_reply(T.T_LSTAT, errno)
+    assert decode_error_reply(T.T_OPEN, encode_error_reply(T.T_OPEN, 2**31)) == m.ErrorReply(2**31)

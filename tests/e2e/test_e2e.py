@@ -8,6 +8,7 @@ fail these tests with the install command: they never skip.
 
 from __future__ import annotations
 
+import collections
 import difflib
 import json
 import shlex
@@ -166,13 +167,26 @@ def test_our_helper_named_socket(qemu_fd: GuestRun, ours_socket: GuestRun) -> No
     _assert_same(qemu_fd, ours_socket)
 
 
-@pytest.fixture(scope="module")
-def traced(image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> tuple[GuestRun, Path]:
+def _traced_run(
+    image: GuestImage, helper: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[GuestRun, Path]:
     trace = tmp_path_factory.mktemp("trace") / "trace.jsonl"
     try:
-        return run_guest(QEMU_HELPER, "fd", image=image, trace=trace), trace
+        return run_guest(helper, "fd", image=image, trace=trace), trace
     except HarnessError as exc:
         pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="module")
+def traced(image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> tuple[GuestRun, Path]:
+    return _traced_run(image, QEMU_HELPER, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def traced_ours(
+    image: GuestImage, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[GuestRun, Path]:
+    return _traced_run(image, our_helper(), tmp_path_factory)
 
 
 def test_tracer_is_transparent(qemu_fd: GuestRun, traced: tuple[GuestRun, Path]) -> None:
@@ -280,3 +294,52 @@ def test_our_helper_setgid(image: GuestImage) -> None:
     assert (s["t/plain"]["uid"], s["t/plain"]["gid"]) == (1234, 2345)
     assert s["t/chardev"]["rdev"] == (1, 3)
     assert (s["t/home/file"]["uid"], s["t/home/file"]["gid"]) == (1000, 1000)
+
+
+# Reply fields that differ between two runs whatever the helper: inode numbers,
+# times, the device, free-space counts, inode generations.
+VOLATILE_REPLY_FIELDS = frozenset(
+    {
+        "st_dev", "st_ino", "st_blocks",
+        "st_atim_sec", "st_atim_nsec", "st_mtim_sec", "st_mtim_nsec", "st_ctim_sec", "st_ctim_nsec",
+        "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_fsid0", "f_fsid1",
+        "version",
+    }
+)  # fmt: skip
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def _normalised(trace: Path) -> list[str]:
+    out = []
+    for line in trace.read_text().splitlines():
+        record = json.loads(line)
+        request, reply = dict(record["request"]), dict(record["reply"])
+        if request.get("type") == "T_UTIME":
+            # With UTIME_NOW/OMIT in tv_nsec, QEMU leaves tv_sec uninitialised.
+            for which in ("atime", "mtime"):
+                if request[f"{which}_nsec"] in (UTIME_NOW, UTIME_OMIT):
+                    request[f"{which}_sec"] = "*"
+        for key in VOLATILE_REPLY_FIELDS & reply.keys():
+            reply[key] = "*"
+        out.append(json.dumps([request, reply], sort_keys=True))
+    return out
+
+
+def test_our_helper_answers_every_request_like_qemus(
+    traced: tuple[GuestRun, Path], traced_ours: tuple[GuestRun, Path]
+) -> None:
+    """The strongest drop-in check: the same guest session, exchange by exchange.
+
+    QEMU asks our helper the same thousands of questions it asks its own and
+    gets the same answers (errnos, modes, owners, sizes, link targets, xattr
+    values and sizes, statfs geometry), volatile fields aside.
+    """
+    run, trace = traced_ours
+    _assert_clean_run(run)
+    theirs, ours = _normalised(traced[1]), _normalised(trace)
+    only_theirs = collections.Counter(theirs) - collections.Counter(ours)
+    only_ours = collections.Counter(ours) - collections.Counter(theirs)
+    assert not only_theirs and not only_ours, (
+        f"{len(theirs)} vs {len(ours)} exchanges; only with QEMU's helper: "
+        f"{only_theirs.most_common(5)}; only with ours: {only_ours.most_common(5)}"
+    )

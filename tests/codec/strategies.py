@@ -12,7 +12,7 @@ from dataclasses import fields
 from typing import Any
 
 from construct import FormatField, GreedyBytes, Prefixed, Renamed
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from virtfs_proto import messages as m
@@ -169,4 +169,4 @@ def fds_of(reply: m.Reply) -> tuple[int, ...]:
 #: For properties parametrized over every type and byte order (40 cases each,
 #: and the suite must stay under 60 s): fewer examples per case, and no
 #: deadline, since CI machines are shared and a slow example is not a failure.
-per_case = settings(max_examples=40, deadline=None)
+per_case = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,7 +11,7 @@ import itertools
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from virtfs_proto import errors as e
@@ -31,7 +31,9 @@ from .strategies import BYTE_ORDERS, reply_for, requests_any
 
 T = MessageType
 LE: ByteOrder = "little"
-connection_cases = settings(max_examples=60, deadline=None)
+connection_cases = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def drain(conn: Any) -> list[Any]:

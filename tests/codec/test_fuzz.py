@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from virtfs_proto import messages as m
@@ -28,7 +28,7 @@ from virtfs_proto.errors import BadFdCount, RemoteProtocolError
 
 from .strategies import BYTE_ORDERS, reply_for, requests_any
 
-fuzz = settings(max_examples=300, deadline=None)
+fuzz = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 orders = st.sampled_from(BYTE_ORDERS)
 
 type_codes = st.one_of(st.integers(0, 23), st.sampled_from([0x100, 0x7FFFFFFF, 0xFFFFFFFF]))

@@ -98,6 +98,7 @@ def test_xattr_reply_depends_on_request_size(listing: bool, size: int) -> None:
 
 
 @by_order
+@per_case
 @given(data=st.data())
 def test_byte_orders_mirror_each_other(order: ByteOrder, data: st.DataObject) -> None:
     """A message whose fields are all one byte wide reads the same either way round."""

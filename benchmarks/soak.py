@@ -1,0 +1,136 @@
+"""Soak test (not CI): a million mixed operations against one helper process.
+
+Prints ops/s, and the helper's descriptor count and RSS at the start and the
+end (a leak shows as growth), plus how many replies were not what the mix
+expects and whether the sentinels outside the export stayed untouched.
+
+    sudo .venv/bin/python benchmarks/soak.py                      # our helper, 1e6 ops
+    sudo .venv/bin/python benchmarks/soak.py --ops 100000
+    sudo .venv/bin/python benchmarks/soak.py --helper /usr/lib/qemu/virtfs-proxy-helper
+
+``--batch N`` pipelines N requests per write (QEMU itself sends one at a time:
+the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shlex
+import sys
+import time
+from collections import Counter
+
+from virtfs_proto import messages as m
+from virtfs_proto.conformance import procfs
+from virtfs_proto.conformance.fixture import Workspace
+from virtfs_proto.conformance.model import spath, vpath
+from virtfs_proto.conformance.session import HelperSession
+
+#: (weight, name) of each operation in the mix
+MIX = [
+    (30, "lstat"),
+    (20, "open_close"),
+    (10, "readlink"),
+    (10, "getxattr"),
+    (5, "statfs"),
+    (5, "create_remove"),
+    (5, "mkdir_remove"),
+    (5, "chmod"),
+    (5, "utime"),
+    (5, "getversion"),
+]
+
+
+def requests_for(op: str, i: int) -> list[m.Request]:
+    """The requests one operation sends (two for create/mkdir + remove)."""
+    if op == "lstat":
+        return [m.LstatRequest(vpath("dir/nested.txt"))]
+    if op == "open_close":
+        return [m.OpenRequest(vpath("file.txt"), os.O_RDONLY)]
+    if op == "readlink":
+        return [m.ReadlinkRequest(vpath("link_file"), 4096)]
+    if op == "getxattr":
+        return [m.LgetxattrRequest(100, vpath("file.txt"), b"user.comment")]
+    if op == "statfs":
+        return [m.StatfsRequest(vpath(""))]
+    if op == "create_remove":
+        name = f"soak{i % 64}"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+        return [
+            m.CreateRequest(spath(name), flags, 0o644, 1000, 1000),
+            m.RemoveRequest(spath(name)),
+        ]
+    if op == "mkdir_remove":
+        name = f"soakdir{i % 64}"
+        return [m.MkdirRequest(1000, 1000, spath(name), 0o755), m.RemoveRequest(spath(name))]
+    if op == "chmod":
+        return [m.ChmodRequest(vpath("empty.txt"), 0o600 | (i & 0o44))]
+    if op == "utime":
+        return [m.UtimeRequest(vpath("empty.txt"), i, 0, i, 0)]
+    return [m.GetversionRequest(vpath("file.txt"))]
+
+
+def state(helper: HelperSession) -> str:
+    return f"fds {procfs.settled_fd_count(helper.pid)}, RSS {procfs.rss_kib(helper.pid)} KiB"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--helper", default=f"{sys.executable} -m virtfs_proto.server")
+    parser.add_argument("--ops", type=int, default=1_000_000)
+    parser.add_argument("--mode", choices=("fd", "socket"), default="fd")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    ops = [name for weight, name in MIX for _ in range(weight)]
+    ws = Workspace()
+    try:
+        ws.build_export()
+        before = ws.snapshot()
+        helper = HelperSession(shlex.split(args.helper), ws.export, args.mode, rundir=ws.rundir)
+        helper.call(m.LstatRequest(vpath("")))  # started and serving
+        print(f"helper {args.helper} (pid {helper.pid}, {args.mode} mode)")
+        print(f"start: {state(helper)}")
+        done = 0
+        unexpected: Counter[str] = Counter()
+        counts: Counter[str] = Counter()
+        t0 = time.perf_counter()
+        step = max(1, args.ops // 10)
+        while done < args.ops:
+            batch = [rng.choice(ops) for _ in range(min(args.batch, args.ops - done))]
+            reqs = [r for k, op in enumerate(batch) for r in requests_for(op, done + k)]
+            helper.pipeline(reqs)
+            for req in reqs:
+                reply = helper.next_reply(timeout=10.0)
+                if isinstance(reply, m.FdReply):
+                    os.close(reply.fd)
+                elif isinstance(reply, m.ErrorReply):
+                    unexpected[f"{req.TYPE.name} {reply.errno}"] += 1
+            counts.update(batch)
+            before_done = done
+            done += len(batch)
+            if done // step != before_done // step:
+                rate = done / (time.perf_counter() - t0)
+                print(f"  {done:>9} ops  {rate:8.0f} ops/s  {state(helper)}", flush=True)
+        elapsed = time.perf_counter() - t0
+        print(f"end:   {state(helper)}")
+        print(
+            f"{done} operations ({sum(len(requests_for(o, 0)) * n for o, n in counts.items())}"
+            f" requests) in {elapsed:.1f} s: {done / elapsed:.0f} ops/s"
+        )
+        print(f"mix: {dict(counts)}")
+        print(f"unexpected errors: {dict(unexpected) or 'none'}")
+        changes = ws.differences(before, ws.snapshot())
+        print(f"sentinels: {changes if changes else 'unchanged'}")
+        status = helper.close()
+        print(f"helper exit: {status}")
+        return 0 if not unexpected and not changes and status == 0 else 1
+    finally:
+        ws.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -37,7 +37,6 @@ A helper command gets ``-f N`` appended (its end of a socketpair), or
 from __future__ import annotations
 
 import argparse
-import array
 import contextlib
 import json
 import os
@@ -48,7 +47,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 from . import messages as m
@@ -60,14 +59,10 @@ from .codec import (
     decode_request,
 )
 from .constants import HEADER_SIZE, PROXY_MAX_IO_SZ, REPLY_KIND, ByteOrder, MessageType, ReplyKind
-from .errors import ProxyProtocolError, RemoteProtocolError
+from .errors import AncillaryTruncated, ConnectionClosed, ProxyProtocolError, RemoteProtocolError
 from .jsonform import error_to_json, reply_to_json, request_to_json
+from .transport import Transport, close_fds
 
-#: Descriptors one ``recvmsg()`` makes room for: a reply carries at most one,
-#: the rest is there so a peer passing more is forwarded, not truncated.
-FD_ROOM: Final = 16
-_FD_SIZE: Final = array.array("i").itemsize
-_CONTROL_SPACE: Final = socket.CMSG_SPACE(FD_ROOM * _FD_SIZE)
 _CHUNK: Final = HEADER_SIZE + PROXY_MAX_IO_SZ
 
 
@@ -84,10 +79,18 @@ class TraceStats:
     stray_bytes: int = 0
     #: descriptors QEMU's side sent (it never should; forwarded anyway)
     client_fds: int = 0
+    #: reads on which the kernel dropped descriptors (MSG_CTRUNC: too many at once)
+    fds_dropped: int = 0
 
     @property
     def clean(self) -> bool:
-        return not (self.undecoded or self.unanswered or self.stray_bytes or self.client_fds)
+        return not (
+            self.undecoded
+            or self.unanswered
+            or self.stray_bytes
+            or self.client_fds
+            or self.fds_dropped
+        )
 
 
 @dataclass
@@ -102,26 +105,22 @@ class _Pending:
 
 @dataclass
 class _Side:
-    sock: socket.socket
-    name: str
+    transport: Transport
     readable: bool = True
     writable: bool = True
-    fds_in: list[int] = field(default_factory=list)
 
-
-def _recvmsg(sock: socket.socket, n: int) -> tuple[bytes, list[int]]:
-    data, ancdata, _flags, _addr = sock.recvmsg(n, _CONTROL_SPACE, socket.MSG_CMSG_CLOEXEC)
-    fds = array.array("i")
-    for level, kind, cdata in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(cdata[: len(cdata) - len(cdata) % _FD_SIZE])
-    return data, list(fds)
-
-
-def _close(fds: Sequence[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    def recv(self, n: int, stats: TraceStats) -> tuple[bytes, list[int]]:
+        """One ``recvmsg()``; b"" at EOF or a reset."""
+        try:
+            return self.transport.recv(n, timeout=None)
+        except ConnectionClosed:
+            return b"", []
+        except AncillaryTruncated as exc:
+            # More descriptors than the transport has room for: the kernel
+            # dropped some (and the transport closed the rest). The bytes
+            # still go through; the trace counts the loss.
+            stats.fds_dropped += 1
+            return exc.data, []
 
 
 class Tracer:
@@ -141,8 +140,8 @@ class Tracer:
         lenient: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client = _Side(client, "client")
-        self._helper = _Side(helper, "helper")
+        self._client = _Side(Transport(client))
+        self._helper = _Side(Transport(helper))
         self._out = out
         self._codecs = codecs_for(byteorder)
         self.byteorder: ByteOrder = self._codecs.byteorder
@@ -162,8 +161,8 @@ class Tracer:
     def run(self) -> TraceStats:
         """Forward until both sides have closed; return what was seen."""
         sel = selectors.DefaultSelector()
-        sel.register(self._client.sock, selectors.EVENT_READ, self._from_client)
-        sel.register(self._helper.sock, selectors.EVENT_READ, self._from_helper)
+        sel.register(self._client.transport.sock, selectors.EVENT_READ, self._from_client)
+        sel.register(self._helper.transport.sock, selectors.EVENT_READ, self._from_helper)
         try:
             while self._client.readable or self._helper.readable:
                 for key, _ in sel.select():
@@ -176,40 +175,33 @@ class Tracer:
                 self._emit(pending, None, 0, {"kind": "NoReply", "message": "no reply came"})
                 self.stats.unanswered += 1
             self._pending.clear()
-            self._client.sock.close()
-            self._helper.sock.close()
+            self._client.transport.close()
+            self._helper.transport.close()
         return self.stats
 
     def _send(self, to: _Side, data: bytes, fds: list[int]) -> None:
         """Forward ``data`` with ``fds`` riding on its first byte, then close our copies."""
         try:
             if to.writable:
-                if fds:
-                    sent = socket.send_fds(to.sock, [data], fds)
-                    to.sock.sendall(data[sent:])
-                else:
-                    to.sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
+                to.transport.send(data, fds, timeout=None)
+        except ConnectionClosed:
             # The reader is gone; keep tracing what the other side still says.
             to.writable = False
         finally:
-            _close(fds)
+            close_fds(fds)
 
     def _eof(self, side: _Side, other: _Side) -> bool:
         side.readable = False
         # Pass the EOF on: the helper exits at EOF, and QEMU marks the proxy dead.
         with contextlib.suppress(OSError):
-            other.sock.shutdown(socket.SHUT_WR)
+            other.transport.shutdown_write()
         other.writable = False
         return False
 
     def _from_client(self) -> bool:
-        try:
-            data, fds = _recvmsg(self._client.sock, _CHUNK)
-        except ConnectionResetError:
-            data, fds = b"", []
+        data, fds = self._client.recv(_CHUNK, self.stats)
         if not data:
-            _close(fds)
+            close_fds(fds)
             return self._eof(self._client, self._helper)
         self.stats.client_fds += len(fds)
         self._send(self._helper, data, fds)
@@ -220,12 +212,9 @@ class Tracer:
 
     def _from_helper(self) -> bool:
         want = self._reply_wanted()
-        try:
-            data, fds = _recvmsg(self._helper.sock, want or _CHUNK)
-        except ConnectionResetError:
-            data, fds = b"", []
+        data, fds = self._helper.recv(want or _CHUNK, self.stats)
         if not data:
-            _close(fds)
+            close_fds(fds)
             return self._eof(self._helper, self._client)
         nfds = len(fds)
         self._send(self._client, data, fds)
@@ -462,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = proc.wait()
     print(
         f"trace: {stats.exchanges} exchanges, {stats.undecoded} did not decode, "
-        f"{stats.unanswered} unanswered, {stats.stray_bytes} stray reply bytes"
+        f"{stats.unanswered} unanswered, {stats.stray_bytes} stray reply bytes, "
+        f"{stats.client_fds + stats.fds_dropped} descriptor anomalies"
         + ("" if rc is None else f"; helper exit status {rc}"),
         file=sys.stderr,
     )

@@ -383,12 +383,6 @@ def test_example_decode_capture() -> None:
     assert "st_mode        33188" in proc.stdout
 
 
-def test_example_bench_roundtrips_codec_only() -> None:
-    proc = _run_example(str(EXAMPLES / "bench_roundtrips.py"), "--codec-only")
-    assert proc.returncode == 0, proc.stderr
-    assert "decode 116-byte stat reply (fast path)" in proc.stdout
-
-
 def _check_talk_to_helper(helper: list[str]) -> None:
     if os.geteuid() != 0:
         pytest.fail("the helper chroots into the export: run the suite as root", pytrace=False)

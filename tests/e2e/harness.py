@@ -18,7 +18,8 @@ same runs drive QEMU's ``/usr/lib/qemu/virtfs-proxy-helper`` and ours.
 
 Usage from the repository root::
 
-    python -m tests.e2e.harness [--helper qemu|ours|CMD...] [--mode fd|socket]
+    python -m tests.e2e.harness [--helper qemu|ours|'CMD ...'] [--mode fd|socket]
+                                [--workload checks|setgid] [--trace FILE] [--console]
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from .build_guest import DEFAULT_CACHE, INSTALL_HINT, WORKLOADS, GuestImage, ens
 
 QEMU = "qemu-system-x86_64"
 QEMU_HELPER = ("/usr/lib/qemu/virtfs-proxy-helper",)
-REPO = Path(__file__).resolve().parents[2]
 # QEMU runs as this user; the named socket is handed to it with -u/-g.
 QEMU_UID = 65534
 QEMU_GID = 65534

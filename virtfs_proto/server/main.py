@@ -39,12 +39,12 @@ import sys
 import syslog
 from collections.abc import Callable
 from dataclasses import dataclass
-from errno import ENOBUFS
+from errno import EIO, ENOBUFS
 from typing import Final
 
 from .. import messages as m
 from ..connection import NEED_DATA, ConnectionState, MalformedRequest, ServerConnection
-from ..errors import ConnectionClosed, RemoteProtocolError
+from ..errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from . import privileges
 from .ops import Operations, export_supports_getversion
 from .resolve import Resolver
@@ -285,7 +285,15 @@ def serve(sock: socket.socket, handle: Callable[[m.Request], m.Reply], log: Log)
             reply: m.Reply = m.ErrorReply(ENOBUFS)  # what QEMU's unmarshal answers
         else:
             reply = handle(event)  # type: ignore[arg-type]
-        data, fds = send_reply(reply)
+        try:
+            data, fds = send_reply(reply)
+        except LocalProtocolError as exc:
+            # a reply our own code built wrongly: a bug, but not one that may
+            # cost the client its connection
+            log.error(f"cannot encode {reply!r}: {exc}")
+            if isinstance(reply, m.FdReply):
+                os.close(reply.fd)
+            data, fds = send_reply(m.ErrorReply(EIO))
         try:
             if fds:
                 sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])

@@ -1,0 +1,128 @@
+"""The request loop in-process, over a socketpair (no jail, no privilege drop)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from virtfs_proto import messages as m
+from virtfs_proto.codec import encode_request
+from virtfs_proto.connection import ClientConnection
+from virtfs_proto.constants import MessageType
+from virtfs_proto.server.main import Log, serve
+from virtfs_proto.transport import Transport
+
+
+class Recorder(Log):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def __call__(self, message: str, priority: int = 0) -> None:
+        self.lines.append(message)
+
+
+def _serving(handle: Callable[[m.Request], m.Reply]) -> tuple[socket.socket, dict[str, object]]:
+    ours, theirs = socket.socketpair()
+    result: dict[str, object] = {}
+    log = Recorder()
+
+    def run() -> None:
+        result["rc"] = serve(theirs, handle, log)
+        theirs.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    result["thread"] = thread
+    result["log"] = log
+    return ours, result
+
+
+def _finish(result: dict[str, object]) -> int:
+    thread = result["thread"]
+    assert isinstance(thread, threading.Thread)
+    thread.join(5)
+    assert not thread.is_alive()
+    rc = result["rc"]
+    assert isinstance(rc, int)
+    return rc
+
+
+def _lines(result: dict[str, object]) -> list[str]:
+    log = result["log"]
+    assert isinstance(log, Recorder)
+    return log.lines
+
+
+def echo_errno(request: m.Request) -> m.Reply:
+    """Answers every request with an errno derived from its path length."""
+    return m.ErrorReply(len(getattr(request, "path", b"")) or 1)
+
+
+def test_pipelined_requests_are_answered_in_order() -> None:
+    sock, result = _serving(echo_errno)
+    conn = ClientConnection()
+    paths = [b"x" * n for n in range(1, 40)]
+    sock.sendall(b"".join(conn.send_request(m.LstatRequest(p)) for p in paths))
+    t = Transport(sock, timeout=5)
+    replies = [t.read_event(conn).reply for _ in paths]
+    assert replies == [m.ErrorReply(len(p)) for p in paths]
+    t.close()
+    assert _finish(result) == 0
+
+
+def test_a_reply_that_cannot_be_encoded_becomes_eio() -> None:
+    def wrong(request: m.Request) -> m.Reply:
+        if isinstance(request, m.LstatRequest):
+            return m.XattrValueReply(b"not a stat")  # a bug in a handler
+        return m.StatusReply()
+
+    sock, result = _serving(wrong)
+    t = Transport(sock, timeout=5)
+    conn = ClientConnection()
+    assert t.exchange(conn, m.LstatRequest(b"/")).reply == m.ErrorReply(5)
+    assert t.exchange(conn, m.ChmodRequest(b"/", 0o755)).reply == m.StatusReply()
+    t.close()
+    assert _finish(result) == 0
+    assert any("cannot encode" in line for line in _lines(result))
+
+
+@pytest.mark.parametrize(
+    ("data", "rc", "logged"),
+    [
+        (b"", 0, None),
+        (encode_request(m.LstatRequest(b"/"))[:5], 0, "client went away"),
+        (encode_request(m.LstatRequest(b"/"))[:9], 0, "client went away"),
+        (struct.pack("=II", 99, 0), 1, "not a request type"),
+        (struct.pack("=II", MessageType.T_ERROR, 4) + b"\0" * 4, 1, "not a request type"),
+        (struct.pack("=II", MessageType.T_OPEN, 0xFFFFFFFF), 1, "65536"),
+    ],
+    ids=["eof", "eof-in-header", "eof-in-payload", "unknown", "reply-type", "oversize"],
+)
+def test_endings(data: bytes, rc: int, logged: str | None) -> None:
+    sock, result = _serving(echo_errno)
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+    assert sock.recv(100) == b""  # no reply, connection closed
+    sock.close()
+    assert _finish(result) == rc
+    if logged:
+        assert any(logged in line for line in _lines(result)), _lines(result)
+
+
+def test_client_gone_before_the_reply_is_a_clean_exit() -> None:
+    gate = threading.Event()
+
+    def slow(request: m.Request) -> m.Reply:
+        gate.wait(5)
+        return m.StatusReply()
+
+    sock, result = _serving(slow)
+    sock.sendall(encode_request(m.ChmodRequest(b"/", 0o755)) * 3)
+    sock.close()
+    gate.set()
+    assert _finish(result) == 0

@@ -84,7 +84,7 @@ def _state_diff(a: GuestRun, b: GuestRun) -> str:
 def _field(request: dict[str, object], name: str) -> object:
     """A decoded request field, with hex strings read back as text (minus QEMU's NUL)."""
     value = request.get(name)
-    if isinstance(value, str) and name not in ("type",):
+    if isinstance(value, str) and name != "type":
         return bytes.fromhex(value).rstrip(b"\0").decode(errors="replace")
     return value
 

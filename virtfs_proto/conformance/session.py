@@ -24,8 +24,10 @@ from ..errors import ConnectionClosed, HelperStartError, ProxyProtocolError, Tra
 from ..transport import Transport, close_fds
 from . import procfs
 
-#: Seconds a single reply may take before the helper counts as blocked.
-DEFAULT_TIMEOUT: Final = 2.0
+#: Seconds a single reply may take before the helper counts as blocked. Generous,
+#: so that a loaded machine does not turn a slow reply into a failure; the cases
+#: that expect a blocking helper (special files) use a shorter one of their own.
+DEFAULT_TIMEOUT: Final = 5.0
 #: Seconds a helper may take to start (bind its socket) or to exit after EOF.
 START_TIMEOUT: Final = 10.0
 EXIT_TIMEOUT: Final = 3.0

@@ -32,7 +32,7 @@ from .behaviour import read_all
 #: resolution, ELOOP where a final symlink is refused (O_NOFOLLOW).
 ESCAPE_ERRNOS: Final = (E.ENOENT, E.EXDEV, E.ELOOP)
 #: How long a request on a special file may take before the helper counts as blocked.
-SPECIAL_TIMEOUT: Final = 1.5
+SPECIAL_TIMEOUT: Final = 2.0
 #: Iterations of each race (bounded: the suite must finish).
 RACE_ITERATIONS: Final = 200
 XATTR_SIZE_ERRNOS: Final = (E.ENOBUFS, E.E2BIG, E.ERANGE)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ...launcher import Mode
 from ...vectors import Vector, compare, load_vectors, run_steps
 from ..model import CheckFailed, Context, case
 
@@ -24,7 +25,8 @@ VECTOR_DIR = Path(__file__).resolve().parents[3] / "spec" / "vectors"
 
 
 def _replay(vector: Vector, ctx: Context) -> None:
-    outcome, _ = run_steps(ctx.argv, vector.steps(), mode=ctx.mode, workdir=ctx.ws.rundir)
+    mode: Mode = "socket" if ctx.mode == "socket" else "fd"
+    outcome, _ = run_steps(ctx.argv, vector.steps(), mode=mode, workdir=ctx.ws.rundir)
     recorded = vector
     got, want = outcome.returncode, vector.end.get("returncode")
     if got is not None and want is not None and got >= 0 and want >= 0:

@@ -57,8 +57,9 @@ from .. import messages as m
 from ..constants import MAX_STRING_LENGTH
 from .resolve import Resolver, clean_name, fstatfs, normalize_open_flags
 
-#: ``_IOR('v', 1, long)``; the kernel writes only a 32-bit int through it.
-FS_IOC_GETVERSION: Final = 0x80087601
+#: ``_IOR('v', 1, long)`` (0x80087601 on x86-64, in the generic ioctl
+#: encoding); the kernel writes only a 32-bit int through it.
+FS_IOC_GETVERSION: Final = (2 << 30) | (ctypes.sizeof(ctypes.c_long) << 16) | (ord("v") << 8) | 1
 
 #: File systems on which QEMU's helper asks FS_IOC_GETVERSION at all
 #: (ext2/3/4, btrfs, reiserfs, xfs), decided once from the export root.

@@ -363,6 +363,8 @@ def run(o: Options, log: Log) -> int:
         if proc_fd is not None:
             os.close(proc_fd)  # never reachable by a client request
     if o.print_confinement:
+        if not lines:
+            return EXIT_FAILURE  # the reason was logged
         print("\n".join(lines), flush=True)
         return 0
     for line in lines:

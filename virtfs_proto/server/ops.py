@@ -219,10 +219,10 @@ class Operations:
     def _open_file(self, path: bytes, flags: int, mode: int, owner: tuple[int, int]) -> int:
         """Open a regular file or directory for the client; never a special file.
 
-        A special file is refused after an ``O_PATH`` look (which opens
-        nothing), and the real open adds ``O_NONBLOCK`` so that a FIFO
-        swapped in between cannot block us; the type is checked again on the
-        opened fd. ``owner`` is applied only if this call created the file.
+        A special file is refused after a look at its type (:meth:`_probe_kind`,
+        which opens nothing), and the real open adds ``O_NONBLOCK`` so that a
+        FIFO swapped in between cannot block us; the type is checked again on
+        the opened fd. ``owner`` is applied only if this call created the file.
         """
         flags, mode = normalize_open_flags(flags, mode)
         kind = self._probe_kind(path, flags)

@@ -196,24 +196,31 @@ def run_script(helper: Helper, script: list[m.Request], ignore_flags: int = 0) -
     return [normalize(req, helper.call(req), ignore_flags) for req in script]
 
 
-@pytest.fixture(scope="module")
+_QEMU_REPLIES: list[list[bytes]] = []
+
+
 def qemu_script_replies(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
-    base = tmp_path_factory.mktemp("qemu")
-    qemu = spawn_qemu(build_export(base).root)
-    try:
-        replies = run_script(qemu, SCRIPT)
-    finally:
-        rc = qemu.close()
-    assert rc == 0
-    return replies
+    """QEMU's answers to SCRIPT, recorded once per session (inside a test, so a
+    missing binary is a test failure with the install hint, not a setup error)."""
+    if not _QEMU_REPLIES:
+        base = tmp_path_factory.mktemp("qemu")
+        qemu = spawn_qemu(build_export(base).root)
+        try:
+            replies = run_script(qemu, SCRIPT)
+        finally:
+            rc = qemu.close()
+        assert rc == 0
+        _QEMU_REPLIES.append(replies)
+    return _QEMU_REPLIES[0]
 
 
 @pytest.mark.qemu_helper
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_script_replies_match_qemu(
-    tmp_path: Path, qemu_script_replies: list[bytes], layer: str
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, layer: str
 ) -> None:
     """With both containment layers, and with each alone, the answers are QEMU's."""
+    theirs = qemu_script_replies(tmp_path_factory)
     ours = spawn_ours(build_export(tmp_path).root, *LAYERS[layer])
     # The walk (for kernels without openat2) must open the last component
     # O_NOFOLLOW, and F_GETFL shows that flag on the passed fd: a documented
@@ -226,7 +233,7 @@ def test_script_replies_match_qemu(
     diffs = [
         f"{req}:\n  qemu {q.hex() if not q.startswith(b'fd') else q!r}\n"
         f"  ours {o.hex() if not o.startswith(b'fd') else o!r}"
-        for req, q, o in zip(SCRIPT, qemu_script_replies, mine, strict=True)
+        for req, q, o in zip(SCRIPT, theirs, mine, strict=True)
         if q != o
     ]
     assert not diffs, "\n".join(diffs)

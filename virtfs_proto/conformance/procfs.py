@@ -153,18 +153,21 @@ def settled_fd_count(pid: int, timeout: float = 1.0) -> int:
     return last
 
 
-def wait_blocked(pid: int, timeout: float) -> bool:
-    """Wait until every thread of ``pid`` sleeps (state S); False on timeout."""
+def _states(pid: int) -> list[str]:
+    return [
+        Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        for t in os.listdir(f"/proc/{pid}/task")
+    ]
+
+
+def wait_stopped(pid: int, timeout: float) -> bool:
+    """Wait until every thread of ``pid`` is stopped (state T); False on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            states = [
-                Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                for t in os.listdir(f"/proc/{pid}/task")
-            ]
+            if all(s == "T" for s in _states(pid)):
+                return True
         except (FileNotFoundError, ProcessLookupError):
             return False
-        if all(s in "SIDT" for s in states):
-            return True
-        time.sleep(0.005)
+        time.sleep(0.002)
     return False

@@ -22,7 +22,6 @@ from .. import messages as m
 from ..connection import ClientConnection
 from ..errors import ConnectionClosed, HelperStartError, ProxyProtocolError, TransportTimeout
 from ..transport import Transport, close_fds
-from . import procfs
 
 #: Seconds a single reply may take before the helper counts as blocked. Generous,
 #: so that a loaded machine does not turn a slow reply into a failure; the cases
@@ -165,13 +164,6 @@ class HelperSession:
             return self.final_log
         self._log.seek(0)
         return self._log.read(1 << 20).decode(errors="replace")
-
-    def fd_count(self) -> int:
-        return procfs.fd_count(self.pid)
-
-    def wait_idle(self, timeout: float = 1.0) -> None:
-        """Wait until the helper sleeps in a read (it has finished the last request)."""
-        procfs.wait_blocked(self.pid, timeout)
 
     # -- requests -------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import errno as E
 import os
+import signal
 import stat
 import threading
 import time
@@ -1227,20 +1228,31 @@ def frame_unsolicited_fds(ctx: Context) -> None:
     ctx.expect(str(ctx.ws.outside) not in targets, "the helper kept a passed fd to outside")
 
 
+def _close_before_reply(ctx: Context, request: m.Request) -> None:
+    """Send ``request`` and hang up while the helper is stopped, so that its reply is
+    written to a socket whose peer is already gone (with nothing unread on our side:
+    the kernel then answers the write with EPIPE, and SIGPIPE unless it is handled)."""
+    _in_sync(ctx)
+    pgid = os.getpgid(ctx.helper.pid)
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        procfs.wait_stopped(ctx.helper.pid, 2.0)
+        ctx.helper.send_raw(encode_request(request))
+        ctx.helper.abandon()
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+
+
 @case("security", "framing", name="frame.close_before_reply", fatal=True)
 def frame_close_before_reply(ctx: Context) -> None:
-    """The client closes right after a request: the helper exits, not killed by SIGPIPE."""
-    _in_sync(ctx)
-    ctx.helper.send_raw(encode_request(_LSTAT) * 4)
-    ctx.helper.abandon()
+    """The client hangs up before a status reply: the helper exits, not killed by SIGPIPE."""
+    _close_before_reply(ctx, _LSTAT)
 
 
 @case("security", "framing", name="frame.close_before_fd_reply", fatal=True)
 def frame_close_before_fd(ctx: Context) -> None:
-    """The client closes right after a T_OPEN: the helper exits, not killed by SIGPIPE."""
-    _in_sync(ctx)
-    ctx.helper.send_raw(encode_request(m.OpenRequest(vpath("file.txt"), O_RD)) * 4)
-    ctx.helper.abandon()
+    """The client hangs up before an FD reply: the helper exits, not killed by SIGPIPE."""
+    _close_before_reply(ctx, m.OpenRequest(vpath("file.txt"), O_RD))
 
 
 @case("security", "framing", name="frame.eof_between_requests", fatal=True)

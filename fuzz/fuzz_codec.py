@@ -18,9 +18,8 @@ Run: see fuzz/README.md.
 
 from __future__ import annotations
 
-import sys
-
 import atheris
+from seeds import main, vectors
 
 with atheris.instrument_imports():
     from virtfs_proto import messages as m
@@ -141,34 +140,17 @@ def test_one_input(raw: bytes) -> None:
     _reply(SAMPLES[which], data, nfds)
 
 
-def write_seeds(directory: str) -> None:
-    """Seed a corpus with every golden vector's request and reply bytes."""
-    import json
-    from pathlib import Path
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    vectors = Path(__file__).resolve().parent.parent / "spec" / "vectors"
-    n = 0
-    for path in sorted(vectors.glob("*.json")):
-        for ex in json.loads(path.read_text())["exchanges"]:
-            for key in ("request", "reply"):
-                if ex.get(key):
-                    # four control bytes (sample, fds, chunk, cuts) then the frame
-                    (out / f"{path.stem}-{key}-{n}").write_bytes(
-                        b"\0\0\x08\0" + bytes.fromhex(ex[key])
-                    )
-                    n += 1
-    print(f"{n} seeds written to {out}")
-
-
-def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--write-seeds":
-        write_seeds(sys.argv[2])
-        return
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+def seeds() -> dict[str, bytes]:
+    """Every golden vector's request and reply bytes, after the four control bytes
+    (sample, fds, chunk, cuts) that test_one_input consumes first."""
+    return {
+        f"{name}-{i}-{key}": b"\0\0\x08\0" + bytes.fromhex(ex[key])
+        for name, exchanges in vectors()
+        for i, ex in enumerate(exchanges)
+        for key in ("request", "reply")
+        if ex.get(key)
+    }
 
 
 if __name__ == "__main__":
-    main()
+    main(test_one_input, seeds)

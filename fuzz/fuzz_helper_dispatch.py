@@ -29,6 +29,7 @@ import threading
 from pathlib import Path
 
 import atheris
+from seeds import main, vectors
 
 with atheris.instrument_imports():
     from virtfs_proto.conformance.fixture import Workspace
@@ -168,27 +169,13 @@ def test_one_input(data: bytes) -> None:
     assert _open_fds() == _base_fds, "descriptor leak"
 
 
-def write_seeds(directory: str) -> None:
-    """Seed a corpus with each golden vector's request stream."""
-    import json
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    vectors = Path(__file__).resolve().parent.parent / "spec" / "vectors"
-    for path in sorted(vectors.glob("*.json")):
-        stream = b"".join(
-            bytes.fromhex(ex["request"]) for ex in json.loads(path.read_text())["exchanges"]
-        )
-        (out / path.stem).write_bytes(stream)
-
-
-def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--write-seeds":
-        write_seeds(sys.argv[2])
-        return
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+def seeds() -> dict[str, bytes]:
+    """Each golden vector's request stream."""
+    return {
+        name: b"".join(bytes.fromhex(ex["request"]) for ex in exchanges)
+        for name, exchanges in vectors()
+    }
 
 
 if __name__ == "__main__":
-    main()
+    main(test_one_input, seeds)

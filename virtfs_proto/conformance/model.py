@@ -183,6 +183,11 @@ class Context:
         self._fds.append(fd)
         return fd
 
+    def close(self, fd: int) -> None:
+        """Close a received fd now rather than when the case ends."""
+        self._fds.remove(fd)
+        os.close(fd)
+
     def close_fds(self) -> None:
         for fd in self._fds:
             with contextlib.suppress(OSError):

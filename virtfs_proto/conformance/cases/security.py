@@ -452,8 +452,7 @@ def _race(ctx: Context, states: dict[str, Callable[[Path], None]], request: m.Re
             reply = ctx.call(request)
             if isinstance(reply, m.FdReply):
                 ctx.expect_inside(reply.fd, f"{request.TYPE.name} during the race")
-                os.close(reply.fd)
-                ctx._fds.remove(reply.fd)
+                ctx.close(reply.fd)
             if isinstance(reply, m.ErrorReply):
                 errors += 1
             else:
@@ -1289,8 +1288,7 @@ def resource_many_opens(ctx: Context) -> None:
         if i % 2:
             kept.append(fd)
         else:
-            os.close(fd)
-            ctx._fds.remove(fd)
+            ctx.close(fd)
     _after(ctx, base, "500 opens")
 
 

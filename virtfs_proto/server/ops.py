@@ -379,7 +379,10 @@ class Operations:
 
     # -- changing metadata -----------------------------------------------------
 
-    def _fchmodat2(self, dirfd: int, name: bytes, mode: int, flags: int) -> None:
+    def _fchmodat2(self, dirfd: int, name: bytes, mode: int, flags: int) -> bool:
+        """fchmodat2(2); False (remembered) where the kernel lacks it (Linux < 6.6)."""
+        if not self._have_fchmodat2:
+            return False
         rc = _syscall(
             ctypes.c_long(SYS_FCHMODAT2),
             ctypes.c_int(dirfd),
@@ -387,18 +390,16 @@ class Operations:
             ctypes.c_uint(mode),
             ctypes.c_int(flags),
         )
+        if rc < 0 and ctypes.get_errno() == ENOSYS:
+            self._have_fchmodat2 = False
+            return False
         _check(rc)
+        return True
 
     def _chmod_nofollow(self, dirfd: int, name: bytes, mode: int) -> None:
         """chmod a name we just created (not a symlink), without following one."""
-        if self._have_fchmodat2:
-            try:
-                self._fchmodat2(dirfd, name, mode, AT_SYMLINK_NOFOLLOW)
-                return
-            except OSError as exc:
-                if exc.errno != ENOSYS:
-                    raise
-                self._have_fchmodat2 = False
+        if self._fchmodat2(dirfd, name, mode, AT_SYMLINK_NOFOLLOW):
+            return
         # Linux < 6.6: glibc's nofollow chmod needs /proc, absent in the jail;
         # the name was created by us an instant ago, so follow mode is used.
         os.chmod(name, mode, dir_fd=dirfd)
@@ -406,14 +407,8 @@ class Operations:
     def chmod(self, req: m.ChmodRequest) -> m.Reply:
         fd = self.resolver.open(req.path, _PROBE)  # follows symlinks, inside the root
         try:
-            if self._have_fchmodat2:
-                try:
-                    self._fchmodat2(fd, b"", req.mode & 0o7777, AT_EMPTY_PATH)
-                    return m.StatusReply()
-                except OSError as exc:
-                    if exc.errno != ENOSYS:
-                        raise
-                    self._have_fchmodat2 = False
+            if self._fchmodat2(fd, b"", req.mode & 0o7777, AT_EMPTY_PATH):
+                return m.StatusReply()
             # Linux < 6.6 cannot chmod an O_PATH fd: reopen a regular file or
             # directory for real (never a special file) and fchmod that.
             if stat.S_IFMT(os.fstat(fd).st_mode) not in _REGULAR_OR_DIR:

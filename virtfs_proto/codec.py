@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Mapping, Sequence
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
 
 from . import messages as m
 from .constants import (
@@ -244,6 +244,92 @@ def encode_reply_for(
             size=len(payload),
         )
     return c.header_struct.pack(MessageType.T_SUCCESS, len(payload)) + payload
+
+
+def _error_encoder(prefix: bytes, int32: struct.Struct) -> Callable[[m.Reply], bytes]:
+    pack = int32.pack
+
+    def encode_error(reply: m.Reply) -> bytes:
+        errno = reply.errno  # type: ignore[union-attr]
+        if not 0 < errno <= _MAX_ERRNO:
+            raise LocalProtocolError(f"errno must be 1..2**31, not {errno}")
+        try:
+            return prefix + pack(-errno)
+        except struct.error as exc:
+            raise LocalProtocolError(f"cannot encode errno {errno!r}: {exc}") from None
+
+    return encode_error
+
+
+def reply_encoder(
+    message_type: MessageType, reply_type: type[m.Reply], byteorder: ByteOrder | None = None
+) -> Callable[[m.Reply], bytes] | None:
+    """A function that encodes a ``reply_type`` answering a ``message_type`` request.
+
+    Its bytes and its errors are :func:`encode_reply`'s; the checks that depend
+    only on the two types are made once, here. None where the encoding also
+    depends on the request's values (the xattr requests' ``size``) or where the
+    reply cannot answer the request: use :func:`encode_reply` then. Build it
+    once per pair of types and keep it (``ServerConnection`` does).
+    """
+    c = codecs_for(byteorder)
+    kind = REPLY_KIND.get(message_type)
+    if kind is None:
+        return None
+    if kind is ReplyKind.FD:
+        if issubclass(reply_type, m.ErrorReply):
+            return _error_encoder(b"", c.int32)
+        if getattr(reply_type, "LAYOUT", None) != "fd":
+            return None
+        valid = c.replies["fd"].encode((V9FS_FD_VALID,))
+        return lambda reply: valid
+    if issubclass(reply_type, m.ErrorReply):
+        return _error_encoder(c.header_struct.pack(MessageType.T_ERROR, 4), c.int32)
+    if message_type in (MessageType.T_LGETXATTR, MessageType.T_LLISTXATTR):
+        return None
+    layout = "status" if kind is ReplyKind.STATUS else _RESPONSE_LAYOUT[message_type]
+    if getattr(reply_type, "LAYOUT", None) != layout:
+        return None
+    if layout == "status":
+        success = c.header_struct.pack(MessageType.T_SUCCESS, 4) + c.replies["status"].encode((0,))
+        return lambda reply: success
+    encode_message = c.replies[layout].encode_message
+    return _with_success_header(message_type, encode_message, c.header_struct)
+
+
+@functools.cache
+def fields_encoder(
+    message_type: MessageType, byteorder: ByteOrder | None = None
+) -> Callable[[Sequence[Any]], bytes] | None:
+    """A function that encodes the success reply to a ``message_type`` request
+    from its field values in the layout's order, building no reply object.
+
+    Only for the RESPONSE requests whose reply layout the type alone decides
+    (T_LSTAT, T_READLINK, T_STATFS, T_GETVERSION); None for the others.
+    """
+    layout = _RESPONSE_LAYOUT.get(message_type)
+    if layout is None:
+        return None
+    c = codecs_for(byteorder)
+    return _with_success_header(message_type, c.replies[layout].encode, c.header_struct)
+
+
+def _with_success_header(
+    message_type: MessageType, encode: Callable[[Any], bytes], header: struct.Struct
+) -> Callable[[Any], bytes]:
+    pack = header.pack
+
+    def encode_success(value: Any) -> bytes:
+        payload = encode(value)
+        if len(payload) > PROXY_MAX_IO_SZ:
+            raise LocalProtocolError(
+                f"reply payload of {len(payload)} bytes exceeds PROXY_MAX_IO_SZ",
+                message_type=message_type,
+                size=len(payload),
+            )
+        return pack(MessageType.T_SUCCESS, len(payload)) + payload
+
+    return encode_success
 
 
 def reply_header(request: m.Request, message_type: int, size: int) -> None:

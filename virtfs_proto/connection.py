@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import messages as m
 from .codec import (
@@ -22,10 +23,11 @@ from .codec import (
     codecs_for,
     decode_fd_reply,
     decode_reply_payload,
-    decode_request_payload,
     encode_error_reply,
     encode_reply,
     encode_request,
+    fields_encoder,
+    reply_encoder,
     reply_header,
 )
 from .constants import (
@@ -130,11 +132,18 @@ class ServerConnection(_Base):
     def __init__(self, byteorder: ByteOrder | None = None, *, lenient: bool = False) -> None:
         super().__init__(byteorder, lenient)
         self._unanswered: deque[m.Request | MalformedRequest] = deque()
+        self._header_unpack = self._codecs.header_struct.unpack_from
+        # per request type: the payload decoder and the message class
+        self._decoders = {
+            t: (codec.decode, m.REQUEST_CLASSES[t]) for t, codec in self._codecs.requests.items()
+        }
+        # per (request type, reply class): codec.reply_encoder(), found on first use
+        self._encoders: dict[tuple[MessageType, type], Callable[[m.Reply], bytes] | None] = {}
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Buffer bytes read from the socket."""
-        self._check_usable()
-        if self._eof:
+        if self.state is ConnectionState.ERROR or self._eof:
+            self._check_usable()
             raise LocalProtocolError("data received after EOF")
         self._buf += data
 
@@ -145,11 +154,12 @@ class ServerConnection(_Base):
         EOF in the middle of a frame raise :class:`RemoteProtocolError` and
         leave the connection in ``ConnectionState.ERROR``.
         """
-        self._check_usable()
+        if self.state is ConnectionState.ERROR:
+            self._check_usable()
         buf = self._buf
         if len(buf) < HEADER_SIZE:
             return self._at_eof(NEED_DATA)
-        message_type, size = self._codecs.header_struct.unpack_from(buf, 0)
+        message_type, size = self._header_unpack(buf, 0)
         try:
             mtype = check_request_header(message_type, size)
         except RemoteProtocolError as exc:
@@ -157,12 +167,12 @@ class ServerConnection(_Base):
         end = HEADER_SIZE + size
         if len(buf) < end:
             return self._at_eof(NEED_DATA)
+        decode, cls = self._decoders[mtype]
         event: m.Request | MalformedRequest
         try:
-            event = decode_request_payload(
-                mtype, buf, HEADER_SIZE, end, byteorder=self.byteorder, lenient=self.lenient
-            )
+            event = cls(*decode(buf, HEADER_SIZE, end, lenient=self.lenient))
         except RemoteProtocolError as exc:
+            exc.message_type, exc.size = mtype, size
             event = MalformedRequest(mtype, size, exc)
         del buf[:end]
         self._unanswered.append(event)
@@ -193,9 +203,38 @@ class ServerConnection(_Base):
                 raise LocalProtocolError("a malformed request can only get an ErrorReply")
             data = encode_error_reply(pending.type, reply.errno, byteorder=self.byteorder)
         else:
-            data = encode_reply(pending, reply, byteorder=self.byteorder)
+            key = (pending.TYPE, type(reply))
+            try:
+                encoder = self._encoders[key]
+            except KeyError:
+                encoder = self._encoders[key] = reply_encoder(key[0], key[1], self.byteorder)
+            if encoder is None:
+                data = encode_reply(pending, reply, byteorder=self.byteorder)
+            else:
+                data = encoder(reply)
         self._unanswered.popleft()
         return data, [reply.fd] if isinstance(reply, m.FdReply) else []
+
+    def send_fields(self, values: Sequence[Any]) -> bytes:
+        """Answer the oldest unanswered request with a success reply given as
+        its field values in the layout's order, without building the reply
+        object: the bytes to send.
+
+        Only for the requests whose reply layout their type decides and that
+        pass no fd (T_LSTAT, T_READLINK, T_STATFS, T_GETVERSION); anything
+        else raises :class:`LocalProtocolError`, as a bad value does.
+        """
+        if not self._unanswered:
+            raise LocalProtocolError("no request is waiting for a reply")
+        pending = self._unanswered[0]
+        encoder = None
+        if not isinstance(pending, MalformedRequest):
+            encoder = fields_encoder(pending.TYPE, self.byteorder)
+        if encoder is None:
+            raise LocalProtocolError(f"{pending!r} cannot be answered with bare field values")
+        data = encoder(values)
+        self._unanswered.popleft()
+        return data
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ the codec never touches them.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -27,7 +28,7 @@ from virtfs_proto.connection import (
 )
 from virtfs_proto.constants import ByteOrder, MessageType
 
-from .strategies import BYTE_ORDERS, reply_for, requests_any
+from .strategies import BYTE_ORDERS, payload_reply_of, reply_for, requests_any
 
 T = MessageType
 LE: ByteOrder = "little"
@@ -131,6 +132,93 @@ def test_server_pipelining_answers_in_order() -> None:
     assert conn.unanswered == 0
     with pytest.raises(e.LocalProtocolError):
         conn.send_reply(m.StatusReply())
+
+
+ALL_REPLY_CLASSES = tuple(m.REPLY_CLASSES.values())
+
+
+@pytest.mark.parametrize("order", BYTE_ORDERS)
+@connection_cases
+@given(
+    request=requests_any,
+    cls=st.sampled_from(ALL_REPLY_CLASSES),
+    data=st.data(),
+)
+def test_server_reply_bytes_and_errors_are_encode_replys(
+    order: ByteOrder, request: m.Request, cls: type[m.Reply], data: st.DataObject
+) -> None:
+    """The per-type encoders send_reply keeps agree with encode_reply on every
+    pairing: the right reply, an error (in range or not), and a wrong class."""
+    if cls is m.ErrorReply:
+        reply: m.Reply = m.ErrorReply(data.draw(st.integers(-5, 2**31 + 5)))
+    elif cls is m.FdReply:
+        reply = m.FdReply(data.draw(st.integers(0, 2**31 - 1)))
+    elif cls is m.StatusReply:
+        reply = m.StatusReply()
+    else:
+        reply = data.draw(payload_reply_of(cls))
+    conn = ServerConnection(byteorder=order)
+    for _ in range(2):  # the second time through the cached encoder
+        conn.receive_data(encode_request(request, byteorder=order))
+        assert conn.next_event() == request
+        try:
+            expected: Any = encode_reply(request, reply, byteorder=order)
+        except e.LocalProtocolError:
+            with pytest.raises(e.LocalProtocolError):
+                conn.send_reply(reply)
+            assert conn.unanswered == 1
+            conn.send_reply(m.ErrorReply(5))
+            continue
+        sent, fds = conn.send_reply(reply)
+        assert sent == expected
+        assert fds == ([reply.fd] if isinstance(reply, m.FdReply) else [])
+    assert conn.unanswered == 0
+
+
+@pytest.mark.parametrize("order", BYTE_ORDERS)
+@connection_cases
+@given(request=requests_any, data=st.data())
+def test_server_send_fields_is_send_reply_of_the_success_reply(
+    order: ByteOrder, request: m.Request, data: st.DataObject
+) -> None:
+    conn = ServerConnection(byteorder=order)
+    conn.receive_data(encode_request(request, byteorder=order))
+    conn.next_event()
+    cls = m.REPLY_CLASSES.get(_FIELDS_LAYOUT.get(request.TYPE, ""))
+    if cls is None:
+        with pytest.raises(e.LocalProtocolError):
+            conn.send_fields((0,))
+        assert conn.unanswered == 1
+        return
+    reply = data.draw(payload_reply_of(cls))
+    values = tuple(getattr(reply, f.name) for f in dataclasses.fields(reply))
+    assert conn.send_fields(values) == encode_reply(request, reply, byteorder=order)
+    assert conn.unanswered == 0
+
+
+_FIELDS_LAYOUT = {
+    T.T_LSTAT: "stat",
+    T.T_READLINK: "readlink",
+    T.T_STATFS: "statfs",
+    T.T_GETVERSION: "version",
+}
+
+
+def test_server_send_fields_refuses_bad_values_and_malformed_requests() -> None:
+    conn = ServerConnection()
+    conn.receive_data(encode_request(m.LstatRequest(b"/\x00")))
+    conn.next_event()
+    with pytest.raises(e.LocalProtocolError):
+        conn.send_fields((1, 2))  # too few fields
+    with pytest.raises(e.LocalProtocolError):
+        conn.send_fields((-1,) * 16)  # out of the u64 range
+    assert conn.unanswered == 1
+    conn.receive_data(bytes.fromhex("08000000 01000000 00"))  # T_LSTAT, 1-byte payload
+    conn.send_reply(m.ErrorReply(2))
+    assert isinstance(conn.next_event(), MalformedRequest)
+    with pytest.raises(e.LocalProtocolError):
+        conn.send_fields((0,) * 16)
+    assert conn.unanswered == 1
 
 
 def test_server_wrong_reply_leaves_the_request_waiting() -> None:

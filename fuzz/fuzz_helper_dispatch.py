@@ -13,8 +13,8 @@ Only containment layer (a) (``openat2``/walk resolution) is exercised, since the
 loop runs in this process; so that a containment bug cannot reach the host,
 the harness first ``chroot``s itself into its temporary workspace, in a
 private mount namespace (needs root). The export is rebuilt every
-``REBUILD_EVERY`` inputs. The workspace (``/tmp/virtfs-conformance-*``) is
-left behind when the fuzzer stops.
+``REBUILD_EVERY`` inputs; a child process removes the workspace when the
+fuzzer stops.
 
 Run: see fuzz/README.md.
 """
@@ -81,6 +81,15 @@ def _enter_workspace(ws: Workspace) -> None:
     """chroot into the workspace, in a private mount namespace where the directories
     libFuzzer writes to (the cwd, corpus directories) are bind-mounted at their own
     paths, so corpus entries and crash files still land where they belong."""
+    # A child outside the chroot and the new namespace removes the workspace once
+    # this process is gone (it sees EOF on the pipe when we exit, however we exit).
+    r, w = os.pipe()
+    if os.fork() == 0:  # pragma: no cover - the cleaner
+        os.close(w)
+        os.read(r, 1)
+        ws.cleanup()
+        os._exit(0)
+    os.close(r)
     _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(_libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make / private")
     cwd = os.getcwd()

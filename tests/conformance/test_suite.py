@@ -92,3 +92,10 @@ def test_command_line(qemu_helper: str, tmp_path: Path, capsys: pytest.CaptureFi
     assert rc == 1
     assert out[-1] == "0 passed, 1 failed"
     assert any("helper blocked" in line for line in out)
+
+
+def test_command_line_refuses_what_it_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--helper", "/nonexistent/virtfs-proxy-helper"]) == 2
+    assert "apt-get install -y qemu-system-common" in capsys.readouterr().err
+    assert main(["--helper", "/bin/true", "--only", "no-such-case"]) == 2
+    assert "no case matches" in capsys.readouterr().err

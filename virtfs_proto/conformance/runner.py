@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -222,6 +223,17 @@ def main(argv: list[str]) -> int:
     helper_argv = shlex.split(args.helper)
     if not helper_argv:
         parser.error("--helper is empty")
+    if shutil.which(helper_argv[0]) is None:
+        hint = (
+            "; install it: apt-get install -y qemu-system-common"
+            if helper_argv[0].endswith("virtfs-proxy-helper")
+            else ""
+        )
+        print(f"conformance: helper {helper_argv[0]!r} not found{hint}", file=sys.stderr)
+        return 2
+    if not select(CASES, args.only):
+        print(f"conformance: no case matches {args.only!r}", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print(
             "conformance: must run as root (helpers chroot and the fixture makes device "

@@ -145,7 +145,7 @@ def test_one_input(data: bytes) -> None:
 
     def loop() -> None:
         try:
-            outcome.append(serve(theirs, _ops.handle, _LOG))  # type: ignore[union-attr]
+            outcome.append(serve(theirs, _ops.answer, _LOG))  # type: ignore[union-attr]
         except BaseException as exc:  # reported by the main thread
             outcome.append(exc)
         finally:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
 import threading
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +18,8 @@ from virtfs_proto.codec import encode_request
 from virtfs_proto.connection import ClientConnection
 from virtfs_proto.constants import MessageType
 from virtfs_proto.server.main import Log, serve
+from virtfs_proto.server.ops import Operations
+from virtfs_proto.server.resolve import Resolver
 from virtfs_proto.transport import Transport
 
 
@@ -26,7 +32,9 @@ class Recorder(Log):
         self.lines.append(message)
 
 
-def _serving(handle: Callable[[m.Request], m.Reply]) -> tuple[socket.socket, dict[str, object]]:
+def _serving(
+    handle: Callable[[m.Request], m.Reply | tuple[Any, ...]],
+) -> tuple[socket.socket, dict[str, object]]:
     ours, theirs = socket.socketpair()
     result: dict[str, object] = {}
     log = Recorder()
@@ -89,6 +97,54 @@ def test_a_reply_that_cannot_be_encoded_becomes_eio() -> None:
     t.close()
     assert _finish(result) == 0
     assert any("cannot encode" in line for line in _lines(result))
+
+
+def test_field_values_and_fds_are_sent_as_replies(tmp_path: Path) -> None:
+    """Operations.answer, the helper's handler: lstat answered from bare field
+    values, open with the fd passed, pipelined behind each other."""
+    (tmp_path / "file.txt").write_bytes(b"hello\n")
+    root_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    ops = Operations(Resolver(root_fd), get_version=False, log=lambda *a: None)
+    sock, result = _serving(ops.answer)
+    conn = ClientConnection()
+    requests = [
+        m.LstatRequest(b"//file.txt\0"),
+        m.OpenRequest(b"//file.txt\0", os.O_RDONLY),
+        m.LstatRequest(b"//missing\0"),
+    ]
+    sock.sendall(b"".join(conn.send_request(r) for r in requests))
+    t = Transport(sock, timeout=5)
+    stat_reply, fd_reply, missing = (t.read_event(conn).reply for _ in requests)
+    assert stat_reply == ops.handle(requests[0])
+    assert isinstance(stat_reply, m.StatReply) and stat_reply.st_size == 6
+    assert isinstance(fd_reply, m.FdReply)
+    try:
+        assert os.pread(fd_reply.fd, 10, 0) == b"hello\n"
+    finally:
+        os.close(fd_reply.fd)
+    assert missing == m.ErrorReply(errno.ENOENT)
+    t.close()
+    assert _finish(result) == 0
+    os.close(root_fd)
+
+
+def test_field_values_that_cannot_be_encoded_become_eio() -> None:
+    def short(request: m.Request) -> m.Reply | tuple[int, ...]:
+        if isinstance(request, m.LstatRequest):
+            return (1, 2, 3)  # a bug in a handler: too few fields
+        if isinstance(request, m.MkdirRequest):
+            return (0,) * 16  # a bug: not a request answered with fields
+        return m.StatusReply()
+
+    sock, result = _serving(short)
+    t = Transport(sock, timeout=5)
+    conn = ClientConnection()
+    assert t.exchange(conn, m.LstatRequest(b"/")).reply == m.ErrorReply(5)
+    assert t.exchange(conn, m.MkdirRequest(0, 0, b"/d", 0o755)).reply == m.ErrorReply(5)
+    assert t.exchange(conn, m.ChmodRequest(b"/", 0o755)).reply == m.StatusReply()
+    t.close()
+    assert _finish(result) == 0
+    assert sum("cannot encode" in line for line in _lines(result)) == 2
 
 
 @pytest.mark.parametrize(

@@ -29,18 +29,18 @@ layer a, ``none`` turns layer a off), ``--no-drop`` (stay root).
 
 from __future__ import annotations
 
-import array
 import getopt
 import os
 import signal
 import socket
 import stat
+import struct
 import sys
 import syslog
 from collections.abc import Callable
 from dataclasses import dataclass
 from errno import EIO, ENOBUFS
-from typing import Final
+from typing import Any, Final
 
 from .. import messages as m
 from ..connection import NEED_DATA, ConnectionState, MalformedRequest, ServerConnection
@@ -85,6 +85,9 @@ LONG_OPTIONS: Final = [
     "no-drop",
     "resolver=",
 ]
+
+#: one descriptor as SCM_RIGHTS data (a C int)
+_FD: Final = struct.Struct("i")
 
 #: Big enough for the largest frame, so one recv() can hold a whole request.
 RECV_BUFFER_SIZE: Final = 2 * (8 + 65536)
@@ -247,16 +250,26 @@ def socket_from_fd(fd: int) -> socket.socket:
     return sock
 
 
-def serve(sock: socket.socket, handle: Callable[[m.Request], m.Reply], log: Log) -> int:
-    """Answer requests until EOF (0) or fatal garbage (1)."""
+def serve(
+    sock: socket.socket, handle: Callable[[m.Request], m.Reply | tuple[Any, ...]], log: Log
+) -> int:
+    """Answer requests until EOF (0) or fatal garbage (1).
+
+    ``handle`` answers with a reply, or with the success reply's field values
+    (:meth:`Operations.answer <virtfs_proto.server.ops.Operations.answer>`).
+    """
     conn = ServerConnection(lenient=True)  # QEMU ignores payload bytes past the fields
     buf = bytearray(RECV_BUFFER_SIZE)
     view = memoryview(buf)
     recv_into = sock.recv_into
     sendall = sock.sendall
     sendmsg = sock.sendmsg
+    receive_data = conn.receive_data
     next_event = conn.next_event
     send_reply = conn.send_reply
+    send_fields = conn.send_fields
+    pack_fd = _FD.pack
+    close = os.close
     want_data = True
     while True:
         if want_data:
@@ -265,7 +278,7 @@ def serve(sock: socket.socket, handle: Callable[[m.Request], m.Reply], log: Log)
             except ConnectionResetError:
                 return 0
             if n:
-                conn.receive_data(view[:n])
+                receive_data(view[:n])
             else:
                 conn.receive_eof()
         try:
@@ -281,29 +294,35 @@ def serve(sock: socket.socket, handle: Callable[[m.Request], m.Reply], log: Log)
             continue
         if event is ConnectionState.CLOSED:
             return 0
-        if isinstance(event, MalformedRequest):
-            reply: m.Reply = m.ErrorReply(ENOBUFS)  # what QEMU's unmarshal answers
-        else:
-            reply = handle(event)  # type: ignore[arg-type]
+        # a malformed request gets what QEMU's unmarshal answers
+        reply: m.Reply | tuple[Any, ...] = (
+            m.ErrorReply(ENOBUFS) if type(event) is MalformedRequest else handle(event)  # type: ignore[arg-type]
+        )
+        fd = -1
         try:
-            data, fds = send_reply(reply)
+            if type(reply) is tuple:
+                data = send_fields(reply)
+            else:
+                data, fds = send_reply(reply)  # type: ignore[arg-type]
+                if fds:
+                    (fd,) = fds
         except LocalProtocolError as exc:
             # a reply our own code built wrongly: a bug, but not one that may
             # cost the client its connection
             log.error(f"cannot encode {reply!r}: {exc}")
             if isinstance(reply, m.FdReply):
-                os.close(reply.fd)
-            data, fds = send_reply(m.ErrorReply(EIO))
+                close(reply.fd)
+            data, _ = send_reply(m.ErrorReply(EIO))
         try:
-            if fds:
-                sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-            else:
+            if fd < 0:
                 sendall(data)
+            else:
+                sendmsg((data,), [(socket.SOL_SOCKET, socket.SCM_RIGHTS, pack_fd(fd))])
         except (BrokenPipeError, ConnectionResetError):
             return 0
         finally:
-            for fd in fds:
-                os.close(fd)
+            if fd >= 0:
+                close(fd)
         # with nothing pipelined behind it, next_event() could only say NEED_DATA
         want_data = not conn.buffered
 
@@ -376,7 +395,7 @@ def run(o: Options, log: Log) -> int:
         contain=o.resolver != "none",
     )
     ops = Operations(resolver, get_version=get_version, log=log.error)
-    rc = serve(sock, ops.handle, log)
+    rc = serve(sock, ops.answer, log)
     log("Done")
     return rc
 

@@ -55,7 +55,7 @@ from typing import Any, Final
 
 from .. import messages as m
 from ..constants import MAX_STRING_LENGTH
-from .resolve import Resolver, clean_name, fstatfs, normalize_open_flags
+from .resolve import Resolver, clean_name, clean_path, fstatfs, normalize_open_flags
 
 #: ``_IOR('v', 1, long)`` (0x80087601 on x86-64, in the generic ioctl
 #: encoding); the kernel writes only a 32-bit int through it.
@@ -76,6 +76,8 @@ _PROBE: Final = os.O_PATH | os.O_CLOEXEC
 _REGULAR_OR_DIR: Final = (stat.S_IFREG, stat.S_IFDIR)
 #: the status flags F_SETFL can change (fs/fcntl.c SETFL_MASK)
 _SETFL_FLAGS: Final = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME | 0o20000
+#: the request whose handler answers with bare field values, and its reply
+_FIELDS_REPLY: Final[dict[type[Any], Callable[..., m.Reply]]] = {m.LstatRequest: m.StatReply}
 
 
 class _Timespec(ctypes.Structure):
@@ -107,10 +109,15 @@ def _id(value: int) -> int:
 
 def stat_reply(st: os.stat_result) -> m.StatReply:
     """ProxyStat from an ``os.stat_result`` (time_t goes on the wire as u64)."""
+    return m.StatReply(*stat_fields(st))
+
+
+def stat_fields(st: os.stat_result) -> tuple[int, ...]:
+    """:func:`stat_reply`'s field values, in order, without the reply object."""
     a_sec, a_nsec = divmod(st.st_atime_ns, _NS)
     m_sec, m_nsec = divmod(st.st_mtime_ns, _NS)
     c_sec, c_nsec = divmod(st.st_ctime_ns, _NS)
-    return m.StatReply(
+    return (
         st.st_dev,
         st.st_ino,
         st.st_nlink,
@@ -140,18 +147,21 @@ class Operations:
 
     def __init__(self, resolver: Resolver, *, get_version: bool, log: Callable[[str], Any]) -> None:
         self.resolver = resolver
+        self._root_fd = resolver.root_fd
         self.get_version = get_version
         self._log = log
         self._warned_special = False
         self._have_fchmodat2 = True
-        self.handlers: dict[type[Any], Callable[[Any], m.Reply]] = {
+        #: request class -> handler; a handler returns a reply, or the field
+        #: values of the success reply (see :meth:`answer`)
+        self.handlers: dict[type[Any], Callable[[Any], m.Reply | tuple[Any, ...]]] = {
             m.OpenRequest: self.open,
             m.CreateRequest: self.create,
             m.MknodRequest: self.mknod,
             m.MkdirRequest: self.mkdir,
             m.SymlinkRequest: self.symlink,
             m.LinkRequest: self.link,
-            m.LstatRequest: self.lstat,
+            m.LstatRequest: self.lstat_fields,
             m.ReadlinkRequest: self.readlink,
             m.StatfsRequest: self.statfs,
             m.ChmodRequest: self.chmod,
@@ -169,6 +179,16 @@ class Operations:
 
     def handle(self, request: m.Request) -> m.Reply:
         """Run one request; every failure becomes an ErrorReply."""
+        answer = self.answer(request)
+        if type(answer) is tuple:
+            return _FIELDS_REPLY[type(request)](*answer)
+        return answer  # type: ignore[return-value]
+
+    def answer(self, request: m.Request) -> m.Reply | tuple[Any, ...]:
+        """:meth:`handle` for the request loop: a T_LSTAT success is answered
+        with the reply's field values, in order, so that no reply object is
+        built (``ServerConnection.send_fields`` encodes them); any other
+        answer is a reply."""
         try:
             return self.handlers[type(request)](request)
         except OSError as exc:
@@ -194,9 +214,11 @@ class Operations:
         A look at the last component without following it (one fstatat on
         the parent) settles everything but a symlink; only then is the whole
         path resolved with ``O_PATH``, following it inside the root.
+        ``path`` has been through :func:`~.resolve.clean_path`.
         """
+        resolver = self.resolver
         try:
-            dirfd, name = self.resolver.parent(path)
+            dirfd, name = resolver.parent_clean(path)
         except FileNotFoundError:
             return None
         try:
@@ -204,11 +226,12 @@ class Operations:
         except FileNotFoundError:
             return None
         finally:
-            self.resolver.release(dirfd)
+            if dirfd != self._root_fd:
+                os.close(dirfd)
         if kind != stat.S_IFLNK or flags & os.O_NOFOLLOW:
             return kind
         try:
-            fd = self.resolver.open(path, _PROBE)
+            fd = resolver.open_clean(path, _PROBE, 0)
         except FileNotFoundError:
             return None
         try:
@@ -225,32 +248,35 @@ class Operations:
         the opened fd. ``owner`` is applied only if this call created the file.
         """
         flags, mode = normalize_open_flags(flags, mode)
+        path = clean_path(path)
         kind = self._probe_kind(path, flags)
         if kind is None:
             if not flags & os.O_CREAT:
                 raise _error(ENOENT)
+        elif kind not in _REGULAR_OR_DIR:
+            if flags & os.O_CREAT and flags & os.O_EXCL:
+                raise _error(EEXIST)
+            if kind == stat.S_IFLNK:  # only seen with O_NOFOLLOW
+                raise _error(ELOOP)
+            raise self._refuse_special()
         elif flags & os.O_CREAT and flags & os.O_EXCL:
             raise _error(EEXIST)
-        elif kind == stat.S_IFLNK:  # only seen with O_NOFOLLOW
-            raise _error(ELOOP)
-        elif kind not in _REGULAR_OR_DIR:
-            raise self._refuse_special()
+        open_clean = self.resolver.open_clean
         # O_PATH takes no other flags (openat2 refuses them) and opens nothing
         real = flags if flags & os.O_PATH else flags | os.O_NONBLOCK | os.O_NOCTTY
         created = False
         if kind is None and not flags & os.O_EXCL:
             # O_EXCL tells us whether the file is ours to chown.
             try:
-                fd = self.resolver.open(path, real | os.O_EXCL, mode)
+                fd = open_clean(path, real | os.O_EXCL, mode)
                 created = True
             except FileExistsError:
-                fd = self.resolver.open(path, real, mode)
+                fd = open_clean(path, real, mode)
         else:
-            fd = self.resolver.open(path, real, mode)
+            fd = open_clean(path, real, mode)
             created = kind is None
         try:
-            st = os.fstat(fd)
-            if stat.S_IFMT(st.st_mode) not in _REGULAR_OR_DIR:
+            if stat.S_IFMT(os.fstat(fd).st_mode) not in _REGULAR_OR_DIR:
                 raise self._refuse_special()
             if created:
                 os.fchown(fd, _id(owner[0]), _id(owner[1]))
@@ -337,12 +363,16 @@ class Operations:
     # -- reading metadata ------------------------------------------------------
 
     def lstat(self, req: m.LstatRequest) -> m.Reply:
+        return m.StatReply(*self.lstat_fields(req))
+
+    def lstat_fields(self, req: m.LstatRequest) -> tuple[int, ...]:
         dirfd, name = self.resolver.parent(req.path)
         try:
             st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
         finally:
-            self.resolver.release(dirfd)
-        return stat_reply(st)
+            if dirfd != self._root_fd:
+                os.close(dirfd)
+        return stat_fields(st)
 
     def readlink(self, req: m.ReadlinkRequest) -> m.Reply:
         if req.bufsize <= 1:
@@ -435,7 +465,7 @@ class Operations:
         return m.StatusReply()
 
     def truncate(self, req: m.TruncateRequest) -> m.Reply:
-        kind = self._probe_kind(req.path, 0)
+        kind = self._probe_kind(clean_path(req.path), 0)
         if kind is None:
             raise _error(ENOENT)
         if kind == stat.S_IFDIR:
@@ -566,7 +596,7 @@ class Operations:
     def getversion(self, req: m.GetversionRequest) -> m.Reply:
         if not self.get_version:
             return m.VersionReply(0)  # as QEMU: not even looked up
-        kind = self._probe_kind(req.path, 0)
+        kind = self._probe_kind(clean_path(req.path), 0)
         if kind is None:
             raise _error(ENOENT)
         if kind not in _REGULAR_OR_DIR:

@@ -37,6 +37,7 @@ import ctypes
 import errno
 import os
 import stat
+from collections.abc import Callable
 from typing import Final
 
 SYS_OPENAT2: Final = 437  # the same number on every architecture (Linux >= 5.6)
@@ -104,6 +105,16 @@ _syscall.argtypes = (
     ctypes.c_size_t,
 )
 _fstatfs = _libc.fstatfs
+
+# The resolver's own handle on syscall(2) for openat2, called once per client
+# path: without argtypes (converting five arguments through them costs more
+# than the syscall's own Python overhead), so every argument is passed as an
+# exact C type: the number as a prebuilt c_long, the root fd and the path as
+# int and bytes (ctypes' int and char *), the open_how by reference and its
+# size as a prebuilt c_size_t.
+_syscall_openat2 = ctypes.CDLL(None, use_errno=True).syscall
+_syscall_openat2.restype = ctypes.c_long
+_SYS_OPENAT2_C: Final = ctypes.c_long(SYS_OPENAT2)
 
 
 def raw_openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
@@ -181,7 +192,16 @@ class Resolver:
         )
         self._how = _OpenHow(0, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
         self._how_ref = ctypes.byref(self._how)
-        self._how_size = ctypes.sizeof(self._how)
+        self._how_size = ctypes.c_size_t(ctypes.sizeof(self._how))
+        #: :meth:`open` for a path already passed through :func:`clean_path`
+        #: (bound once to the resolution in use)
+        self.open_clean: Callable[[bytes, int, int], int]
+        if not contain:
+            self.open_clean = self._open_uncontained
+        elif self.uses_openat2:
+            self.open_clean = self._openat2
+        else:
+            self.open_clean = self._walk
 
     # -- opening whole paths --------------------------------------------
 
@@ -193,27 +213,28 @@ class Resolver:
         path = clean_path(path)
         if not follow:
             flags |= os.O_NOFOLLOW
-        return self._open_clean(path, flags, mode)
+        return self.open_clean(path, flags, mode)
 
-    def _open_clean(self, path: bytes, flags: int, mode: int) -> int:
-        if not self.contain:
-            return os.open(path, flags, mode, dir_fd=self.root_fd)
-        if self.uses_openat2:
-            return self._openat2(path, flags, mode)
-        return self._walk(path, flags, mode)
+    def _open_uncontained(self, path: bytes, flags: int, mode: int) -> int:
+        return os.open(path, flags, mode, dir_fd=self.root_fd)
 
     def _openat2(self, path: bytes, flags: int, mode: int) -> int:
         how = self._how
         how.flags = flags
         how.mode = mode
-        for _ in range(MAX_EAGAIN_RETRIES):
-            fd = _syscall(SYS_OPENAT2, self.root_fd, path, self._how_ref, self._how_size)
+        retries = MAX_EAGAIN_RETRIES
+        while True:
+            fd: int = _syscall_openat2(
+                _SYS_OPENAT2_C, self.root_fd, path, self._how_ref, self._how_size
+            )
             if fd >= 0:
-                return int(fd)
+                return fd
             err = ctypes.get_errno()
             if err != errno.EAGAIN:
                 raise OSError(err, os.strerror(err))
-        raise OSError(errno.EAGAIN, "lookup kept racing renames")
+            retries -= 1
+            if not retries:
+                raise OSError(errno.EAGAIN, "lookup kept racing renames")
 
     def _walk(self, path: bytes, flags: int, mode: int) -> int:
         """RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, one component at a time."""
@@ -292,14 +313,17 @@ class Resolver:
         ``b"."`` means the op applies to ``dirfd`` itself. Release the fd with
         :meth:`release`: it may be :attr:`root_fd`, which must stay open.
         """
-        path = clean_path(path)
+        return self.parent_clean(clean_path(path))
+
+    def parent_clean(self, path: bytes) -> tuple[int, bytes]:
+        """:meth:`parent` for a path already passed through :func:`clean_path`."""
         stripped = path.rstrip(b"/")
         head, _, name = stripped.rpartition(b"/")
         if not stripped or len(stripped) != len(path) or name in (b".", b".."):
-            return self._open_clean(stripped or b"/", _DIR_PATH, 0), b"."
+            return self.open_clean(stripped or b"/", _DIR_PATH, 0), b"."
         if not head.strip(b"/"):
             return self.root_fd, name
-        return self._open_clean(head, _DIR_PATH, 0), name
+        return self.open_clean(head, _DIR_PATH, 0), name
 
     def release(self, dirfd: int) -> None:
         """Close an fd returned by :meth:`parent` unless it is the root."""

@@ -95,6 +95,9 @@ class MalformedRequest:
     error: RemoteProtocolError
 
 
+_ERROR = ConnectionState.ERROR
+
+
 class _Base:
     def __init__(self, byteorder: ByteOrder | None, lenient: bool) -> None:
         self._codecs = codecs_for(byteorder)
@@ -133,16 +136,17 @@ class ServerConnection(_Base):
         super().__init__(byteorder, lenient)
         self._unanswered: deque[m.Request | MalformedRequest] = deque()
         self._header_unpack = self._codecs.header_struct.unpack_from
-        # per request type: the payload decoder and the message class
+        # per request type code: the type, the payload decoder and the message class
         self._decoders = {
-            t: (codec.decode, m.REQUEST_CLASSES[t]) for t, codec in self._codecs.requests.items()
+            int(t): (t, codec.decode, m.REQUEST_CLASSES[t])
+            for t, codec in self._codecs.requests.items()
         }
         # per (request type, reply class): codec.reply_encoder(), found on first use
         self._encoders: dict[tuple[MessageType, type], Callable[[m.Reply], bytes] | None] = {}
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Buffer bytes read from the socket."""
-        if self.state is ConnectionState.ERROR or self._eof:
+        if self.state is _ERROR or self._eof:
             self._check_usable()
             raise LocalProtocolError("data received after EOF")
         self._buf += data
@@ -154,20 +158,23 @@ class ServerConnection(_Base):
         EOF in the middle of a frame raise :class:`RemoteProtocolError` and
         leave the connection in ``ConnectionState.ERROR``.
         """
-        if self.state is ConnectionState.ERROR:
+        if self.state is _ERROR:
             self._check_usable()
         buf = self._buf
         if len(buf) < HEADER_SIZE:
             return self._at_eof(NEED_DATA)
         message_type, size = self._header_unpack(buf, 0)
-        try:
-            mtype = check_request_header(message_type, size)
-        except RemoteProtocolError as exc:
-            raise self._fail(exc) from None
+        entry = self._decoders.get(message_type)
+        if entry is None or size > PROXY_MAX_IO_SZ:
+            try:
+                check_request_header(message_type, size)
+            except RemoteProtocolError as exc:
+                raise self._fail(exc) from None
+            raise AssertionError("check_request_header accepted a frame we cannot decode")
         end = HEADER_SIZE + size
         if len(buf) < end:
             return self._at_eof(NEED_DATA)
-        decode, cls = self._decoders[mtype]
+        mtype, decode, cls = entry
         event: m.Request | MalformedRequest
         try:
             event = cls(*decode(buf, HEADER_SIZE, end, lenient=self.lenient))

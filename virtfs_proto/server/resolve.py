@@ -139,10 +139,11 @@ def openat2_available() -> bool:
 
 def clean_path(path: bytes) -> bytes:
     """Strip QEMU's one trailing NUL; refuse embedded NULs and empty paths."""
-    if path.endswith(b"\0"):
-        path = path[:-1]
-    if b"\0" in path:
-        raise OSError(errno.EINVAL, "embedded NUL in path")
+    nul = path.find(b"\0")
+    if nul >= 0:
+        if nul != len(path) - 1:
+            raise OSError(errno.EINVAL, "embedded NUL in path")
+        path = path[:nul]
     if not path:
         raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
     return path

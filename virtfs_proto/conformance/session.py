@@ -74,6 +74,8 @@ class HelperSession:
         uid: int = 65534,
         gid: int = 65534,
         extra_fds: Sequence[int] = (),
+        socket_path: Path | None = None,
+        unlink_socket: bool = True,
     ) -> None:
         self.argv = list(argv)
         self.export = export
@@ -86,23 +88,41 @@ class HelperSession:
         self._log = tempfile.TemporaryFile(dir=rundir, prefix="helper-log-")  # noqa: SIM115
         self._closed = False
         self.final_log = ""
+        try:
+            sock = self._start(export, mode, rundir, extra_fds, socket_path, unlink_socket)
+        except BaseException:
+            self._log.close()
+            raise
+        self.transport = Transport(sock, timeout=DEFAULT_TIMEOUT)
+
+    def _start(
+        self,
+        export: Path,
+        mode: str,
+        rundir: Path,
+        extra_fds: Sequence[int],
+        socket_path: Path | None,
+        unlink_socket: bool,
+    ) -> socket.socket:
+        """Run the helper the way ``mode`` says and return our end of its connection."""
         if mode == "fd":
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             cmd = [*self.argv, "-p", str(export), "-f", str(theirs.fileno()), "-n"]
             try:
                 self.proc = self._popen(cmd, [theirs.fileno(), *extra_fds])
+            except BaseException:
+                ours.close()
+                raise
             finally:
                 theirs.close()
-            sock = ours
-        elif mode == "socket":
-            path = rundir / f"helper-{os.getpid()}-{time.monotonic_ns()}.sock"
+            return ours
+        if mode == "socket":
+            path = socket_path or rundir / f"helper-{os.getpid()}-{time.monotonic_ns()}.sock"
             cmd = [*self.argv, "-p", str(export), "-s", str(path)]
-            cmd += ["-u", str(uid), "-g", str(gid), "-n"]
+            cmd += ["-u", str(self.uid), "-g", str(self.gid), "-n"]
             self.proc = self._popen(cmd, list(extra_fds))
-            sock = self._connect(path)
-        else:
-            raise ValueError(f"mode must be 'fd' or 'socket', not {mode!r}")
-        self.transport = Transport(sock, timeout=DEFAULT_TIMEOUT)
+            return self._connect(path, unlink_socket)
+        raise ValueError(f"mode must be 'fd' or 'socket', not {mode!r}")
 
     def _popen(self, cmd: list[str], pass_fds: list[int]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -114,7 +134,7 @@ class HelperSession:
             start_new_session=True,
         )
 
-    def _connect(self, path: Path) -> socket.socket:
+    def _connect(self, path: Path, unlink: bool) -> socket.socket:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
@@ -137,7 +157,8 @@ class HelperSession:
             # as QEMU does: the client unlinks the socket file after connect
             with contextlib.suppress(OSError):
                 self.socket_stat = os.lstat(path)
-                os.unlink(path)
+                if unlink:
+                    os.unlink(path)
             return sock
 
     # -- process state ------------------------------------------------------

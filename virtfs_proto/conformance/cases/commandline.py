@@ -21,7 +21,7 @@ from ..session import HelperSession
 
 #: A helper that validates its arguments answers at once; one that does not may
 #: start serving (or wait in accept()): that is a failure, found by this timeout.
-CLI_TIMEOUT: Final = 3.0
+CLI_TIMEOUT: Final = 5.0
 
 
 def _run(ctx: Context, args: Sequence[str]) -> tuple[int | None, str]:

@@ -270,6 +270,8 @@ def serve(
     send_fields = conn.send_fields
     pack_fd = _FD.pack
     close = os.close
+    closed = ConnectionState.CLOSED
+    sol_socket, scm_rights = socket.SOL_SOCKET, socket.SCM_RIGHTS
     want_data = True
     while True:
         if want_data:
@@ -292,7 +294,7 @@ def serve(
         if event is NEED_DATA:
             want_data = True
             continue
-        if event is ConnectionState.CLOSED:
+        if event is closed:
             return 0
         # a malformed request gets what QEMU's unmarshal answers
         reply: m.Reply | tuple[Any, ...] = (
@@ -317,7 +319,7 @@ def serve(
             if fd < 0:
                 sendall(data)
             else:
-                sendmsg((data,), [(socket.SOL_SOCKET, socket.SCM_RIGHTS, pack_fd(fd))])
+                sendmsg((data,), [(sol_socket, scm_rights, pack_fd(fd))])
         except (BrokenPipeError, ConnectionResetError):
             return 0
         finally:

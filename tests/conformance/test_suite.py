@@ -99,3 +99,22 @@ def test_command_line_refuses_what_it_cannot_run(capsys: pytest.CaptureFixture[s
     assert "apt-get install -y qemu-system-common" in capsys.readouterr().err
     assert main(["--helper", "/bin/true", "--only", "no-such-case"]) == 2
     assert "no case matches" in capsys.readouterr().err
+
+
+@pytest.mark.root
+def test_wire_fd_use_refuses_an_fd_outside_the_export(ws: Workspace) -> None:
+    from virtfs_proto.conformance.cases.wire import _export_inodes, _use_fd
+    from virtfs_proto.conformance.model import CheckFailed
+
+    inodes = _export_inodes(ws.export)
+    inside = os.open(ws.export / "file.txt", os.O_RDONLY)
+    outside = os.open(ws.secret, os.O_RDONLY | os.O_NOATIME)
+    fifo = os.open(ws.export / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        _use_fd(inside, inodes, "inside")
+        for fd in (outside, fifo):
+            with pytest.raises(CheckFailed):
+                _use_fd(fd, inodes, "bad")
+    finally:
+        for fd in (inside, outside, fifo):
+            os.close(fd)

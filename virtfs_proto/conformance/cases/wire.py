@@ -6,6 +6,11 @@ Each vector becomes one case. It is replayed with :func:`virtfs_proto.vectors.ru
 machine-dependent ranges, the type of every passed descriptor (``fstat`` of
 the fd received), how the helper ended, and the sentinel outside the export.
 
+Vectors whose replies pass descriptors are then replayed once more on a
+fixture of their own, and every descriptor is *used*: ``fstat`` must show a
+regular file or directory of that export (not a sentinel), a regular file must
+read (or, if opened for writing only, write) and a directory must list.
+
 Two tolerances, both from the spec: a helper may end a fatal conversation with
 any exit status (QEMU's exits 0, ours 1), only not by a signal; and a vector
 that records one of QEMU's defects (its ``defect`` field) must *not* be
@@ -15,11 +20,22 @@ reproduced: the helper has to answer differently and stay alive.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
 from pathlib import Path
 
+from ... import messages as m
+from ...codec import codecs_for, decode_request
+from ...constants import HEADER_SIZE
+from ...errors import ProxyProtocolError
+from ...fixture import build_fixture
 from ...launcher import Mode
 from ...vectors import Vector, compare, load_vectors, run_steps
 from ..model import CheckFailed, Context, case
+from ..session import HelperSession
 
 VECTOR_DIR = Path(__file__).resolve().parents[3] / "spec" / "vectors"
 
@@ -47,9 +63,81 @@ def _replay(vector: Vector, ctx: Context) -> None:
         raise CheckFailed("the sentinel file outside the export was changed")
 
 
+def _frames(stream: bytes) -> list[tuple[bytes, m.Request]] | None:
+    """Split a request stream into decoded frames (None if any frame is malformed)."""
+    out = []
+    header = codecs_for().header_struct
+    while stream:
+        if len(stream) < HEADER_SIZE:
+            return None
+        end = HEADER_SIZE + header.unpack_from(stream, 0)[1]
+        try:
+            out.append((stream[:end], decode_request(stream[:end], lenient=True)))
+        except ProxyProtocolError:
+            return None
+        stream = stream[end:]
+    return out
+
+
+def _use_fd(fd: int, inodes: set[tuple[int, int]], what: str) -> None:
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) not in inodes:
+        raise CheckFailed(f"{what}: the passed fd is not an object of the export")
+    if stat.S_ISDIR(st.st_mode):
+        os.listdir(fd)
+    elif stat.S_ISREG(st.st_mode):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+            os.write(fd, b"")
+        else:
+            os.pread(fd, 4096, 0)
+    else:
+        raise CheckFailed(f"{what}: the passed fd is a {stat.filemode(st.st_mode)[0]!r} file")
+
+
+def _export_inodes(export: Path) -> set[tuple[int, int]]:
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(export):
+        for name in [".", *dirnames, *filenames]:
+            st = os.lstat(os.path.join(dirpath, name))
+            out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def _replay_using_fds(vector: Vector, ctx: Context) -> None:
+    frames = _frames(b"".join(bytes.fromhex(ex["request"]) for ex in vector.exchanges))
+    if frames is None or any(ex.get("shutdown") for ex in vector.exchanges):
+        return
+    root = Path(tempfile.mkdtemp(prefix="fds-", dir=ctx.ws.rundir))
+    try:
+        fixture = build_fixture(root)
+        helper = HelperSession(ctx.argv, fixture.export, ctx.mode, rundir=ctx.ws.rundir)
+        try:
+            for _, request in frames:
+                helper.conn.send_request(request)
+            helper.send_raw(b"".join(raw for raw, _ in frames))
+            used = 0
+            for _, request in frames:
+                reply = helper.next_reply()
+                if isinstance(reply, m.FdReply):
+                    try:
+                        _use_fd(reply.fd, _export_inodes(fixture.export), request.TYPE.name)
+                        used += 1
+                    finally:
+                        os.close(reply.fd)
+            ctx.notes.append(f"{used} passed fd(s) used")
+        finally:
+            helper.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _register(vector: Vector) -> None:
+    passes_fds = vector.defect is None and any(ex["fds"] for ex in vector.exchanges)
+
     def replay(ctx: Context) -> None:
         _replay(vector, ctx)
+        if passes_fds:
+            _replay_using_fds(vector, ctx)
 
     replay.__doc__ = vector.description
     case("wire", vector.name.split("-")[0].split("@")[0], name=vector.name)(replay)

@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from virtfs_proto import messages as m
-from virtfs_proto.connection import ClientConnection
-from virtfs_proto.transport import Transport
+from virtfs_proto.launcher import Helper, spawn_helper
 
 QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
 OURS = [sys.executable, "-m", "virtfs_proto.server"]
@@ -45,46 +41,11 @@ def qemu_helper() -> str:
     return QEMU_HELPER
 
 
-@dataclass
-class Helper:
-    """A helper subprocess on one end of a socketpair, with a client on the other."""
-
-    proc: subprocess.Popen[bytes]
-    sock: socket.socket
-    transport: Transport
-    conn: ClientConnection = field(default_factory=ClientConnection)
-
-    def call(self, request: m.Request, timeout: float = 5.0) -> m.Reply:
-        return self.transport.exchange(self.conn, request, timeout=timeout).reply
-
-    def close(self, timeout: float = 5.0) -> int:
-        """Close our end; the helper's exit status (it is killed if it lingers)."""
-        self.sock.close()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        finally:
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
-
-    def stderr(self) -> str:
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read().decode(errors="replace")
-
-
 def spawn(command: list[str], export: Path | str, *extra: str) -> Helper:
-    ours_end, helper_end = socket.socketpair()
-    fd = helper_end.fileno()
-    proc = subprocess.Popen(
-        [*command, "-p", str(export), "-f", str(fd), "-n", *extra],
-        pass_fds=[fd],
-        stderr=subprocess.PIPE,
-    )
-    helper_end.close()
-    return Helper(proc, ours_end, Transport(ours_end, timeout=5.0))
+    """``command`` (plus ``extra`` options) on one end of a socketpair, as libvirt
+    starts it (:func:`~virtfs_proto.launcher.spawn_helper`). Its client waits
+    at most 5 s for each reply; ``client.transport`` gives raw access."""
+    return spawn_helper([*command, *extra], export, "fd", timeout=5.0)
 
 
 def spawn_ours(export: Path | str, *extra: str) -> Helper:
@@ -147,9 +108,7 @@ def helpers() -> Iterator[list[Helper]]:
     started: list[Helper] = []
     yield started
     for h in started:
-        h.sock.close()
-        if h.proc.poll() is None:
-            h.proc.kill()
-        h.proc.wait()
-        if h.proc.stderr is not None:
-            h.proc.stderr.close()
+        h.client.close()
+        if h.process.poll() is None:
+            h.process.kill()
+        h.close()

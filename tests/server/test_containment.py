@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from virtfs_proto import messages as m
+from virtfs_proto.launcher import Helper
 
-from .conftest import LAYERS, SECRET, Export, Helper, spawn_ours
+from .conftest import LAYERS, SECRET, Export, spawn_ours
 
 READ_ESCAPES = [
     b"../outside_secret.txt",
@@ -83,9 +84,9 @@ def test_reads_stay_inside(export: Export, ours: Helper) -> None:
             m.GetversionRequest(path),
             m.LgetxattrRequest(0, path, b"user.x"),
         ):
-            _assert_not_secret(export, ours.call(request))
+            _assert_not_secret(export, ours.client.request(request))
     # the ones that do resolve, resolve to the export's own files
-    assert isinstance(ours.call(m.LstatRequest(b"link_dotdot/file.txt")), m.StatReply)
+    assert isinstance(ours.client.request(m.LstatRequest(b"link_dotdot/file.txt")), m.StatReply)
 
 
 def test_writes_stay_inside(export: Export, ours: Helper) -> None:
@@ -114,7 +115,7 @@ def test_writes_stay_inside(export: Export, ours: Helper) -> None:
     ]
     secret_times = export.secret.stat().st_mtime_ns
     for request in requests:
-        _assert_not_secret(export, ours.call(request))
+        _assert_not_secret(export, ours.client.request(request))
     _assert_outside_untouched(export)
     assert export.secret.stat().st_mtime_ns == secret_times
     assert os.stat(export.secret).st_uid == 0
@@ -155,7 +156,7 @@ def test_proc_magic_links_stay_inside(
     ] + [f"/proc/self/fd/{fd}/../outside_secret.txt".encode() for fd in range(12)]
     for path in paths:
         for request in (m.OpenRequest(path, os.O_RDONLY), m.LstatRequest(path)):
-            _assert_not_secret(export, h.call(request))
+            _assert_not_secret(export, h.client.request(request))
     _assert_outside_untouched(export)
 
 
@@ -179,8 +180,8 @@ def test_renames_racing_lookups_stay_inside(export: Export, ours: Helper) -> Non
                 b"a/b/c/../../../../outside_secret.txt",
                 b"c_moved/../../outside_secret.txt",
             ):
-                _assert_not_secret(export, ours.call(m.OpenRequest(path, os.O_RDONLY)))
-                _assert_not_secret(export, ours.call(m.LstatRequest(path)))
+                _assert_not_secret(export, ours.client.request(m.OpenRequest(path, os.O_RDONLY)))
+                _assert_not_secret(export, ours.client.request(m.LstatRequest(path)))
     finally:
         stop.set()
         thread.join()
@@ -194,7 +195,7 @@ def test_with_no_layer_the_escapes_succeed(export: Export, helpers: list[Helper]
     escaped = []
     for path in READ_ESCAPES:
         try:
-            _assert_not_secret(export, h.call(m.OpenRequest(path, os.O_RDONLY)))
+            _assert_not_secret(export, h.client.request(m.OpenRequest(path, os.O_RDONLY)))
         except AssertionError:
             escaped.append(path)
     assert b"link_rel_escape" in escaped

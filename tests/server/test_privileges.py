@@ -14,9 +14,10 @@ import textwrap
 import pytest
 
 from virtfs_proto import messages as m
+from virtfs_proto.launcher import Helper
 from virtfs_proto.server import privileges as p
 
-from .conftest import OURS, Export, Helper, spawn_ours, spawn_qemu
+from .conftest import OURS, Export, spawn_ours, spawn_qemu
 
 #: The most the helper may ever hold, in any set, in any thread.
 ALLOWED = p.capability_mask(
@@ -29,8 +30,8 @@ NOBODY = pwd.getpwnam("nobody")
 
 def _running_report(h: Helper) -> list[p.ThreadConfinement]:
     # one answered request proves the helper finished confining itself
-    assert isinstance(h.call(m.LstatRequest(b"/\0")), m.StatReply)
-    return p.confinement_report(h.proc.pid)
+    assert isinstance(h.client.request(m.LstatRequest(b"/\0")), m.StatReply)
+    return p.confinement_report(h.process.pid)
 
 
 def test_kept_capabilities_are_the_justified_subset() -> None:
@@ -56,7 +57,7 @@ def test_every_thread_of_a_running_helper_is_confined(
         for cap in (p.CAP_SYS_CHROOT, p.CAP_SETUID, p.CAP_SETGID, p.CAP_SYS_ADMIN,
                     p.CAP_SETPCAP, p.CAP_DAC_READ_SEARCH):  # fmt: skip
             assert not t.cap_bnd >> cap & 1
-    groups = _status_field(h.proc.pid, "Groups")
+    groups = _status_field(h.process.pid, "Groups")
     assert groups == ""
 
 
@@ -83,17 +84,18 @@ def test_confined_helper_still_does_privileged_work(export: Export, helpers: lis
     os.chmod(locked, 0o000)
     h = spawn_ours(export.root)
     helpers.append(h)
-    reply = h.call(m.OpenRequest(b"//locked\0", os.O_RDWR))  # DAC_OVERRIDE
+    reply = h.client.request(m.OpenRequest(b"//locked\0", os.O_RDWR))  # DAC_OVERRIDE
     assert isinstance(reply, m.FdReply)
     assert os.pread(reply.fd, 100, 0) == b"root only\n"
     os.close(reply.fd)
-    assert h.call(m.ChmodRequest(b"//locked\0", 0o4755)) == m.StatusReply()  # FOWNER, FSETID
-    assert h.call(m.ChownRequest(b"//locked\0", 4242, 4343)) == m.StatusReply()  # CHOWN
-    assert h.call(m.UtimeRequest(b"//locked\0", 1, 2, 3, 4)) == m.StatusReply()  # FOWNER
+    call = h.client.request
+    assert call(m.ChmodRequest(b"//locked\0", 0o4755)) == m.StatusReply()  # FOWNER, FSETID
+    assert call(m.ChownRequest(b"//locked\0", 4242, 4343)) == m.StatusReply()  # CHOWN
+    assert call(m.UtimeRequest(b"//locked\0", 1, 2, 3, 4)) == m.StatusReply()  # FOWNER
     st = locked.stat()
     assert (st.st_uid, st.st_gid, st.st_mtime_ns) == (4242, 4343, 3_000_000_004)
     dev = m.MknodRequest(0, 0, b"//null", 0o20666, os.makedev(1, 3))  # MKNOD
-    assert h.call(dev) == m.StatusReply()
+    assert h.client.request(dev) == m.StatusReply()
     assert os.stat(export.root / "null").st_rdev == os.makedev(1, 3)
 
 

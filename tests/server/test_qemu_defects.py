@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import struct
 import subprocess
 import time
@@ -20,8 +19,9 @@ from virtfs_proto import messages as m
 from virtfs_proto.codec import encode_request
 from virtfs_proto.constants import HEADER_SIZE, MessageType
 from virtfs_proto.errors import ConnectionClosed, TransportTimeout
+from virtfs_proto.launcher import Helper
 
-from .conftest import OURS, Export, Helper, qemu_helper, spawn_ours, spawn_qemu
+from .conftest import OURS, Export, qemu_helper, spawn_ours, spawn_qemu
 
 pytestmark = pytest.mark.qemu_helper
 
@@ -40,22 +40,22 @@ def test_uid0_gidN_credentials_do_not_cripple_or_kill(
 ) -> None:
     qemu, ours = both(export, helpers)
     # QEMU: the request works but leaves the helper with CapEff = DAC_OVERRIDE...
-    assert qemu.call(m.MkdirRequest(0, 1000, b"//q_dir", 0o755)) == m.StatusReply()
-    assert qemu.call(m.ChownRequest(b"//file.txt\0", 7, 7)) == m.ErrorReply(EPERM)
+    assert qemu.client.request(m.MkdirRequest(0, 1000, b"//q_dir", 0o755)) == m.StatusReply()
+    assert qemu.client.request(m.ChownRequest(b"//file.txt\0", 7, 7)) == m.ErrorReply(EPERM)
     # ...and the next request with a non-zero uid kills it (SIGABRT, no reply)
     with pytest.raises(ConnectionClosed):
-        qemu.call(m.MkdirRequest(1000, 1000, b"//q_dir2", 0o755))
-    assert qemu.proc.wait(5) == -signal.SIGABRT
+        qemu.client.request(m.MkdirRequest(1000, 1000, b"//q_dir2", 0o755))
+    assert qemu.process.wait(5) == -signal.SIGABRT
     # ours: the same sequence simply works, and keeps working
-    assert ours.call(m.MkdirRequest(0, 1000, b"//o_dir", 0o755)) == m.StatusReply()
-    assert ours.call(m.ChownRequest(b"//file.txt\0", 7, 7)) == m.StatusReply()
-    assert ours.call(m.MkdirRequest(1000, 1000, b"//o_dir2", 0o755)) == m.StatusReply()
+    assert ours.client.request(m.MkdirRequest(0, 1000, b"//o_dir", 0o755)) == m.StatusReply()
+    assert ours.client.request(m.ChownRequest(b"//file.txt\0", 7, 7)) == m.StatusReply()
+    assert ours.client.request(m.MkdirRequest(1000, 1000, b"//o_dir2", 0o755)) == m.StatusReply()
     create = m.CreateRequest(b"//o_file", os.O_RDWR | os.O_CREAT, 0o640, 0, 1000)
-    reply = ours.call(create)
+    reply = ours.client.request(create)
     assert isinstance(reply, m.FdReply)
     os.close(reply.fd)
     dev = m.MknodRequest(0, 0, b"//o_null", 0o20666, os.makedev(1, 3))
-    assert ours.call(dev) == m.StatusReply()
+    assert ours.client.request(dev) == m.StatusReply()
     owners = {n: os.lstat(export.root / n)[4:6] for n in ("o_dir", "o_dir2", "o_file")}
     assert owners == {"o_dir": (0, 1000), "o_dir2": (1000, 1000), "o_file": (0, 1000)}
     assert ours.close() == 0
@@ -70,12 +70,12 @@ def test_xattr_of_65536_bytes_is_not_returned_empty(
     os.setxattr(big, "user.fits", b"f" * 65534)
     qemu, ours = both(shm_export, helpers)
     get_max = m.LgetxattrRequest(65536, b"//big\0", b"user.max")
-    assert qemu.call(get_max) == m.XattrValueReply(b"")  # QEMU: silent data loss
-    assert ours.call(get_max) == m.ErrorReply(ENOBUFS)
+    assert qemu.client.request(get_max) == m.XattrValueReply(b"")  # QEMU: silent data loss
+    assert ours.client.request(get_max) == m.ErrorReply(ENOBUFS)
     probe = m.LgetxattrRequest(0, b"//big\0", b"user.max")
-    assert qemu.call(probe) == ours.call(probe) == m.XattrSizeReply(65536)
+    assert qemu.client.request(probe) == ours.client.request(probe) == m.XattrSizeReply(65536)
     fits = m.LgetxattrRequest(65534, b"//big\0", b"user.fits")
-    assert qemu.call(fits) == ours.call(fits) == m.XattrValueReply(b"f" * 65534)
+    assert qemu.client.request(fits) == ours.client.request(fits) == m.XattrValueReply(b"f" * 65534)
 
 
 @pytest.mark.parametrize(
@@ -93,17 +93,17 @@ def test_negative_sizes_get_an_error_not_a_crash(
 ) -> None:
     qemu, ours = both(export, helpers)
     with pytest.raises(ConnectionClosed):
-        qemu.call(request_)
-    assert qemu.proc.wait(5) == -signal.SIGTRAP
-    assert ours.call(request_) == m.ErrorReply(EINVAL)
-    assert isinstance(ours.call(m.LstatRequest(b"/\0")), m.StatReply)
+        qemu.client.request(request_)
+    assert qemu.process.wait(5) == -signal.SIGTRAP
+    assert ours.client.request(request_) == m.ErrorReply(EINVAL)
+    assert isinstance(ours.client.request(m.LstatRequest(b"/\0")), m.StatReply)
 
 
 def test_special_files_never_block(export: Export, helpers: list[Helper]) -> None:
     qemu, ours = both(export, helpers)
     # QEMU: GETVERSION on a FIFO blocks the single-threaded helper
     with pytest.raises(TransportTimeout):
-        qemu.transport.exchange(qemu.conn, m.GetversionRequest(b"//fifo\0"), timeout=0.5)
+        qemu.client.request(m.GetversionRequest(b"//fifo\0"), timeout=0.5)
     for request in (
         m.GetversionRequest(b"//fifo\0"),
         m.OpenRequest(b"//fifo\0", os.O_RDONLY),
@@ -111,14 +111,14 @@ def test_special_files_never_block(export: Export, helpers: list[Helper]) -> Non
         m.CreateRequest(b"//fifo", os.O_RDWR | os.O_CREAT, 0o644, 0, 0),
     ):
         start = time.monotonic()
-        assert ours.call(request, timeout=2.0) == m.ErrorReply(ENXIO)
+        assert ours.client.request(request, timeout=2.0) == m.ErrorReply(ENXIO)
         assert time.monotonic() - start < 1.0
 
 
 def test_getversion_has_no_stack_garbage(export: Export, helpers: list[Helper]) -> None:
     qemu, ours = both(export, helpers)
-    q = qemu.call(m.GetversionRequest(b"//file.txt\0"))
-    o = ours.call(m.GetversionRequest(b"//file.txt\0"))
+    q = qemu.client.request(m.GetversionRequest(b"//file.txt\0"))
+    o = ours.client.request(m.GetversionRequest(b"//file.txt\0"))
     assert isinstance(q, m.VersionReply) and isinstance(o, m.VersionReply)
     assert q.version >> 32 != 0  # QEMU: the high half is a stack address
     assert o.version == q.version & 0xFFFFFFFF
@@ -130,7 +130,7 @@ def test_getversion_is_zero_without_looking_off_ext4_like_qemu(
     qemu, ours = both(shm_export, helpers)
     for path in (b"//file.txt\0", b"//missing\0", b"//fifo\0"):
         request = m.GetversionRequest(path)
-        assert qemu.call(request) == ours.call(request) == m.VersionReply(0)
+        assert qemu.client.request(request) == ours.client.request(request) == m.VersionReply(0)
 
 
 def test_client_gone_is_not_sigpipe_death(export: Export, helpers: list[Helper]) -> None:
@@ -138,17 +138,19 @@ def test_client_gone_is_not_sigpipe_death(export: Export, helpers: list[Helper])
     frames = encode_request(m.LstatRequest(b"/\0")) * 2000
     rcs = {}
     for name, h in zip(("qemu", "ours"), both(export, helpers), strict=True):
-        h.sock.sendall(frames)
-        h.sock.close()
-        rcs[name] = h.proc.wait(10)
+        h.client.transport.send(frames)
+        h.client.close()
+        rcs[name] = h.process.wait(10)
     assert rcs == {"qemu": -signal.SIGPIPE, "ours": 0}
 
 
 def _raw_exit(h: Helper, data: bytes) -> tuple[int, bytes]:
-    h.sock.sendall(data)
-    h.sock.shutdown(socket.SHUT_WR)
-    reply = h.sock.recv(100)
-    return h.proc.wait(10), reply
+    t = h.client.transport
+    t.send(data)
+    t.shutdown_write()
+    reply, fds = t.recv(100)
+    assert fds == []
+    return h.process.wait(10), reply
 
 
 @pytest.mark.parametrize(
@@ -166,15 +168,16 @@ def test_fatal_garbage_closes_without_reply_and_exits_nonzero(
     qemu, ours = both(export, helpers)
     assert _raw_exit(qemu, frame) == (0, b"")  # QEMU: a failure, reported as success
     assert _raw_exit(ours, frame) == (1, b"")
-    assert "closing the connection" in ours.stderr()
+    assert "closing the connection" in ours.stderr
 
 
 def test_eof_and_short_payloads_like_qemu(export: Export, helpers: list[Helper]) -> None:
     qemu, ours = both(export, helpers)
     short = struct.pack("=II", MessageType.T_LSTAT, 1) + b"\0"  # size too small: ENOBUFS
     for h in (qemu, ours):
-        h.sock.sendall(short)
-        assert h.sock.recv(100) == struct.pack("=IIi", MessageType.T_ERROR, 4, -ENOBUFS)
+        h.client.transport.send(short)
+        reply = h.client.transport.recv(100)
+        assert reply == (struct.pack("=IIi", MessageType.T_ERROR, 4, -ENOBUFS), [])
         assert _raw_exit(h, encode_request(m.LstatRequest(b"/"))[: HEADER_SIZE + 1])[0] == 0
 
 
@@ -193,5 +196,5 @@ def test_embedded_nul_is_refused_not_truncated(export: Export, helpers: list[Hel
     """QEMU reads a path as a C string: b"file.txt\\0junk" names file.txt."""
     qemu, ours = both(export, helpers)
     request = m.LstatRequest(b"//file.txt\0junk")
-    assert isinstance(qemu.call(request), m.StatReply)
-    assert ours.call(request) == m.ErrorReply(EINVAL)
+    assert isinstance(qemu.client.request(request), m.StatReply)
+    assert ours.client.request(request) == m.ErrorReply(EINVAL)

@@ -18,8 +18,9 @@ import pytest
 
 from virtfs_proto import messages as m
 from virtfs_proto.codec import encode_reply
+from virtfs_proto.launcher import Helper
 
-from .conftest import LAYERS, Export, Helper, build_export, spawn_ours, spawn_qemu
+from .conftest import LAYERS, Export, build_export, spawn_ours, spawn_qemu
 
 O_DIRECTORY = os.O_DIRECTORY
 NUL = b"\0"
@@ -193,7 +194,7 @@ def normalize(request: m.Request, reply: m.Reply, ignore_flags: int = 0) -> byte
 
 
 def run_script(helper: Helper, script: list[m.Request], ignore_flags: int = 0) -> list[bytes]:
-    return [normalize(req, helper.call(req), ignore_flags) for req in script]
+    return [normalize(req, helper.client.request(req), ignore_flags) for req in script]
 
 
 _QEMU_REPLIES: list[list[bytes]] = []
@@ -249,8 +250,8 @@ def test_getversion_low_bits_match_qemu_and_high_bits_are_zero(
     ours = spawn_ours(export.root)
     helpers += [qemu, ours]
     for path in (b"//file.txt\0", b"//dir\0", b"/\0"):
-        q = qemu.call(m.GetversionRequest(path))
-        o = ours.call(m.GetversionRequest(path))
+        q = qemu.client.request(m.GetversionRequest(path))
+        o = ours.client.request(m.GetversionRequest(path))
         assert isinstance(q, m.VersionReply) and isinstance(o, m.VersionReply)
         assert o.version >> 32 == 0
         assert o.version == q.version & 0xFFFFFFFF

@@ -221,8 +221,28 @@ def daemonize() -> None:
         os.close(devnull)
 
 
-def proxy_socket(path: str, uid: int, gid: int) -> socket.socket:
-    """QEMU's proxy_socket(): bind, chown, listen, accept exactly one client."""
+def peer_allowed(peer: tuple[int, int, int], uid: int, gid: int) -> bool:
+    """Whether a peer's ``(pid, uid, gid)`` (SO_PEERCRED) may use a socket made for uid:gid.
+
+    The socket file's owner and mode 0770 already keep others out; this is
+    the second check the spec asks for, for peers that got past the file's
+    permissions some other way (CAP_DAC_OVERRIDE, an fd passed around).
+    """
+    _, peer_uid, peer_gid = peer
+    return peer_uid in (0, uid) or peer_gid == gid
+
+
+_UCRED: Final = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
+
+
+def proxy_socket(
+    path: str, uid: int, gid: int, log: Callable[[str], None] = lambda _: None
+) -> socket.socket:
+    """QEMU's proxy_socket(): bind, chown, listen, accept exactly one client.
+
+    Unlike QEMU's, the one client must be root or carry the socket's uid or
+    gid (SO_PEERCRED); another peer is told nothing, hung up on and logged.
+    """
     if os.path.lexists(path):
         raise OSError("socket already exists")
     if len(os.fsencode(path)) >= UNIX_PATH_MAX:
@@ -236,7 +256,18 @@ def proxy_socket(path: str, uid: int, gid: int) -> socket.socket:
             os.umask(old)
         os.chown(path, uid, gid)
         listener.listen(1)
-        client, _ = listener.accept()
+        while True:
+            client, _ = listener.accept()
+            peer = _UCRED.unpack(
+                client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            )
+            if peer_allowed(peer, uid, gid):
+                break
+            log(
+                f"refused a connection from pid {peer[0]} uid {peer[1]} gid {peer[2]}:"
+                f" only root, uid {uid} or gid {gid} may connect"
+            )
+            client.close()
     finally:
         listener.close()
     return client
@@ -361,7 +392,7 @@ def run(o: Options, log: Log) -> int:
     sock: socket.socket | None = None
     if o.socket is not None:
         assert o.uid is not None and o.gid is not None
-        sock = proxy_socket(o.socket, o.uid, o.gid)
+        sock = proxy_socket(o.socket, o.uid, o.gid, log.error)
     elif o.fd is not None:
         sock = socket_from_fd(o.fd)
     export_st = os.fstat(root_fd)

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 
 from virtfs_proto import messages as m
-from virtfs_proto.conformance import procfs
+from virtfs_proto import procfs
 from virtfs_proto.conformance.fixture import Workspace
 from virtfs_proto.conformance.model import spath, vpath
 from virtfs_proto.conformance.session import HelperSession

@@ -649,10 +649,11 @@ def cli_rst() -> list[str]:
 
 def capabilities_rst() -> list[str]:
     """The reference helper's kept capabilities, from its own table."""
+    from virtfs_proto import procfs
     from virtfs_proto.server import privileges
 
     body = [
-        [_lit(privileges.CAPABILITY_NAMES[cap]), str(cap), " ".join(reason.split())]
+        [_lit(procfs.capability_name(cap)), str(cap), " ".join(reason.split())]
         for cap, reason in privileges.KEPT_CAPABILITIES.items()
     ]
     mask = privileges.capability_mask(privileges.KEPT_CAPABILITIES)

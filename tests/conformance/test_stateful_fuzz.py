@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from virtfs_proto import messages as m
+from virtfs_proto import procfs
 from virtfs_proto.codec import codecs_for, decode_request, encode_request
-from virtfs_proto.conformance import procfs
 from virtfs_proto.conformance.fixture import Workspace
 from virtfs_proto.conformance.session import HelperSession
 from virtfs_proto.constants import HEADER_SIZE, UTIME_NOW, UTIME_OMIT

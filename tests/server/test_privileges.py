@@ -14,6 +14,7 @@ import textwrap
 import pytest
 
 from virtfs_proto import messages as m
+from virtfs_proto import procfs
 from virtfs_proto.launcher import Helper
 from virtfs_proto.server import privileges as p
 
@@ -28,10 +29,10 @@ KEPT = p.capability_mask(p.KEPT_CAPABILITIES)
 NOBODY = pwd.getpwnam("nobody")
 
 
-def _running_report(h: Helper) -> list[p.ThreadConfinement]:
+def _running_report(h: Helper) -> list[procfs.ThreadConfinement]:
     # one answered request proves the helper finished confining itself
     assert isinstance(h.client.request(m.LstatRequest(b"/\0")), m.StatReply)
-    return p.confinement_report(h.process.pid)
+    return procfs.confinement_report(h.process.pid)
 
 
 def test_kept_capabilities_are_the_justified_subset() -> None:

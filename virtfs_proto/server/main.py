@@ -43,6 +43,7 @@ from errno import EIO, ENOBUFS
 from typing import Any, Final
 
 from .. import messages as m
+from .. import procfs
 from ..connection import NEED_DATA, ConnectionState, MalformedRequest, ServerConnection
 from ..errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from . import privileges
@@ -363,7 +364,7 @@ def serve(
 def _report(log: Log, proc_fd: int | None, export: tuple[int, int]) -> list[str]:
     lines: list[str] = []
     try:
-        threads = privileges.confinement_report(proc_fd=proc_fd)
+        threads = procfs.confinement_report(proc_fd=proc_fd)
     except (OSError, privileges.ConfinementError) as exc:
         log.error(f"confinement report unavailable: {exc}")
         return lines

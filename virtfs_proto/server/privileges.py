@@ -26,7 +26,6 @@ thread only and leaves its RCU thread with every capability.
 from __future__ import annotations
 
 import ctypes
-import errno
 import grp
 import os
 import pwd
@@ -34,6 +33,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
+
+from ..procfs import capability_name
 
 CAP_CHOWN: Final = 0
 CAP_DAC_OVERRIDE: Final = 1
@@ -46,20 +47,6 @@ CAP_SETPCAP: Final = 8
 CAP_SYS_CHROOT: Final = 18
 CAP_SYS_ADMIN: Final = 21
 CAP_MKNOD: Final = 27
-
-CAPABILITY_NAMES: Final[Mapping[int, str]] = {
-    CAP_CHOWN: "CAP_CHOWN",
-    CAP_DAC_OVERRIDE: "CAP_DAC_OVERRIDE",
-    CAP_DAC_READ_SEARCH: "CAP_DAC_READ_SEARCH",
-    CAP_FOWNER: "CAP_FOWNER",
-    CAP_FSETID: "CAP_FSETID",
-    CAP_SETGID: "CAP_SETGID",
-    CAP_SETUID: "CAP_SETUID",
-    CAP_SETPCAP: "CAP_SETPCAP",
-    CAP_SYS_CHROOT: "CAP_SYS_CHROOT",
-    CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
-    CAP_MKNOD: "CAP_MKNOD",
-}
 
 #: The capabilities the helper keeps, each with the reason it is needed. The
 #: helper performs every operation on behalf of the guest, whose own kernel
@@ -187,10 +174,6 @@ def capability_mask(caps: Iterable[int]) -> int:
     return mask
 
 
-def capability_names(mask: int) -> list[str]:
-    return [CAPABILITY_NAMES.get(cap, f"cap_{cap}") for cap in range(64) if mask >> cap & 1]
-
-
 def resolve_user(user: str | None, group: str | None) -> tuple[int, int]:
     """uid and gid for ``--user``/``--group`` (names or numbers; default ``nobody``
     and that user's primary group)."""
@@ -307,111 +290,10 @@ def _verify(uid: int, gid: int, mask: int) -> None:
         raise ConfinementError("no_new_privs did not take")
     for cap in (CAP_SYS_CHROOT, CAP_SETUID, CAP_SETGID, CAP_SYS_ADMIN):
         if prctl(PR_CAPBSET_READ, cap) != 0:
-            raise ConfinementError(f"{CAPABILITY_NAMES[cap]} is still in the bounding set")
+            raise ConfinementError(f"{capability_name(cap)} is still in the bounding set")
     try:
         os.setresuid(0, 0, 0)
     except PermissionError:
         pass
     else:  # pragma: no cover - would mean the drop is reversible
         raise ConfinementError("could regain uid 0")
-
-
-# -- the confinement report ------------------------------------------------
-
-_STATUS_FIELDS: Final = (
-    "Uid",
-    "Gid",
-    "CapInh",
-    "CapPrm",
-    "CapEff",
-    "CapBnd",
-    "CapAmb",
-    "NoNewPrivs",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ThreadConfinement:
-    """What /proc says about one thread of a helper."""
-
-    tid: int
-    uid: tuple[int, int, int, int]  # real, effective, saved, fs
-    gid: tuple[int, int, int, int]
-    cap_inh: int
-    cap_prm: int
-    cap_eff: int
-    cap_bnd: int
-    cap_amb: int
-    no_new_privs: int
-    root: str  # readlink of task/<tid>/root, as the reader sees it
-    root_dev_ino: tuple[int, int] | None
-
-    def format(self) -> str:
-        return (
-            f"tid={self.tid} uid={','.join(map(str, self.uid))} "
-            f"gid={','.join(map(str, self.gid))} CapEff={self.cap_eff:016x} "
-            f"CapPrm={self.cap_prm:016x} CapBnd={self.cap_bnd:016x} "
-            f"CapInh={self.cap_inh:016x} CapAmb={self.cap_amb:016x} "
-            f"NoNewPrivs={self.no_new_privs} root={self.root}"
-            + (
-                f" root_inode={self.root_dev_ino[0]}:{self.root_dev_ino[1]}"
-                if self.root_dev_ino
-                else ""
-            )
-        )
-
-
-def confinement_report(
-    pid: int | None = None, *, proc_fd: int | None = None
-) -> list[ThreadConfinement]:
-    """Read ``/proc/<pid>/task/*/status`` and ``task/*/root`` of every thread.
-
-    ``proc_fd`` is an fd of ``/proc`` opened before a chroot, so a jailed
-    helper can still report on itself at start-up (it closes that fd before
-    it serves anything).
-    """
-    pid = os.getpid() if pid is None else pid
-    base = f"{pid}/task" if proc_fd is not None else f"/proc/{pid}/task"
-    dirfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
-    try:
-        tids = sorted(int(t) for t in os.listdir(dirfd))
-        threads = []
-        for tid in tids:
-            try:
-                fd = os.open(f"{tid}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd)
-            except FileNotFoundError:
-                continue  # the thread ended while we looked
-            try:
-                text = os.read(fd, 1 << 16).decode()
-            finally:
-                os.close(fd)
-            fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
-            missing = [f for f in _STATUS_FIELDS if f not in fields]
-            if missing:
-                raise ConfinementError(f"/proc status lacks {missing}")
-            try:
-                root = os.readlink(f"{tid}/root", dir_fd=dirfd)
-                st = os.stat(f"{tid}/root", dir_fd=dirfd)
-                dev_ino: tuple[int, int] | None = (st.st_dev, st.st_ino)
-            except OSError as exc:
-                root, dev_ino = f"<{errno.errorcode.get(exc.errno or 0, exc.errno)}>", None
-            uid = tuple(int(v) for v in fields["Uid"].split())
-            gid = tuple(int(v) for v in fields["Gid"].split())
-            threads.append(
-                ThreadConfinement(
-                    tid=tid,
-                    uid=(uid[0], uid[1], uid[2], uid[3]),
-                    gid=(gid[0], gid[1], gid[2], gid[3]),
-                    cap_inh=int(fields["CapInh"], 16),
-                    cap_prm=int(fields["CapPrm"], 16),
-                    cap_eff=int(fields["CapEff"], 16),
-                    cap_bnd=int(fields["CapBnd"], 16),
-                    cap_amb=int(fields["CapAmb"], 16),
-                    no_new_privs=int(fields["NoNewPrivs"]),
-                    root=root,
-                    root_dev_ino=dev_ino,
-                )
-            )
-        return threads
-    finally:
-        os.close(dirfd)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Final
 
 from ... import messages as m
+from ... import procfs
 from ...codec import codecs_for, encode_request
 from ...constants import HEADER_SIZE, UTIME_NOW, MessageType
-from .. import procfs
 from ..fixture import DECOY_CONTENT, FILE_CONTENT
 from ..model import CheckFailed, Context, Deviation, case, errname, show, spath, vpath
 from ..session import HelperSession
@@ -1374,10 +1374,14 @@ def resource_memory(ctx: Context) -> None:
 
 # == confinement self-check ==========================================================
 
+#: Capabilities a helper may hold after start-up (spec: the privilege model):
+#: CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, MKNOD.
+ALLOWED_MASK: Final = sum(1 << cap for cap in (0, 1, 2, 3, 4, 27))
 
-def _threads(ctx: Context) -> list[procfs.ThreadCreds]:
+
+def _threads(ctx: Context) -> list[procfs.ThreadConfinement]:
     _in_sync(ctx)
-    threads = procfs.thread_creds(ctx.helper.pid)
+    threads = procfs.confinement_report(ctx.helper.pid)
     ctx.expect(bool(threads), "no thread found in /proc")
     return threads
 
@@ -1386,8 +1390,8 @@ def _threads(ctx: Context) -> list[procfs.ThreadCreds]:
 def confine_not_root(ctx: Context) -> None:
     """Every thread runs with real, effective, saved and fs uid and gid all non-zero."""
     for t in _threads(ctx):
-        ctx.expect(0 not in t.uids, f"thread {t.tid}: uids {t.uids} include root")
-        ctx.expect(0 not in t.gids, f"thread {t.tid}: gids {t.gids} include root")
+        ctx.expect(0 not in t.uid, f"thread {t.tid}: uids {t.uid} include root")
+        ctx.expect(0 not in t.gid, f"thread {t.tid}: gids {t.gid} include root")
 
 
 @case("security", "confinement", name="confine.capabilities")
@@ -1400,9 +1404,10 @@ def confine_caps(ctx: Context) -> None:
             ("inheritable", t.cap_inh),
             ("ambient", t.cap_amb),
         ):
-            extra = mask & ~procfs.ALLOWED_MASK
+            extra = mask & ~ALLOWED_MASK
             ctx.expect(
-                not extra, f"thread {t.tid} {label}: {', '.join(procfs.cap_names(extra)[:6])}"
+                not extra,
+                f"thread {t.tid} {label}: {', '.join(procfs.capability_names(extra)[:6])}",
             )
 
 
@@ -1410,11 +1415,11 @@ def confine_caps(ctx: Context) -> None:
 def confine_bounding(ctx: Context) -> None:
     """Every thread's bounding set is within the allowed six (no execve regains more)."""
     for t in _threads(ctx):
-        extra = t.cap_bnd & ~procfs.ALLOWED_MASK
+        extra = t.cap_bnd & ~ALLOWED_MASK
         ctx.expect(
             not extra,
-            f"thread {t.tid} bounding set keeps {len(procfs.cap_names(extra))} more caps "
-            f"({', '.join(procfs.cap_names(extra)[:4])}...)",
+            f"thread {t.tid} bounding set keeps {len(procfs.capability_names(extra))} more caps "
+            f"({', '.join(procfs.capability_names(extra)[:4])}...)",
         )
 
 

@@ -1,0 +1,223 @@
+"""What /proc says about a process: per-thread credentials, descriptors, memory.
+
+Shared by the reference helper (its start-up confinement report, read
+through an fd of ``/proc`` kept across the chroot) and the conformance suite
+(which inspects any helper from outside). Linux-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+# Linux capability numbers 0..40, in order (linux/capability.h).
+_CAP_NAMES: Final = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+]
+
+
+def capability_name(cap: int) -> str:
+    """``CAP_CHOWN`` for 0 and so on; ``cap_<n>`` for a number this table lacks."""
+    return f"CAP_{_CAP_NAMES[cap]}" if 0 <= cap < len(_CAP_NAMES) else f"cap_{cap}"
+
+
+def capability_names(mask: int) -> list[str]:
+    """The names of the capabilities set in ``mask``."""
+    return [capability_name(cap) for cap in range(64) if mask >> cap & 1]
+
+
+_STATUS_FIELDS: Final = (
+    "Uid",
+    "Gid",
+    "CapInh",
+    "CapPrm",
+    "CapEff",
+    "CapBnd",
+    "CapAmb",
+    "NoNewPrivs",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadConfinement:
+    """What /proc says about one thread of a helper."""
+
+    tid: int
+    uid: tuple[int, int, int, int]  # real, effective, saved, fs
+    gid: tuple[int, int, int, int]
+    cap_inh: int
+    cap_prm: int
+    cap_eff: int
+    cap_bnd: int
+    cap_amb: int
+    no_new_privs: int
+    root: str  # readlink of task/<tid>/root, as the reader sees it
+    root_dev_ino: tuple[int, int] | None
+
+    def format(self) -> str:
+        return (
+            f"tid={self.tid} uid={','.join(map(str, self.uid))} "
+            f"gid={','.join(map(str, self.gid))} CapEff={self.cap_eff:016x} "
+            f"CapPrm={self.cap_prm:016x} CapBnd={self.cap_bnd:016x} "
+            f"CapInh={self.cap_inh:016x} CapAmb={self.cap_amb:016x} "
+            f"NoNewPrivs={self.no_new_privs} root={self.root}"
+            + (
+                f" root_inode={self.root_dev_ino[0]}:{self.root_dev_ino[1]}"
+                if self.root_dev_ino
+                else ""
+            )
+        )
+
+
+def confinement_report(
+    pid: int | None = None, *, proc_fd: int | None = None
+) -> list[ThreadConfinement]:
+    """Read ``/proc/<pid>/task/*/status`` and ``task/*/root`` of every thread.
+
+    ``proc_fd`` is an fd of ``/proc`` opened before a chroot, so a jailed
+    helper can still report on itself at start-up (it closes that fd before
+    it serves anything).
+    """
+    pid = os.getpid() if pid is None else pid
+    base = f"{pid}/task" if proc_fd is not None else f"/proc/{pid}/task"
+    dirfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        tids = sorted(int(t) for t in os.listdir(dirfd))
+        threads = []
+        for tid in tids:
+            try:
+                fd = os.open(f"{tid}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd)
+            except FileNotFoundError:
+                continue  # the thread ended while we looked
+            try:
+                text = os.read(fd, 1 << 16).decode()
+            finally:
+                os.close(fd)
+            fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+            missing = [f for f in _STATUS_FIELDS if f not in fields]
+            if missing:
+                raise OSError(errno.EPROTO, f"/proc status lacks {missing}")
+            try:
+                root = os.readlink(f"{tid}/root", dir_fd=dirfd)
+                st = os.stat(f"{tid}/root", dir_fd=dirfd)
+                dev_ino: tuple[int, int] | None = (st.st_dev, st.st_ino)
+            except OSError as exc:
+                root, dev_ino = f"<{errno.errorcode.get(exc.errno or 0, exc.errno)}>", None
+            uid = tuple(int(v) for v in fields["Uid"].split())
+            gid = tuple(int(v) for v in fields["Gid"].split())
+            threads.append(
+                ThreadConfinement(
+                    tid=tid,
+                    uid=(uid[0], uid[1], uid[2], uid[3]),
+                    gid=(gid[0], gid[1], gid[2], gid[3]),
+                    cap_inh=int(fields["CapInh"], 16),
+                    cap_prm=int(fields["CapPrm"], 16),
+                    cap_eff=int(fields["CapEff"], 16),
+                    cap_bnd=int(fields["CapBnd"], 16),
+                    cap_amb=int(fields["CapAmb"], 16),
+                    no_new_privs=int(fields["NoNewPrivs"]),
+                    root=root,
+                    root_dev_ino=dev_ino,
+                )
+            )
+        return threads
+    finally:
+        os.close(dirfd)
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_targets(pid: int) -> dict[int, str]:
+    """Each open descriptor of ``pid`` and what /proc says it points to."""
+    out = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            out[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def settled_fd_count(pid: int, timeout: float = 1.0) -> int:
+    """The fd count once two readings 20 ms apart agree (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last = fd_count(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = fd_count(pid)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def _states(pid: int) -> list[str]:
+    return [
+        Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        for t in os.listdir(f"/proc/{pid}/task")
+    ]
+
+
+def wait_stopped(pid: int, timeout: float) -> bool:
+    """Wait until every thread of ``pid`` is stopped (state T); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if all(s == "T" for s in _states(pid)):
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        time.sleep(0.002)
+    return False

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -534,14 +535,18 @@ def capture(helper: Sequence[str], out: Path | None, only: str | None = None) ->
     return vectors
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``virtfs-proto capture`` parser."""
     parser = argparse.ArgumentParser(prog="virtfs-proto capture", description=__doc__)
     parser.add_argument("--helper", default=QEMU_HELPER, help="helper command (default: QEMU's)")
     parser.add_argument("--out", type=Path, help="directory for the vector files")
     parser.add_argument("--only", help="only scenarios whose name contains this")
-    args = parser.parse_args(argv)
-    import shlex
+    return parser
 
+
+def main(argv: list[str]) -> int:
+    """``virtfs-proto capture [--helper CMD] [--out DIR] [--only TEXT]``."""
+    args = build_parser().parse_args(argv)
     helper = shlex.split(args.helper)
     if not Path(helper[0]).exists():
         print(

@@ -19,7 +19,7 @@ from .jsonform import decode_exchange, encode_exchange
 
 #: Sub-commands implemented elsewhere: name -> (module, help). Each module has
 #: ``main(argv: list[str]) -> int`` and parses its own options.
-_DELEGATED: dict[str, tuple[str, str]] = {
+DELEGATED: dict[str, tuple[str, str]] = {
     "helper": ("virtfs_proto.server.main", "run the reference virtfs-proxy-helper"),
     "conformance": ("virtfs_proto.conformance", "check a helper binary against the spec"),
     "capture": ("virtfs_proto.capture", "record golden vectors from a real helper"),
@@ -75,7 +75,8 @@ def _encode(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     return 1 if bad else 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``virtfs-proto`` parser (delegated sub-commands parse their own options)."""
     parser = argparse.ArgumentParser(
         prog="virtfs-proto",
         description="QEMU 9p proxy protocol: codec, reference helper and conformance kit.",
@@ -103,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                 help="accept bytes after a payload's last field, as QEMU's helper does",
             )
         p.set_defaults(handler=handlers[name])
-    for name, (_, text) in _DELEGATED.items():
+    for name, (_, text) in DELEGATED.items():
         sub.add_parser(name, help=text, add_help=False)
     return parser
 
@@ -111,12 +112,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``virtfs-proto`` console script."""
     args_list = sys.argv[1:] if argv is None else argv
-    if args_list and args_list[0] in _DELEGATED:
-        module_name = _DELEGATED[args_list[0]][0]
+    if args_list and args_list[0] in DELEGATED:
+        module_name = DELEGATED[args_list[0]][0]
         module = importlib.import_module(module_name)
         result: int = module.main(args_list[1:])
         return result
-    args = _parser().parse_args(args_list)
+    args = build_parser().parse_args(args_list)
     byteorder: ByteOrder | None = getattr(args, "byteorder", None)
     args.byteorder = byteorder
     handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler

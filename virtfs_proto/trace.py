@@ -390,7 +390,8 @@ def _spawn_helper(argv: list[str]) -> tuple[socket.socket, subprocess.Popen[byte
     return ours, proc
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``virtfs-proto trace`` parser."""
     p = argparse.ArgumentParser(
         prog="virtfs-proto trace",
         description="Forward the proxy protocol between QEMU and a helper, logging JSON Lines.",
@@ -414,7 +415,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``virtfs-proto trace``."""
-    args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     if bool(args.connect) == bool(args.helper):
         raise SystemExit("trace: give exactly one of --connect PATH or -- HELPER ARGS")
     if args.listen_fd is not None:

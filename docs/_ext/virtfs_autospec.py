@@ -566,14 +566,13 @@ def cli_parser() -> argparse.ArgumentParser:
 
 
 def _parser_of(module: Any, required: bool = False) -> argparse.ArgumentParser | None:
-    for attr in ("build_parser", "make_parser", "create_parser", "parser", "_parser"):
-        found = getattr(module, attr, None)
-        if isinstance(found, argparse.ArgumentParser):
-            return found
-        if callable(found):
-            parser = found()
-            if isinstance(parser, argparse.ArgumentParser):
-                return parser
+    # Every sub-command module but the helper's (QEMU's getopt command line,
+    # rendered from its --help) exposes build_parser().
+    build = getattr(module, "build_parser", None)
+    if build is not None:
+        parser = build()
+        if isinstance(parser, argparse.ArgumentParser):
+            return parser
     if required:
         raise LookupError(f"{module.__name__} exposes no argparse parser (build_parser())")
     return None
@@ -583,7 +582,7 @@ def cli_subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argum
     """Every sub-command's parser; a delegated one is its own module's parser."""
     from virtfs_proto import cli
 
-    delegated = getattr(cli, "_DELEGATED", {})
+    delegated = cli.DELEGATED
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             out = {}
@@ -604,7 +603,7 @@ def _delegated_help(name: str) -> list[str] | None:
     """``virtfs-proto NAME --help`` of a sub-command that parses its own options."""
     from virtfs_proto import cli
 
-    delegated = getattr(cli, "_DELEGATED", {})
+    delegated = cli.DELEGATED
     if name not in delegated:
         return None
     try:

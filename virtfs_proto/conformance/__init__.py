@@ -7,6 +7,16 @@ effect on the host) and ``security`` (attacks). Linux only; needs root.
 """
 
 from .model import CASES, Case, CaseResult, Report, Verdict
-from .runner import format_table, main, run
+from .runner import build_parser, format_table, main, run
 
-__all__ = ["CASES", "Case", "CaseResult", "Report", "Verdict", "format_table", "main", "run"]
+__all__ = [
+    "CASES",
+    "Case",
+    "CaseResult",
+    "Report",
+    "Verdict",
+    "build_parser",
+    "format_table",
+    "main",
+    "run",
+]

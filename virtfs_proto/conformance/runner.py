@@ -203,8 +203,8 @@ def format_table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    """``virtfs-proto conformance --helper CMD [--mode fd|socket|both] [--json F] [--only P]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``virtfs-proto conformance`` parser."""
     parser = argparse.ArgumentParser(
         prog="virtfs-proto conformance",
         description="Run the conformance and security suite against a proxy helper.",
@@ -219,6 +219,12 @@ def main(argv: list[str]) -> int:
         metavar="PATTERN",
         help="run only cases whose name or class matches (glob or substring)",
     )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``virtfs-proto conformance --helper CMD [--mode fd|socket|both] [--json F] [--only P]``."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     helper_argv = shlex.split(args.helper)
     if not helper_argv:

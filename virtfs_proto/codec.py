@@ -349,6 +349,29 @@ def reply_header(request: m.Request, message_type: int, size: int) -> None:
         )
 
 
+def reply_bytes_missing(
+    kind: ReplyKind,
+    buffered: bytes | bytearray | memoryview,
+    *,
+    byteorder: ByteOrder | None = None,
+    max_payload: int = PROXY_MAX_IO_SZ,
+) -> int:
+    """How many more bytes the reply of shape ``kind`` needs, given its first bytes.
+
+    The one framing rule every reader of replies follows (connection,
+    transport, tracer): an FD reply is 4 bytes; a STATUS/RESPONSE reply is
+    the header, then the ``size`` it announces, of which at most
+    ``max_payload`` is waited for. 0 when the reply is complete.
+    """
+    have = len(buffered)
+    if kind is ReplyKind.FD:
+        return max(0, 4 - have)
+    if have < HEADER_SIZE:
+        return HEADER_SIZE - have
+    size: int = codecs_for(byteorder).header_struct.unpack_from(buffered, 0)[1]
+    return max(0, HEADER_SIZE + min(size, max_payload) - have)
+
+
 def decode_fd_reply(
     value: int, fds: Sequence[int], *, message_type: int | None = None
 ) -> m.FdReply | m.ErrorReply:

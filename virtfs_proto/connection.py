@@ -27,6 +27,7 @@ from .codec import (
     encode_reply,
     encode_request,
     fields_encoder,
+    reply_bytes_missing,
     reply_encoder,
     reply_header,
 )
@@ -303,13 +304,9 @@ class ClientConnection(_Base):
         """
         if not self._outstanding:
             return 0
-        buffered = len(self._buf)
-        if REPLY_KIND[self._outstanding[0].TYPE] is ReplyKind.FD:
-            return max(0, 4 - buffered)
-        if buffered < HEADER_SIZE:
-            return HEADER_SIZE - buffered
-        size: int = self._codecs.header_struct.unpack_from(self._buf, 0)[1]
-        return max(0, HEADER_SIZE + min(size, PROXY_MAX_IO_SZ) - buffered)
+        return reply_bytes_missing(
+            REPLY_KIND[self._outstanding[0].TYPE], self._buf, byteorder=self.byteorder
+        )
 
     def next_event(self) -> ReplyReceived | _NeedData | ConnectionState:
         """The next reply, ``NEED_DATA``, or ``ConnectionState.CLOSED`` at a clean EOF."""

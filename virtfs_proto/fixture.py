@@ -75,9 +75,7 @@ def build_fixture(root: Path) -> Fixture:
     # Pin times bottom-up so setting a child's does not move its parent's mtime.
     for dirpath, dirnames, filenames in os.walk(export, topdown=False):
         for name in [*filenames, *dirnames]:
-            os.utime(
-                os.path.join(dirpath, name), (PINNED_TIME, PINNED_TIME), follow_symlinks=False
-            )
+            os.utime(os.path.join(dirpath, name), (PINNED_TIME, PINNED_TIME), follow_symlinks=False)
         os.utime(dirpath, (PINNED_TIME, PINNED_TIME))
     return Fixture(root, export, outside, sentinel)
 

@@ -57,8 +57,9 @@ from .codec import (
     decode_error_reply,
     decode_reply,
     decode_request,
+    reply_bytes_missing,
 )
-from .constants import HEADER_SIZE, PROXY_MAX_IO_SZ, REPLY_KIND, ByteOrder, MessageType, ReplyKind
+from .constants import HEADER_SIZE, PROXY_MAX_IO_SZ, REPLY_KIND, ByteOrder, MessageType
 from .errors import AncillaryTruncated, ConnectionClosed, ProxyProtocolError, RemoteProtocolError
 from .jsonform import error_to_json, reply_to_json, request_to_json
 from .transport import Transport, close_fds
@@ -277,13 +278,14 @@ class Tracer:
         """Bytes still missing from the oldest pending request's reply (0: none pending)."""
         if not self._pending:
             return 0
-        have = len(self._reply_buf)
-        if REPLY_KIND[self._pending[0].type] is ReplyKind.FD:
-            return 4 - have
-        if have < HEADER_SIZE:
-            return HEADER_SIZE - have
-        size: int = self._codecs.header_struct.unpack_from(self._reply_buf, 0)[1]
-        return min(HEADER_SIZE + size - have, _CHUNK)
+        # A man in the middle forwards a reply whole, whatever size it announces.
+        missing = reply_bytes_missing(
+            REPLY_KIND[self._pending[0].type],
+            self._reply_buf,
+            byteorder=self._codecs.byteorder,
+            max_payload=0xFFFFFFFF,
+        )
+        return min(missing, _CHUNK)
 
     def _finish_reply(self) -> None:
         pending = self._pending.popleft()

@@ -40,9 +40,9 @@ from types import TracebackType
 from typing import Final
 
 from . import messages as m
+from .codec import reply_bytes_missing
 from .connection import NEED_DATA, ClientConnection, ConnectionState, ReplyReceived
 from .constants import (
-    HEADER_SIZE,
     HOST_BYTE_ORDER,
     PROXY_MAX_IO_SZ,
     REPLY_KIND,
@@ -292,13 +292,14 @@ class Transport:
         if isinstance(kind, MessageType):
             kind = REPLY_KIND[kind]
         deadline = self._deadline(timeout)
-        if kind is ReplyKind.FD:
-            return self._read_raw(4, deadline, RawReply(b""))
-        reply = self._read_raw(HEADER_SIZE, deadline, RawReply(b""))
-        if reply.eof:
-            return reply
-        size = int.from_bytes(reply.data[4:8], byteorder)
-        return self._read_raw(min(size, max_payload), deadline, reply)
+        reply = RawReply(b"")
+        while not reply.eof and (
+            missing := reply_bytes_missing(
+                kind, reply.data, byteorder=byteorder, max_payload=max_payload
+            )
+        ):
+            self._read_raw(missing, deadline, reply)
+        return reply
 
     def read_until_eof(
         self, *, timeout: Timeout = DEFAULT_TIMEOUT, limit: int = 1 << 20

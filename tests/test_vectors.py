@@ -23,7 +23,7 @@ from virtfs_proto.connection import (
 from virtfs_proto.constants import REQUEST_TYPES, MessageType
 from virtfs_proto.errors import RemoteProtocolError
 from virtfs_proto.messages import FdReply
-from virtfs_proto.vectors import Vector, compare, load_vectors, run_steps
+from virtfs_proto.vectors import Vector, compare, load_vectors, masked, run_steps
 
 VECTOR_DIR = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 VECTORS = load_vectors(VECTOR_DIR)
@@ -245,7 +245,7 @@ def test_the_capture_command_reproduces_the_committed_files(tmp_path: Path) -> N
             if a["reply"] is None or b["reply"] is None:
                 assert a["reply"] == b["reply"], name
                 continue
-            ra, rb = bytearray.fromhex(a["reply"]), bytearray.fromhex(b["reply"])
-            for start, end, _field in a["machine_dependent"]:
-                ra[start:end] = rb[start:end] = bytes(end - start)
-            assert ra == rb, name
+            ranges = a["machine_dependent"]
+            ra, rb = bytes.fromhex(a["reply"]), bytes.fromhex(b["reply"])
+            assert len(ra) == len(rb), name
+            assert masked(ra, ranges) == masked(rb, ranges), name

@@ -9,7 +9,6 @@ Linux-only (FIFOs, user xattrs); run as root so owners are 0:0.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -84,14 +83,3 @@ def sentinel_state(fixture: Fixture) -> tuple[bytes, int, int]:
     """Content, mtime and ctime of the sentinel: a change means a helper escaped."""
     st = os.stat(fixture.sentinel)
     return fixture.sentinel.read_bytes(), st.st_mtime_ns, st.st_ctime_ns
-
-
-def describe(fixture: Fixture) -> list[str]:
-    """``ls -l``-like lines for the export, for error messages."""
-    lines = []
-    for dirpath, _, filenames in os.walk(fixture.export):
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            lines.append(f"{stat.filemode(st.st_mode)} {st.st_uid}:{st.st_gid} {path}")
-    return lines

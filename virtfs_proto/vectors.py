@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import messages as m
-from .codec import codecs_for, decode_request, success_layout
+from .codec import codecs_for, decode_request, encode_request, success_layout
 from .constants import HEADER_SIZE, REPLY_KIND, ByteOrder, MessageType, ReplyKind
 from .errors import ProxyProtocolError, TransportTimeout
 from .fixture import Fixture, build_fixture, sentinel_state
@@ -83,8 +83,6 @@ class Step:
 
 def step(request: m.Request, *, byteorder: ByteOrder | None = None) -> Step:
     """A step sending a well-formed request and reading its reply."""
-    from .codec import encode_request
-
     return Step(encode_request(request, byteorder=byteorder), REPLY_KIND[request.TYPE])
 
 
@@ -337,7 +335,8 @@ def load_vectors(directory: Path) -> list[Vector]:
     return [Vector.from_json(json.loads(p.read_text())) for p in sorted(directory.glob("*.json"))]
 
 
-def _masked(data: bytes, ranges: Sequence[Sequence[Any]]) -> bytes:
+def masked(data: bytes, ranges: Sequence[Sequence[Any]]) -> bytes:
+    """``data`` with the machine-dependent ``ranges`` zeroed, for comparison."""
     buf = bytearray(data)
     for start, end, _ in ranges:
         buf[start:end] = bytes(min(end, len(buf)) - min(start, len(buf)))
@@ -363,7 +362,7 @@ def compare(vector: Vector, outcome: Outcome) -> list[str]:
                     f"exchange {i}: reply {got.reply.hex() if got.reply else None},"
                     f" expected {ex['reply']}"
                 )
-        elif len(want) != len(got.reply) or _masked(want, ranges) != _masked(got.reply, ranges):
+        elif len(want) != len(got.reply) or masked(want, ranges) != masked(got.reply, ranges):
             problems.append(
                 f"exchange {i}: reply {got.reply.hex()}, expected {ex['reply']}"
                 f" (machine-dependent ranges {[tuple(r) for r in ranges]} ignored)"

@@ -48,6 +48,7 @@ from ..connection import NEED_DATA, ConnectionState, MalformedRequest, ServerCon
 from ..errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from . import privileges
 from .ops import Operations, export_supports_getversion
+from .oslib import open_own_fd_dir
 from .resolve import Resolver
 
 PROG: Final = "virtfs-proxy-helper"
@@ -396,6 +397,8 @@ def run(o: Options, log: Log) -> int:
         sock = proxy_socket(o.socket, o.uid, o.gid, log.error)
     elif o.fd is not None:
         sock = socket_from_fd(o.fd)
+    # After any fork (daemonize): "self" is resolved when it is opened.
+    fd_dir, fd_dir_origin = open_own_fd_dir()
     export_st = os.fstat(root_fd)
     export = (export_st.st_dev, export_st.st_ino)
     try:
@@ -422,13 +425,14 @@ def run(o: Options, log: Log) -> int:
         return 0
     for line in lines:
         log(line)
+    log(f"files are reopened through {fd_dir_origin}")
     assert sock is not None
     resolver = Resolver(
         root_fd,
         use_openat2={"openat2": None, "walk": False}.get(o.resolver),
         contain=o.resolver != "none",
     )
-    ops = Operations(resolver, get_version=get_version, log=log.error)
+    ops = Operations(resolver, get_version=get_version, log=log.error, fd_dir=fd_dir)
     rc = serve(sock, ops.answer, log)
     log("Done")
     return rc

@@ -10,9 +10,17 @@ whole path, symlinks included, inside the root first.
 Deviations from QEMU 7.2's helper, all on inputs QEMU itself never sends or
 where QEMU's answer is a defect:
 
-* a special file (FIFO, socket, device) is never opened for I/O: T_OPEN,
-  T_CREATE and T_GETVERSION answer ``ENXIO`` at once (QEMU's T_OPEN/T_CREATE
-  open it first and can hang on a FIFO; its T_GETVERSION hangs on a FIFO);
+* a special file (FIFO, socket, device) is never opened for I/O, even while
+  another process swaps it in under the name: T_OPEN, T_CREATE and
+  T_GETVERSION answer ``ENXIO`` (QEMU's T_OPEN/T_CREATE open it first and
+  can hang on a FIFO; its T_GETVERSION hangs on a FIFO). An existing object
+  is opened ``O_PATH``, checked with ``fstat``, and that inode reopened
+  through procfs (:meth:`Operations._reopen`);
+* a file counts as created only when an ``O_CREAT|O_EXCL`` open (or
+  ``O_TMPFILE``) made it; it then gets the requested owner, whatever path
+  shape led there (spec: security.rst, "Owners of created objects"). An
+  fd passed back for ``O_NOFOLLOW`` does not show ``O_NOFOLLOW`` in
+  ``F_GETFL`` (it is the reopened inode, not a lookup of the name);
 * T_GETVERSION's high 32 bits are 0, not stack garbage;
 * an embedded NUL in a path or name is ``EINVAL`` (QEMU truncates there);
 * a negative T_READLINK or xattr size is ``EINVAL`` (QEMU dies on SIGTRAP);
@@ -21,11 +29,11 @@ where QEMU's answer is a defect:
 * T_LSETXATTR with ``size`` larger than the value sent is ``EINVAL`` (QEMU
   reads past its buffer);
 * credentials (T_CREATE, T_MKNOD, T_MKDIR, T_SYMLINK) are applied by chown
-  after creation, never by set*id; device nodes are refused with ``EPERM``
-  unless uid == gid == 0, which is the only case QEMU's helper could make
-  them. In a set-group-ID directory QEMU's node would get the directory's
-  group; ours gets the requested gid (QEMU's client sends the directory's
-  group in that case anyway);
+  after creation, through an fd of the new object, never by set*id; device
+  nodes are refused with ``EPERM`` unless uid == gid == 0, which is the
+  only case QEMU's helper could make them. In a set-group-ID directory
+  QEMU's node would get the directory's group; ours gets the requested gid
+  (QEMU's client sends the directory's group in that case anyway);
 * a path whose last component is ``.`` or ``..`` or that ends in ``/`` names
   that directory itself, so e.g. T_REMOVE of ``/`` is ``EINVAL`` (rmdir of
   ``.``) where QEMU's is ``EBUSY``.
@@ -40,12 +48,12 @@ import stat
 import sys
 from collections.abc import Callable
 from errno import (
+    EAGAIN,
     EEXIST,
     EINVAL,
     EISDIR,
     ELOOP,
     ENOBUFS,
-    ENOENT,
     ENOSYS,
     ENXIO,
     EPERM,
@@ -55,7 +63,15 @@ from typing import Any, Final
 
 from .. import messages as m
 from ..constants import MAX_STRING_LENGTH
-from .resolve import Resolver, clean_name, clean_path, fstatfs, normalize_open_flags
+from .oslib import fchown_fd, open_own_fd_dir
+from .resolve import (
+    MAX_SYMLINKS,
+    Resolver,
+    clean_name,
+    clean_path,
+    fstatfs,
+    normalize_open_flags,
+)
 
 #: ``_IOR('v', 1, long)`` (0x80087601 on x86-64, in the generic ioctl
 #: encoding); the kernel writes only a 32-bit int through it.
@@ -74,8 +90,12 @@ _U64: Final = 0xFFFFFFFFFFFFFFFF
 _NS: Final = 1_000_000_000
 _PROBE: Final = os.O_PATH | os.O_CLOEXEC
 _REGULAR_OR_DIR: Final = (stat.S_IFREG, stat.S_IFDIR)
-#: the status flags F_SETFL can change (fs/fcntl.c SETFL_MASK)
-_SETFL_FLAGS: Final = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME | 0o20000
+#: an O_PATH fd of a name itself, never following it
+_LINK_PATH: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+#: what a reopen leaves out: the object exists and the fd it goes through is
+#: procfs's magic link, which O_NOFOLLOW would refuse
+_REOPEN_DROPPED: Final = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+_O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0o20200000)
 #: the request whose handler answers with bare field values, and its reply
 _FIELDS_REPLY: Final[dict[type[Any], Callable[..., m.Reply]]] = {m.LstatRequest: m.StatReply}
 
@@ -145,8 +165,18 @@ class Operations:
     ``get_version`` is decided once from the export root's file system.
     """
 
-    def __init__(self, resolver: Resolver, *, get_version: bool, log: Callable[[str], Any]) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        *,
+        get_version: bool,
+        log: Callable[[str], Any],
+        fd_dir: int | None = None,
+    ) -> None:
         self.resolver = resolver
+        #: this process's fd directory in a procfs no client path reaches
+        #: (:func:`~.oslib.open_own_fd_dir`; opened here if not given)
+        self._fd_dir = open_own_fd_dir()[0] if fd_dir is None else fd_dir
         self._root_fd = resolver.root_fd
         self.get_version = get_version
         self._log = log
@@ -198,6 +228,15 @@ class Operations:
             return m.ErrorReply(EINVAL)
 
     # -- opening -------------------------------------------------------------
+    #
+    # Every decision is taken on the object an fd holds, never on a name
+    # looked at earlier: another process may change the export at any
+    # instant. A file counts as created only when an O_CREAT|O_EXCL open
+    # made it (that open can make nothing but a new regular file), and an
+    # existing object is opened O_PATH (which opens nothing: no FIFO wakes,
+    # no device is touched), its type checked on that fd, and then that very
+    # inode is opened again with the client's flags through procfs
+    # (:meth:`_reopen`), so no name is looked up twice.
 
     def _refuse_special(self) -> OSError:
         if not self._warned_special:
@@ -208,87 +247,113 @@ class Operations:
             )
         return _error(ENXIO)
 
-    def _probe_kind(self, path: bytes, flags: int) -> int | None:
-        """The file type ``path`` names (None if absent), opening nothing.
+    def _reopen(self, fd: int, flags: int) -> int:
+        """Open the object the O_PATH fd ``fd`` holds again, with ``flags``.
 
-        A look at the last component without following it (one fstatat on
-        the parent) settles everything but a symlink; only then is the whole
-        path resolved with ``O_PATH``, following it inside the root.
-        ``path`` has been through :func:`~.resolve.clean_path`.
+        ``openat(fd_dir, "<fd>")`` follows procfs's magic link to the inode
+        itself; the number is the helper's own, never a client's string.
         """
-        resolver = self.resolver
-        try:
-            dirfd, name = resolver.parent_clean(path)
-        except FileNotFoundError:
-            return None
-        try:
-            kind = stat.S_IFMT(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode)
-        except FileNotFoundError:
-            return None
-        finally:
-            if dirfd != self._root_fd:
-                os.close(dirfd)
-        if kind != stat.S_IFLNK or flags & os.O_NOFOLLOW:
-            return kind
-        try:
-            fd = resolver.open_clean(path, _PROBE, 0)
-        except FileNotFoundError:
-            return None
-        try:
-            return stat.S_IFMT(os.fstat(fd).st_mode)
-        finally:
-            os.close(fd)
+        return os.open(str(fd), flags | os.O_NOCTTY, dir_fd=self._fd_dir)
 
-    def _open_file(self, path: bytes, flags: int, mode: int, owner: tuple[int, int]) -> int:
-        """Open a regular file or directory for the client; never a special file.
+    def _open_checked(self, path: bytes, flags: int) -> int:
+        """An O_PATH fd of what ``path`` names, refused unless a regular file or
+        directory. ``flags`` may carry O_NOFOLLOW and O_DIRECTORY, or be a
+        client's whole O_PATH flags."""
+        if not flags & os.O_PATH:
+            flags = os.O_PATH | os.O_CLOEXEC | flags & (os.O_NOFOLLOW | os.O_DIRECTORY)
+        fd = self.resolver.open_clean(path, flags, 0)
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind in _REGULAR_OR_DIR:
+            return fd
+        os.close(fd)
+        if kind == stat.S_IFLNK:  # only with O_NOFOLLOW, which open(2) answers so
+            raise _error(ELOOP)
+        raise self._refuse_special()
 
-        A special file is refused after a look at its type (:meth:`_probe_kind`,
-        which opens nothing), and the real open adds ``O_NONBLOCK`` so that a
-        FIFO swapped in between cannot block us; the type is checked again on
-        the opened fd. ``owner`` is applied only if this call created the file.
-        """
-        flags, mode = normalize_open_flags(flags, mode)
-        path = clean_path(path)
-        kind = self._probe_kind(path, flags)
-        if kind is None:
-            if not flags & os.O_CREAT:
-                raise _error(ENOENT)
-        elif kind not in _REGULAR_OR_DIR:
-            if flags & os.O_CREAT and flags & os.O_EXCL:
-                raise _error(EEXIST)
-            if kind == stat.S_IFLNK:  # only seen with O_NOFOLLOW
-                raise _error(ELOOP)
-            raise self._refuse_special()
-        elif flags & os.O_CREAT and flags & os.O_EXCL:
-            raise _error(EEXIST)
-        open_clean = self.resolver.open_clean
-        # O_PATH takes no other flags (openat2 refuses them) and opens nothing
-        real = flags if flags & os.O_PATH else flags | os.O_NONBLOCK | os.O_NOCTTY
-        created = False
-        if kind is None and not flags & os.O_EXCL:
-            # O_EXCL tells us whether the file is ours to chown.
-            try:
-                fd = open_clean(path, real | os.O_EXCL, mode)
-                created = True
-            except FileExistsError:
-                fd = open_clean(path, real, mode)
-        else:
-            fd = open_clean(path, real, mode)
-            created = kind is None
+    def _give_owner(self, fd: int, mode: int, owner: tuple[int, int]) -> int:
+        """Finish a file this request created: the requested owner, then any
+        set-id bits (the file was made without them, so it never exists
+        set-id with the helper's own uid, and chown would clear them)."""
         try:
-            if stat.S_IFMT(os.fstat(fd).st_mode) not in _REGULAR_OR_DIR:
-                raise self._refuse_special()
-            if created:
-                os.fchown(fd, _id(owner[0]), _id(owner[1]))
-                if mode & 0o6000:  # chown cleared them; the requester asked for them
-                    os.fchmod(fd, mode)
-            if not flags & (os.O_NONBLOCK | os.O_PATH):
-                # F_SETFL replaces exactly the flags it can change
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags & _SETFL_FLAGS)
+            os.fchown(fd, _id(owner[0]), _id(owner[1]))
+            if mode & 0o6000:
+                os.fchmod(fd, mode & 0o7777)
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def _dangling_target(self, path: bytes) -> bytes | None:
+        """Where O_CREAT through ``path`` would create a file, if its last
+        component is a symlink to nothing (else None: ``path`` exists)."""
+        open_clean = self.resolver.open_clean
+        try:
+            fd = open_clean(path, _LINK_PATH, 0)
+        except FileNotFoundError:
+            return path  # removed since O_EXCL saw it: try again
+        try:
+            if not stat.S_ISLNK(os.fstat(fd).st_mode):
+                return None
+            target = os.readlink(b"", dir_fd=fd)
+        finally:
+            os.close(fd)
+        try:
+            os.close(open_clean(path, _PROBE, 0))
+        except FileNotFoundError:
+            pass
+        else:
+            return None
+        if target.startswith(b"/"):
+            return target  # resolved inside the root like any path
+        head, sep, _ = path.rpartition(b"/")
+        return head + sep + target
+
+    def _create(self, path: bytes, flags: int, mode: int, owner: tuple[int, int]) -> int | None:
+        """Create ``path`` as a new regular file owned by ``owner``; None if it
+        already exists (and the client did not ask for O_EXCL)."""
+        exclusive = flags | os.O_EXCL | os.O_NOCTTY
+        for _ in range(MAX_SYMLINKS + 1):
+            try:
+                fd = self.resolver.open_clean(path, exclusive, mode & 0o1777)
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                target = self._dangling_target(path)
+                if target is None:
+                    return None
+                path = target  # follow a dangling symlink by hand, inside the root
+                continue
+            return self._give_owner(fd, mode, owner)
+        raise _error(ELOOP)
+
+    def _open_file(self, path: bytes, flags: int, mode: int, owner: tuple[int, int]) -> int:
+        """Open a regular file or directory for the client; never a special file.
+
+        ``owner`` (and set-id bits of ``mode``) are applied exactly when this
+        call created the file: an O_CREAT|O_EXCL open succeeded, or O_TMPFILE.
+        """
+        flags, mode = normalize_open_flags(flags, mode)
+        path = clean_path(path)
+        if flags & _O_TMPFILE == _O_TMPFILE:
+            fd = self.resolver.open_clean(path, flags | os.O_NOCTTY, mode & 0o1777)
+            return self._give_owner(fd, mode, owner)
+        while True:
+            if flags & os.O_CREAT:
+                created = self._create(path, flags, mode, owner)
+                if created is not None:
+                    return created
+            try:
+                fd = self._open_checked(path, flags)
+            except FileNotFoundError:
+                if flags & os.O_CREAT:
+                    continue  # removed between our create and our open: create it
+                raise
+            if flags & os.O_PATH:
+                return fd
+            try:
+                return self._reopen(fd, flags & ~_REOPEN_DROPPED)
+            finally:
+                os.close(fd)
 
     def open(self, req: m.OpenRequest) -> m.Reply:
         # QEMU's T_OPEN with O_CREAT creates a 0000 file owned by root.
@@ -299,8 +364,23 @@ class Operations:
 
     # -- creating named nodes --------------------------------------------------
 
-    def _chown_created(self, dirfd: int, name: bytes, uid: int, gid: int) -> None:
-        os.chown(name, _id(uid), _id(gid), dir_fd=dirfd, follow_symlinks=False)
+    def _own_created(self, dirfd: int, name: bytes, kind: int, uid: int, gid: int) -> None:
+        """Give the node just made as ``name`` the requested owner.
+
+        Decided on an fd: the name is opened O_PATH without following, and
+        only a node of the kind just made, still owned by the helper's own
+        uid (so not one another process swapped in), is chowned, through the
+        fd. A node renamed away in between keeps the helper's uid; no other
+        object ever gets the requested owner.
+        """
+        fd = os.open(name, _LINK_PATH, dir_fd=dirfd)
+        try:
+            st = os.fstat(fd)
+            if stat.S_IFMT(st.st_mode) != kind or st.st_uid != os.geteuid():
+                raise _error(EAGAIN)  # replaced before its owner could be set
+            fchown_fd(fd, _id(uid), _id(gid))
+        finally:
+            os.close(fd)
 
     def mknod(self, req: m.MknodRequest) -> m.Reply:
         kind = stat.S_IFMT(req.mode)
@@ -311,10 +391,18 @@ class Operations:
         try:
             if name == b".":
                 raise _error(EEXIST)
-            os.mknod(name, req.mode, req.rdev, dir_fd=dirfd)
-            self._chown_created(dirfd, name, req.uid, req.gid)
-            if req.mode & 0o6000 and kind in (stat.S_IFREG, 0):
-                self._chmod_nofollow(dirfd, name, req.mode & 0o7777)
+            if kind in (stat.S_IFREG, 0):
+                # a regular file through the open that proves it created it
+                fd = os.open(
+                    name,
+                    os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    req.mode & 0o1777,
+                    dir_fd=dirfd,
+                )
+                os.close(self._give_owner(fd, req.mode, (req.uid, req.gid)))
+            else:
+                os.mknod(name, req.mode & ~0o6000, req.rdev, dir_fd=dirfd)
+                self._own_created(dirfd, name, kind, req.uid, req.gid)
         finally:
             self.resolver.release(dirfd)
         return m.StatusReply()
@@ -325,7 +413,7 @@ class Operations:
             if name == b".":
                 raise _error(EEXIST)
             os.mkdir(name, req.mode & 0o7777, dir_fd=dirfd)
-            self._chown_created(dirfd, name, req.uid, req.gid)
+            self._own_created(dirfd, name, stat.S_IFDIR, req.uid, req.gid)
         finally:
             self.resolver.release(dirfd)
         return m.StatusReply()
@@ -337,7 +425,7 @@ class Operations:
             if name == b".":
                 raise _error(EEXIST)
             os.symlink(target, name, dir_fd=dirfd)
-            self._chown_created(dirfd, name, req.uid, req.gid)
+            self._own_created(dirfd, name, stat.S_IFLNK, req.uid, req.gid)
         finally:
             self.resolver.release(dirfd)
         return m.StatusReply()
@@ -426,29 +514,17 @@ class Operations:
         _check(rc)
         return True
 
-    def _chmod_nofollow(self, dirfd: int, name: bytes, mode: int) -> None:
-        """chmod a name we just created (not a symlink), without following one."""
-        if self._fchmodat2(dirfd, name, mode, AT_SYMLINK_NOFOLLOW):
-            return
-        # Linux < 6.6: glibc's nofollow chmod needs /proc, absent in the jail;
-        # the name was created by us an instant ago, so follow mode is used.
-        os.chmod(name, mode, dir_fd=dirfd)
-
     def chmod(self, req: m.ChmodRequest) -> m.Reply:
         fd = self.resolver.open(req.path, _PROBE)  # follows symlinks, inside the root
         try:
             if self._fchmodat2(fd, b"", req.mode & 0o7777, AT_EMPTY_PATH):
                 return m.StatusReply()
-            # Linux < 6.6 cannot chmod an O_PATH fd: reopen a regular file or
-            # directory for real (never a special file) and fchmod that.
+            # Linux < 6.6 cannot chmod an O_PATH fd: open that inode for real
+            # (never a special file) and fchmod it.
             if stat.S_IFMT(os.fstat(fd).st_mode) not in _REGULAR_OR_DIR:
                 raise _error(ENOSYS)
-            real = self.resolver.open(
-                req.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-            )
+            real = self._reopen(fd, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if os.fstat(real).st_ino != os.fstat(fd).st_ino:
-                    raise _error(EINVAL)
                 os.fchmod(real, req.mode & 0o7777)
             finally:
                 os.close(real)
@@ -465,22 +541,20 @@ class Operations:
         return m.StatusReply()
 
     def truncate(self, req: m.TruncateRequest) -> m.Reply:
-        kind = self._probe_kind(clean_path(req.path), 0)
-        if kind is None:
-            raise _error(ENOENT)
-        if kind == stat.S_IFDIR:
-            raise _error(EISDIR)
-        if kind != stat.S_IFREG:
-            raise _error(EINVAL)  # truncate(2) of a non-regular file
-        fd = self.resolver.open(
-            req.path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_LARGEFILE
-        )
+        fd = self.resolver.open(req.path, _PROBE)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise _error(EINVAL)
-            os.ftruncate(fd, req.length)
+            kind = stat.S_IFMT(os.fstat(fd).st_mode)
+            if kind == stat.S_IFDIR:
+                raise _error(EISDIR)
+            if kind != stat.S_IFREG:
+                raise _error(EINVAL)  # truncate(2) of a non-regular file
+            real = self._reopen(fd, os.O_WRONLY | os.O_CLOEXEC | os.O_LARGEFILE)
         finally:
             os.close(fd)
+        try:
+            os.ftruncate(real, req.length)
+        finally:
+            os.close(real)
         return m.StatusReply()
 
     def utime(self, req: m.UtimeRequest) -> m.Reply:
@@ -596,19 +670,16 @@ class Operations:
     def getversion(self, req: m.GetversionRequest) -> m.Reply:
         if not self.get_version:
             return m.VersionReply(0)  # as QEMU: not even looked up
-        kind = self._probe_kind(clean_path(req.path), 0)
-        if kind is None:
-            raise _error(ENOENT)
-        if kind not in _REGULAR_OR_DIR:
-            raise self._refuse_special()  # QEMU hangs on a FIFO here
-        fd = self.resolver.open(req.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = self._open_checked(clean_path(req.path), 0)
         try:
-            if stat.S_IFMT(os.fstat(fd).st_mode) not in _REGULAR_OR_DIR:
-                raise self._refuse_special()
-            buf = bytearray(8)  # zeroed: the kernel fills only the low int
-            fcntl.ioctl(fd, FS_IOC_GETVERSION, buf, True)
+            real = self._reopen(fd, os.O_RDONLY | os.O_CLOEXEC)
         finally:
             os.close(fd)
+        try:
+            buf = bytearray(8)  # zeroed: the kernel fills only the low int
+            fcntl.ioctl(real, FS_IOC_GETVERSION, buf, True)
+        finally:
+            os.close(real)
         return m.VersionReply(int.from_bytes(buf[:4], sys.byteorder))
 
 

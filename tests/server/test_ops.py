@@ -14,6 +14,7 @@ import pytest
 from virtfs_proto import messages as m
 from virtfs_proto.constants import UTIME_NOW, UTIME_OMIT
 from virtfs_proto.server.ops import Operations
+from virtfs_proto.server.oslib import open_own_fd_dir
 from virtfs_proto.server.resolve import Resolver
 
 from .conftest import Export
@@ -23,12 +24,16 @@ def _ops(export: Export, *, get_version: bool = True) -> Iterator[tuple[Operatio
     root = os.open(export.root, os.O_PATH | os.O_DIRECTORY)
     logged: list[str] = []
     cwd = os.open(".", os.O_PATH)
+    fd_dir, _ = open_own_fd_dir()
     try:
-        yield Operations(Resolver(root), get_version=get_version, log=logged.append), logged
+        yield (
+            Operations(Resolver(root), get_version=get_version, log=logged.append, fd_dir=fd_dir),
+            logged,
+        )
     finally:
         os.fchdir(cwd)  # the xattr handlers fchdir()
-        os.close(cwd)
-        os.close(root)
+        for fd in (cwd, root, fd_dir):
+            os.close(fd)
 
 
 @pytest.fixture
@@ -215,3 +220,120 @@ def test_bad_numbers_are_einval_not_a_crash(ops: tuple[Operations, list[str]]) -
     assert o.handle(odd_type) == err(errno.EINVAL)
     bad_nsec = m.UtimeRequest(b"//file.txt\0", 0, -5, 0, 0)
     assert o.handle(bad_nsec) == err(errno.EINVAL)
+
+
+def _owner(path: os.PathLike[str] | str) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+@pytest.mark.parametrize(
+    ("link", "created"),
+    [("target", "target"), ("/abs_target", "abs_target"), ("dir/../target", "target")],
+)
+def test_create_through_a_dangling_symlink_gets_the_owner(
+    export: Export, ops: tuple[Operations, list[str]], link: str, created: str
+) -> None:
+    """Created is what the O_EXCL open says, not a look at the name beforehand."""
+    o, _ = ops
+    os.symlink(link, export.root / "dangling")
+    reply = o.handle(m.CreateRequest(b"//dangling", os.O_RDWR | os.O_CREAT, 0o4750, 7, 8))
+    assert isinstance(reply, m.FdReply)
+    assert os.fstat(reply.fd).st_ino == os.lstat(export.root / created).st_ino
+    os.close(reply.fd)
+    assert _owner(export.root / created) == (7, 8, 0o4750)
+    # O_EXCL does not follow it: the link exists
+    excl = m.CreateRequest(b"//dangling", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644, 7, 8)
+    assert o.handle(excl) == err(errno.EEXIST)
+
+
+def test_dangling_symlink_chain_is_bounded(
+    export: Export, ops: tuple[Operations, list[str]]
+) -> None:
+    o, _ = ops
+    for i in range(45):
+        os.symlink(f"l{i + 1}", export.root / f"l{i}")
+    create = m.CreateRequest(b"//l0", os.O_RDWR | os.O_CREAT, 0o644, 7, 8)
+    assert o.handle(create) == err(errno.ELOOP)
+    assert not os.path.lexists(export.root / "l45")
+
+
+def test_tmpfile_gets_the_owner(export: Export, ops: tuple[Operations, list[str]]) -> None:
+    o, _ = ops
+    reply = o.handle(m.CreateRequest(b"//dir", os.O_RDWR | os.O_TMPFILE, 0o2750, 7, 8))
+    assert isinstance(reply, m.FdReply)
+    st = os.fstat(reply.fd)
+    os.close(reply.fd)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (7, 8, 0o2750)
+
+
+def test_open_acts_on_the_object_it_checked(
+    export: Export, ops: tuple[Operations, list[str]]
+) -> None:
+    """A FIFO swapped in after the type check is never opened: the reopen goes
+    through the checked fd, not the name."""
+    o, _ = ops
+    os.mkfifo(export.root / "fifo2")
+    original = o.resolver.open_clean
+    swaps = 0
+
+    def swap_after_open(path: bytes, flags: int, mode: int) -> int:
+        nonlocal swaps
+        fd = original(path, flags, mode)
+        if path == b"//file.txt":
+            os.rename(export.root / "file.txt", export.root / "moved.txt")
+            os.rename(export.root / "fifo2", export.root / "file.txt")
+            swaps += 1
+        return fd
+
+    o.resolver.open_clean = swap_after_open  # type: ignore[method-assign]
+    ino = os.lstat(export.root / "file.txt").st_ino
+    reply = o.handle(m.OpenRequest(b"//file.txt\0", os.O_RDONLY))
+    assert swaps == 1
+    assert isinstance(reply, m.FdReply)
+    assert os.fstat(reply.fd).st_ino == ino  # the regular file, now moved.txt
+    os.close(reply.fd)
+
+
+def test_reopened_fd_has_the_clients_flags(
+    export: Export, ops: tuple[Operations, list[str]]
+) -> None:
+    o, _ = ops
+    reply = o.handle(m.OpenRequest(b"//file.txt\0", os.O_WRONLY | os.O_APPEND | os.O_TRUNC))
+    assert isinstance(reply, m.FdReply)
+    flags = fcntl.fcntl(reply.fd, fcntl.F_GETFL)
+    os.close(reply.fd)
+    assert flags & (os.O_ACCMODE | os.O_APPEND) == os.O_WRONLY | os.O_APPEND
+    assert (export.root / "file.txt").stat().st_size == 0  # O_TRUNC took
+
+
+def test_a_node_swapped_in_before_the_chown_keeps_its_owner(
+    export: Export, ops: tuple[Operations, list[str]]
+) -> None:
+    """mkdir, then another process replaces the name: nothing else gets the owner."""
+    o, _ = ops
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(name: bytes, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real_mkdir(name, mode, dir_fd=dir_fd)
+        os.rename(name, b"ours", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        real_mkdir(name, 0o700, dir_fd=dir_fd)
+        os.chown(name, 4242, 4242, dir_fd=dir_fd)  # another user's directory
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "mkdir", mkdir_then_swap)
+        assert o.handle(m.MkdirRequest(7, 8, b"//new", 0o755)) == err(errno.EAGAIN)
+    assert _owner(export.root / "new")[:2] == (4242, 4242)
+    assert _owner(export.root / "ours")[:2] == (0, 0)  # ours, never given away
+
+
+def test_mknod_file_is_created_by_the_open_that_owns_it(
+    export: Export, ops: tuple[Operations, list[str]]
+) -> None:
+    o, _ = ops
+    assert o.handle(m.MknodRequest(7, 8, b"//f", stat.S_IFREG | 0o4755, 0)) == m.StatusReply()
+    assert _owner(export.root / "f") == (7, 8, 0o4755)
+    os.symlink("elsewhere", export.root / "dangling")
+    req = m.MknodRequest(7, 8, b"//dangling", stat.S_IFREG | 0o644, 0)
+    assert o.handle(req) == err(errno.EEXIST)
+    assert not os.path.lexists(export.root / "elsewhere")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,29 @@ def fd_targets(pid: int) -> dict[int, str]:
         with contextlib.suppress(FileNotFoundError):
             out[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
     return out
+
+
+_FD_TABLE = re.compile(r"/\d+/fd")
+
+
+def is_own_fd_table(pid: int, fd: int) -> bool:
+    """Whether ``pid``'s descriptor ``fd`` is a procfs view of ``pid``'s own fd table.
+
+    That is the one descriptor outside its export a helper may hold (the
+    spec's reopen directory): its target reads ``/<pid>/fd`` (in a procfs
+    mounted nowhere, whose root is ``/``) and, followed, it lists exactly the
+    descriptors ``/proc/<pid>/fd`` lists.
+    """
+    link = f"/proc/{pid}/fd/{fd}"
+    for _ in range(3):  # the helper may open or close an fd between the two listings
+        try:
+            if not _FD_TABLE.fullmatch(os.readlink(link)):
+                return False
+            if sorted(os.listdir(link)) == sorted(os.listdir(f"/proc/{pid}/fd")):
+                return True
+        except OSError:
+            return False
+    return False
 
 
 def rss_kib(pid: int) -> int:

@@ -33,6 +33,15 @@ QEMU_DEFECTS: dict[str, str] = {
     "and blocks",
     "security.special.getversion_fifo": "do_getversion open(O_RDONLY)s a FIFO and blocks "
     "(no special-file check)",
+    # special files under a race: QEMU opens first and checks the type afterwards
+    "security.special_race.open_rdonly": "T_OPEN opens whatever the name is when open() "
+    "runs, then refuses a non-regular file: a FIFO swapped in is opened (its writer wakes)",
+    "security.special_race.open_wronly": "T_OPEN O_WRONLY opens a FIFO swapped in (its reader "
+    "wakes) before the ENXIO check",
+    "security.special_race.create_no_excl": "T_CREATE without O_EXCL of an existing name opens "
+    "a FIFO swapped in before the ENXIO check",
+    "security.special_race.getversion": "do_getversion open()s the name with no type check: a "
+    "FIFO swapped in is opened",
     # sizes (notes §10, §6)
     "security.xattr.get_65536_no_wrap": "a 65536-byte value: V9fsString u16 length wraps to 0, "
     "T_SUCCESS with an empty value (silent data loss)",

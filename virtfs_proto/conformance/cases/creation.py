@@ -1,0 +1,410 @@
+"""Security: what a request creates, and what it opens, while the export changes.
+
+Two attack classes, each judged on the objects themselves (owners read back
+with lstat or through the fd handed out, opens observed from a FIFO's other
+end), never on the helper's answers alone:
+
+* ``created-owner``: a file a request created ends with the requested owner,
+  whatever path shape led there (plain, a symlinked directory, a dangling
+  final symlink, O_TMPFILE) and while another process creates and removes
+  the same name. A helper that decides "created" from a look at the name
+  beforehand leaves some files with its own uid, and set-uid bits intact.
+* ``special-race``: while another process swaps a name between a regular file
+  and a FIFO, no request ever opens the FIFO. Refusing to *hand out* an fd is
+  not enough: the open itself wakes a FIFO's writer (and on a device may
+  rewind a tape or arm a watchdog).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ... import messages as m
+from ..model import CheckFailed, Context, case, errname, spath, vpath
+from .security import RACE_ITERATIONS, _Swapper
+
+#: the owner every creating request asks for (neither root nor the helper's user)
+UID: Final = 1234
+GID: Final = 5678
+#: what another host user racing the helper creates files as
+RACER_UID: Final = 4242
+#: a set-uid mode: the bit must survive only on a file that got the requested owner
+SETUID_MODE: Final = 0o4755
+#: how long a special-file race runs (a CI machine gets seconds, not iterations);
+#: VIRTFS_PROTO_RACE_SECONDS / VIRTFS_PROTO_RACE_ITERATIONS raise it for a local soak
+RACE_SECONDS: Final = float(os.environ.get("VIRTFS_PROTO_RACE_SECONDS", "2"))
+SPECIAL_RACE_ITERATIONS: Final = int(os.environ.get("VIRTFS_PROTO_RACE_ITERATIONS", "20000"))
+
+_O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0o20200000)
+_CREAT: Final = os.O_RDWR | os.O_CREAT
+
+
+@dataclass(frozen=True)
+class Creator:
+    """One creating request: how to ask for ``path``, and the owner and mode to expect."""
+
+    name: str
+    make: Callable[[bytes], m.Request]
+    uid: int
+    gid: int
+    #: the permission bits the created object must carry (None: not checked)
+    mode: int | None
+    #: whether O_CREAT semantics apply (a dangling final symlink is followed)
+    follows_dangling: bool
+    #: whether it takes O_TMPFILE
+    tmpfile: Callable[[bytes], m.Request] | None = None
+
+
+CREATORS: Final = (
+    Creator(
+        "create",
+        lambda p: m.CreateRequest(p, _CREAT, SETUID_MODE, UID, GID),
+        UID,
+        GID,
+        SETUID_MODE,
+        True,
+        lambda p: m.CreateRequest(p, os.O_RDWR | _O_TMPFILE, SETUID_MODE, UID, GID),
+    ),
+    Creator(
+        "create_excl",
+        lambda p: m.CreateRequest(p, _CREAT | os.O_EXCL, SETUID_MODE, UID, GID),
+        UID,
+        GID,
+        SETUID_MODE,
+        False,
+    ),
+    # QEMU's T_OPEN with O_CREAT creates a mode-0 file owned by root
+    Creator(
+        "open_creat",
+        lambda p: m.OpenRequest(p, _CREAT),
+        0,
+        0,
+        0,
+        True,
+        lambda p: m.OpenRequest(p, os.O_RDWR | _O_TMPFILE),
+    ),
+    Creator(
+        "mknod_file",
+        lambda p: m.MknodRequest(UID, GID, p, stat.S_IFREG | SETUID_MODE, 0),
+        UID,
+        GID,
+        SETUID_MODE,
+        False,
+    ),
+    Creator(
+        "mknod_fifo",
+        lambda p: m.MknodRequest(UID, GID, p, stat.S_IFIFO | 0o640, 0),
+        UID,
+        GID,
+        0o640,
+        False,
+    ),
+    Creator("mkdir", lambda p: m.MkdirRequest(UID, GID, p, 0o750), UID, GID, 0o750, False),
+    Creator(
+        "symlink", lambda p: m.SymlinkRequest(UID, GID, b"file.txt\0", p), UID, GID, None, False
+    ),
+)
+
+
+def _expect_owner(ctx: Context, st: os.stat_result, creator: Creator, what: str) -> None:
+    ctx.expect(
+        (st.st_uid, st.st_gid) == (creator.uid, creator.gid),
+        f"{what}: owned {st.st_uid}:{st.st_gid}, requested {creator.uid}:{creator.gid}",
+    )
+    if creator.mode is not None:
+        ctx.expect(
+            stat.S_IMODE(st.st_mode) == creator.mode,
+            f"{what}: mode {stat.S_IMODE(st.st_mode):o}, requested {creator.mode:o}",
+        )
+
+
+def _created(ctx: Context, creator: Creator, wire: bytes, host: Path, what: str) -> None:
+    """``creator`` on ``wire`` must succeed and leave ``host`` with the requested owner."""
+    reply = ctx.ok(creator.make(wire))
+    if isinstance(reply, m.FdReply):
+        ctx.expect(ctx.same_file(reply.fd, host), f"{what}: the fd is not the file at {host}")
+    _expect_owner(ctx, os.lstat(host), creator, what)
+
+
+def _plain(ctx: Context, c: Creator) -> None:
+    _created(ctx, c, spath("co_new"), ctx.host("co_new"), "plain path")
+
+
+def _symlinked_dir(ctx: Context, c: Creator) -> None:
+    os.mkdir(ctx.host("co_real"))
+    os.symlink("co_real", ctx.host("co_linkdir"))
+    _created(ctx, c, spath("co_linkdir/x"), ctx.host("co_real/x"), "through a symlinked dir")
+
+
+def _dangling(target: str) -> Callable[[Context, Creator], None]:
+    def run(ctx: Context, c: Creator) -> None:
+        os.symlink(target, ctx.host("co_dangling"))
+        host = ctx.host(target.lstrip("/"))
+        what = f"through a dangling symlink to {target}"
+        if c.follows_dangling:
+            _created(ctx, c, spath("co_dangling"), host, what)
+        else:  # the link itself exists: nothing is created, nothing changes owner
+            ctx.err(c.make(spath("co_dangling")))
+            ctx.expect(not os.path.lexists(host), f"{what}: {host.name} was created")
+
+    return run
+
+
+def _tmpfile(ctx: Context, c: Creator) -> None:
+    assert c.tmpfile is not None
+    reply = ctx.call(c.tmpfile(spath("emptydir")))
+    if isinstance(reply, m.ErrorReply):
+        ctx.notes.append(f"O_TMPFILE refused with {errname(reply.errno)}")
+        return
+    assert isinstance(reply, m.FdReply)
+    _expect_owner(ctx, os.fstat(reply.fd), c, "O_TMPFILE")
+
+
+#: path shape -> (what it is, the check)
+SHAPES: Final[dict[str, tuple[str, Callable[[Context, Creator], None]]]] = {
+    "plain": ("a plain new name", _plain),
+    "symlinked_dir": ("a new name in a directory reached through a symlink", _symlinked_dir),
+    "dangling_rel": ("a dangling final symlink (relative)", _dangling("co_target")),
+    "dangling_abs": ("a dangling final symlink (absolute)", _dangling("/co_target_abs")),
+    "tmpfile": ("O_TMPFILE in a directory", _tmpfile),
+}
+
+
+def _owner_case(creator: Creator, shape: str) -> None:
+    what, check = SHAPES[shape]
+
+    def run(ctx: Context) -> None:
+        check(ctx, creator)
+
+    run.__doc__ = (
+        f"{creator.make(b'').TYPE.name} ({creator.name}) through {what}: what it creates "
+        "gets the requested owner and mode"
+    )
+    case("security", "created-owner", name=f"owner.{creator.name}.{shape}")(run)
+
+
+for _creator in CREATORS:
+    for _shape in SHAPES:
+        if _shape != "tmpfile" or _creator.tmpfile is not None:
+            _owner_case(_creator, _shape)
+
+
+class _Racer:
+    """A child process, running as another user, that creates and removes ``path``
+    in a loop: the other host user who races the helper for the same name."""
+
+    def __init__(self, path: Path, make_dir: bool) -> None:
+        self.path = path
+        self.make_dir = make_dir
+
+    def _child(self, stop: int) -> None:  # pragma: no cover - runs forked
+        try:
+            os.setgroups([])
+            os.setresgid(RACER_UID, RACER_UID, RACER_UID)
+            os.setresuid(RACER_UID, RACER_UID, RACER_UID)
+            os.set_blocking(stop, False)
+            deadline = time.monotonic() + _Swapper.MAX_SECONDS
+            while time.monotonic() < deadline:
+                for _ in range(32):
+                    with contextlib.suppress(OSError):
+                        if self.make_dir:
+                            os.mkdir(self.path, 0o755)
+                            os.rmdir(self.path)
+                        else:
+                            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+                            os.unlink(self.path)
+                try:
+                    if os.read(stop, 1) == b"":
+                        break
+                except BlockingIOError:
+                    continue
+        finally:
+            os._exit(0)
+
+    def __enter__(self) -> _Racer:
+        stop_r, self._stop_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child
+            os.close(self._stop_w)
+            self._child(stop_r)
+        os.close(stop_r)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._stop_w)
+        os.waitpid(self.pid, 0)
+
+
+def _race_case(creator: Creator) -> None:
+    def run(ctx: Context) -> None:
+        race_dir = ctx.host("race_dir")
+        race_dir.mkdir(mode=0o777)
+        os.chmod(race_dir, 0o777)
+        target = race_dir / "new"
+        mine = theirs = refused = 0
+        with _Racer(target, make_dir=creator.name == "mkdir"):
+            for _ in range(RACE_ITERATIONS):
+                reply = ctx.call(creator.make(spath("race_dir/new")))
+                try:
+                    st = os.fstat(reply.fd) if isinstance(reply, m.FdReply) else os.lstat(target)
+                except FileNotFoundError:
+                    st = None  # the racer removed it already
+                if isinstance(reply, m.ErrorReply):
+                    refused += 1
+                elif st is not None:
+                    if st.st_uid == RACER_UID:
+                        theirs += 1
+                    else:
+                        mine += 1
+                        _expect_owner(ctx, st, creator, "created during the race")
+                if isinstance(reply, m.FdReply):
+                    ctx.close(reply.fd)
+                with contextlib.suppress(OSError):
+                    if stat.S_ISDIR(os.lstat(target).st_mode):
+                        os.rmdir(target)
+                    else:
+                        os.unlink(target)
+        ctx.notes.append(
+            f"{RACE_ITERATIONS} requests: {mine} created by the helper, {theirs} opened "
+            f"the racer's file, {refused} refused"
+        )
+
+    run.__doc__ = (
+        f"{creator.name} while another user creates and removes the same name: every object "
+        "the helper created has the requested owner, none keeps the helper's own"
+    )
+    case("security", "created-owner", name=f"owner.{creator.name}.racing_creator")(run)
+
+
+for _creator in CREATORS:
+    if _creator.name in ("create", "mkdir"):
+        _race_case(_creator)
+
+
+# == special files under a race =================================================
+
+
+class _FifoWatch:
+    """Counts opens of a FIFO from its other end.
+
+    A thread blocks in open() of the FIFO for the end the helper must never
+    open (a writer watches for readers, a reader for writers); each time
+    anyone opens the other end, the kernel wakes it and it counts one. It is
+    opened through a hard link outside the swapped names, so it always
+    watches the same inode.
+    """
+
+    def __init__(self, path: Path, watch_flags: int) -> None:
+        self.path = path
+        self.watch_flags = watch_flags
+        self.opens = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while True:
+            fd = os.open(self.path, self.watch_flags)
+            os.close(fd)
+            if self._stopping:
+                return
+            self.opens += 1
+
+    def __enter__(self) -> _FifoWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping = True
+        # open the other end ourselves, so the watcher wakes and sees the flag
+        other = os.O_WRONLY if self.watch_flags == os.O_RDONLY else os.O_RDONLY
+        deadline = time.monotonic() + 5
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.path, other | os.O_NONBLOCK))
+            self._thread.join(0.05)
+
+
+@contextlib.contextmanager
+def _regular_fifo_swap(ctx: Context) -> Iterator[Path]:
+    """``race`` swapping between a regular file and a FIFO; yields the FIFO's watch path."""
+    regular, fifo = ctx.host("race"), ctx.host("race_other")
+    regular.write_bytes(b"regular\n")
+    os.mkfifo(fifo, 0o666)
+    watch = ctx.ws.rundir / "fifo_watch"
+    os.link(fifo, watch)
+    try:
+        with _Swapper(regular, fifo) as swapper:
+            yield watch
+        ctx.notes.append(f"{swapper.swaps} swaps")
+    finally:
+        os.unlink(watch)
+
+
+def _special_race_case(
+    name: str, doc: str, make: Callable[[], m.Request], watch_flags: int
+) -> None:
+    def run(ctx: Context) -> None:
+        request = make()
+        sent = 0
+        with _regular_fifo_swap(ctx) as watch, _FifoWatch(watch, watch_flags) as watcher:
+            deadline = time.monotonic() + RACE_SECONDS
+            while sent < SPECIAL_RACE_ITERATIONS and time.monotonic() < deadline:
+                reply = ctx.call(request)
+                sent += 1
+                if isinstance(reply, m.FdReply):
+                    st = os.fstat(reply.fd)
+                    ctx.close(reply.fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        kind = stat.filemode(st.st_mode)
+                        raise CheckFailed(f"request {sent} handed out a {kind}")
+                if watcher.opens:
+                    break
+        ctx.notes.insert(0, f"{sent} requests in the race")
+        if watcher.opens:
+            raise CheckFailed(
+                f"the helper opened the FIFO within {sent} requests ({watcher.opens} "
+                "wake-ups of its other end)"
+            )
+
+    run.__doc__ = doc
+    case("security", "special-race", name=f"special_race.{name}", fresh=True)(run)
+
+
+_special_race_case(
+    "open_rdonly",
+    "T_OPEN O_RDONLY of a name swapped between a regular file and a FIFO never opens the FIFO",
+    lambda: m.OpenRequest(vpath("race"), os.O_RDONLY),
+    os.O_WRONLY,
+)
+_special_race_case(
+    "open_wronly",
+    "T_OPEN O_WRONLY of a name swapped between a regular file and a FIFO never opens the FIFO",
+    lambda: m.OpenRequest(vpath("race"), os.O_WRONLY),
+    os.O_RDONLY,
+)
+_special_race_case(
+    "create_no_excl",
+    "T_CREATE O_RDONLY|O_CREAT of a swapped name (it exists) never opens the FIFO",
+    lambda: m.CreateRequest(spath("race"), os.O_RDONLY | os.O_CREAT, 0o644, 0, 0),
+    os.O_WRONLY,
+)
+_special_race_case(
+    "truncate",
+    "T_TRUNCATE of a name swapped between a regular file and a FIFO never opens the FIFO",
+    lambda: m.TruncateRequest(vpath("race"), 0),
+    os.O_RDONLY,
+)
+_special_race_case(
+    "getversion",
+    "T_GETVERSION of a name swapped between a regular file and a FIFO never opens the FIFO",
+    lambda: m.GetversionRequest(vpath("race")),
+    os.O_WRONLY,
+)

@@ -25,11 +25,12 @@ from virtfs_proto.server import privileges
 privileges.drop_privileges(2000, 2000, keep=[privileges.CAP_DAC_OVERRIDE])
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sys.argv[1])
-s.sendall(bytes.fromhex(sys.argv[2]))
 s.settimeout(5)
 try:
+    s.sendall(bytes.fromhex(sys.argv[2]))
     print("EOF" if s.recv(64) == b"" else "ANSWERED")
-except ConnectionResetError:  # closed with our request unread: a reset, not a FIN
+# hung up on before we sent (EPIPE), or with our request unread (a reset, not a FIN)
+except (BrokenPipeError, ConnectionResetError):
     print("EOF")
 """
 

@@ -357,7 +357,9 @@ def _accept_probe(listener: socket.socket, target: str) -> list[socket.socket] |
         probe.setblocking(False)
         try:
             probe.connect(target)
-        except OSError:  # not listening, another type, a full backlog
+        except FileNotFoundError:  # the fd is held: only a missing /proc says this
+            raise OSError(f"cannot connect through {target}: is /proc mounted?") from None
+        except OSError:  # not listening, another socket type, a full backlog
             return None
         me = probe.getsockname()
         listener.setblocking(False)

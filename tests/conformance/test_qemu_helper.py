@@ -72,6 +72,11 @@ QEMU_DEFECTS: dict[str, str] = {
     "serves it until EOF and exits 0 instead of refusing",
     "behaviour.cli.uid_not_a_number": "-u x -g y are atoi'd to root: the helper binds and "
     "waits in accept() instead of refusing",
+    # named socket: chown(path) after bind follows whatever the path names by then
+    "security.socket.chown_follows_no_symlink": "chown(path) after bind() follows a symlink "
+    "swapped in for the socket: any host file is chowned to the -u/-g owner",
+    "security.socket.chown_only_its_own_socket": "chown(path) after bind() chowns whatever "
+    "socket file was swapped in for its own",
     # magic links: /proc inside the export is followed (no RESOLVE_NO_MAGICLINKS)
     "security.magic.proc_self_fd_inherited": "with procfs in the export, "
     "/proc/self/fd/N/secret.txt through the inherited fd opens a file outside the export",

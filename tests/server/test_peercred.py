@@ -27,10 +27,10 @@ s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sys.argv[1])
 s.settimeout(5)
 try:
-    # hung up on before the request is even sent: EPIPE (a loaded machine)
     s.sendall(bytes.fromhex(sys.argv[2]))
     print("EOF" if s.recv(64) == b"" else "ANSWERED")
-except (BrokenPipeError, ConnectionResetError):  # closed with our request unread
+# hung up on before we sent (EPIPE), or with our request unread (a reset, not a FIN)
+except (BrokenPipeError, ConnectionResetError):
     print("EOF")
 """
 

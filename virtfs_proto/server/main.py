@@ -39,7 +39,7 @@ import sys
 import syslog
 from collections.abc import Callable
 from dataclasses import dataclass
-from errno import EIO, ENOBUFS
+from errno import EADDRINUSE, EIO, ENOBUFS
 from typing import Any, Final
 
 from .. import messages as m
@@ -48,7 +48,7 @@ from ..connection import NEED_DATA, ConnectionState, MalformedRequest, ServerCon
 from ..errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from . import privileges
 from .ops import Operations, export_supports_getversion
-from .oslib import open_own_fd_dir
+from .oslib import fchown_fd, open_own_fd_dir
 from .resolve import Resolver
 
 PROG: Final = "virtfs-proxy-helper"
@@ -236,43 +236,172 @@ def peer_allowed(peer: tuple[int, int, int], uid: int, gid: int) -> bool:
 
 _UCRED: Final = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
 
+class SocketTampered(OSError):
+    """The socket file could not be proved to be the one the helper bound."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(
+            f"socket file {path} was tampered with ({why}): refusing to give it an owner"
+        )
+
 
 def proxy_socket(
     path: str, uid: int, gid: int, log: Callable[[str], None] = lambda _: None
 ) -> socket.socket:
     """QEMU's proxy_socket(): bind, chown, listen, accept exactly one client.
 
-    Unlike QEMU's, the one client must be root or carry the socket's uid or
-    gid (SO_PEERCRED); another peer is told nothing, hung up on and logged.
+    Unlike QEMU's, whoever can write the socket's directory (normally the
+    ``-u`` user) cannot get another file chowned by swapping the name: the
+    directory is opened once and every later step goes through that fd, and
+    the chown acts on a held fd proved to be the bound socket
+    (:func:`_chown_bound_socket`), never on a name. And the one client must
+    be root or carry the socket's uid or gid (SO_PEERCRED); another peer is
+    told nothing, hung up on and logged.
     """
-    if os.path.lexists(path):
-        raise OSError("socket already exists")
-    if len(os.fsencode(path)) >= UNIX_PATH_MAX:
-        raise OSError(f"UNIX domain socket path exceeds {UNIX_PATH_MAX} characters")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent, name = os.path.split(path)
+    if name in ("", ".", ".."):  # bind("") would autobind an abstract address
+        raise OSError(f"not a socket file name: {path}")
     try:
-        old = os.umask(0o7)
+        # Followed like any path the administrator gives (QEMU's bind does);
+        # from here on the directory is this fd, whatever its name comes to mean.
+        dirfd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OSError(f"socket directory {parent or '.'}: {exc.strerror}") from None
+    try:
         try:
-            listener.bind(path)
+            os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:
+            raise OSError(f"socket already exists: {path}")
+        if len(os.fsencode(path)) >= UNIX_PATH_MAX:
+            raise OSError(f"UNIX domain socket path exceeds {UNIX_PATH_MAX} characters")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            _bind_in(listener, dirfd, name, path)
+            listener.listen(1)
+            early = _chown_bound_socket(listener, dirfd, name, path, uid, gid)
+            return _accept_one(listener, early, uid, gid, log)
         finally:
-            os.umask(old)
-        os.chown(path, uid, gid)
-        listener.listen(1)
+            listener.close()
+    finally:
+        os.close(dirfd)
+
+
+def _bind_in(listener: socket.socket, dirfd: int, name: str, path: str) -> None:
+    """bind ``listener`` to ``name`` in the directory ``dirfd``, mode 0770.
+
+    AF_UNIX has no bindat(): the bare name is bound from inside the directory
+    (a single component, so no other directory is looked up).
+    """
+    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    old_umask = os.umask(0o7)
+    try:
+        os.fchdir(dirfd)
+        listener.bind(name)
+    except OSError as exc:
+        if exc.errno == EADDRINUSE:  # created since we looked
+            raise OSError(f"socket already exists: {path}") from None
+        raise OSError(f"bind: {exc.strerror}: {path}") from None
+    finally:
+        os.umask(old_umask)
+        os.fchdir(cwd)
+        os.close(cwd)
+
+
+def _chown_bound_socket(
+    listener: socket.socket, dirfd: int, name: str, path: str, uid: int, gid: int
+) -> list[socket.socket]:
+    """Give the socket file ``listener`` is bound to the owner uid:gid.
+
+    The directory is writable by others, so ``name`` may be swapped at any
+    instant. The file is held as an O_PATH fd opened without following a
+    symlink; a probe connected through that fd's ``/proc/self/fd`` link
+    must arrive at ``listener`` (nothing but the bound socket's own file
+    leads there), and only then is the held file chowned
+    (``fchownat(fd, "", AT_EMPTY_PATH)``: no name is looked up again).
+    Returns the connections that reached ``listener`` before the probe,
+    in order (only root can make them: until the chown the file is root's).
+    """
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    except OSError as exc:
+        raise SocketTampered(path, f"gone: {exc.strerror}") from None
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise SocketTampered(path, "no longer a socket")
+        early = _accept_probe(listener, f"/proc/self/fd/{fd}")
+        if early is None:
+            raise SocketTampered(path, "a different socket")
+        try:
+            fchown_fd(fd, uid, gid)
+        except OSError as exc:
+            for conn in early:
+                conn.close()
+            raise OSError(exc.errno, f"chown: {exc.strerror}: {path}") from None
+        return early
+    finally:
+        os.close(fd)
+
+
+def _accept_probe(listener: socket.socket, target: str) -> list[socket.socket] | None:
+    """Connect a probe to ``target``; the connections ``listener`` had queued
+    before the probe, or None if the probe did not arrive at ``listener``."""
+    early: list[socket.socket] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.bind(b"")  # autobind: a unique abstract address tells the probe apart
+        probe.setblocking(False)
+        try:
+            probe.connect(target)
+        except FileNotFoundError:  # the fd is held: only a missing /proc says this
+            raise OSError(f"cannot connect through {target}: is /proc mounted?") from None
+        except OSError:  # not listening, another socket type, a full backlog
+            return None
+        me = probe.getsockname()
+        listener.setblocking(False)
+        try:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:  # the probe went to another listener
+                    break
+                if conn.getpeername() == me:
+                    conn.close()
+                    return early
+                conn.setblocking(True)
+                early.append(conn)
+        finally:
+            listener.setblocking(True)
+    for conn in early:
+        conn.close()
+    return None
+
+
+def _accept_one(
+    listener: socket.socket,
+    early: list[socket.socket],
+    uid: int,
+    gid: int,
+    log: Callable[[str], None],
+) -> socket.socket:
+    """The first peer, queued early or accepted now, that :func:`peer_allowed` admits."""
+    pending = iter(early)
+    try:
         while True:
-            client, _ = listener.accept()
+            client = next(pending, None) or listener.accept()[0]
             peer = _UCRED.unpack(
                 client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
             )
             if peer_allowed(peer, uid, gid):
-                break
+                return client
             log(
                 f"refused a connection from pid {peer[0]} uid {peer[1]} gid {peer[2]}:"
                 f" only root, uid {uid} or gid {gid} may connect"
             )
             client.close()
     finally:
-        listener.close()
-    return client
+        for conn in pending:
+            conn.close()
 
 
 def socket_from_fd(fd: int) -> socket.socket:

@@ -6,11 +6,15 @@ the connection); the named-socket cases run in ``socket`` mode.
 
 from __future__ import annotations
 
+import contextlib
 import errno as E
 import os
+import shutil
 import socket
+import stat
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -195,3 +199,134 @@ def socket_one_client(ctx: Context) -> None:
         helper.close()
         if os.path.lexists(path):
             os.unlink(path)
+
+
+# == the socket's owner: chown through a swapped name ==========================
+
+#: How long the helper's return from bind() is held up (strace fault
+#: injection), so that the swap lands between bind and chown every time.
+BIND_DELAY_US: Final = 500_000
+
+#: The owner the swap cases give the socket: not root, so a chown shows.
+SOCKET_OWNER: Final = 65534
+
+
+def swap_when_bound(
+    dirfd: int,
+    name: str,
+    spare: str,
+    *,
+    until: float,
+    respare: Callable[[], None] | None = None,
+    poll: float = 0.0,
+) -> int:
+    """Each time a socket appears at ``name``, rename ``spare`` over it (both in ``dirfd``).
+
+    This is the attacker who may write the socket's directory, racing the
+    helper between its bind and its chown. ``respare`` re-creates ``spare``
+    after a swap (None: swap once and return); ``poll`` is the pause between
+    looks (0: spin). Returns the number of swaps made before ``until``
+    (``time.monotonic()``).
+    """
+    swaps = 0
+    while time.monotonic() < until:
+        try:
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISSOCK(st.st_mode):
+            os.rename(spare, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+            swaps += 1
+            if respare is None:
+                return swaps
+            respare()
+        if poll:
+            time.sleep(poll)
+    return swaps
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid
+
+
+def _start_with_swap(ctx: Context, name: str, spare: str) -> str:
+    """Start the helper on ``rundir/name`` with its bind() held up, and swap ``spare``
+    (already in rundir) in for the socket the moment it appears. Returns what
+    became of the helper."""
+    strace = shutil.which("strace")
+    if strace is None:
+        raise CheckFailed("this case needs strace (fault injection holds up bind)")
+    path = ctx.ws.rundir / name
+    dirfd = os.open(ctx.ws.rundir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    owner = str(SOCKET_OWNER)
+    proc = subprocess.Popen(
+        [
+            *(strace, "-f", "-qq", "-o", os.devnull, "-e", "trace=bind"),
+            *("-e", f"inject=bind:delay_exit={BIND_DELAY_US}", *ctx.argv),
+            *("-p", str(ctx.ws.export), "-s", str(path), "-u", owner, "-g", owner, "-n"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        swapped = swap_when_bound(dirfd, name, spare, until=time.monotonic() + 10, poll=0.0005)
+        if not swapped:
+            raise CheckFailed(f"the helper never bound {path} (it {_status(proc)})")
+        # held up in bind() until now; then it chowns (or refuses) at once
+        try:
+            proc.wait(BIND_DELAY_US / 1e6 + 1.0)
+        except subprocess.TimeoutExpired:
+            return "went on to wait for a client"
+        assert proc.stderr is not None
+        last = proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+        return f"exited with status {proc.returncode} ({' '.join(last)})"
+    finally:
+        os.close(dirfd)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+        for leftover in (name, spare):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ctx.ws.rundir / leftover)
+
+
+def _status(proc: subprocess.Popen[bytes]) -> str:
+    return "still runs" if proc.poll() is None else f"exited with status {proc.returncode}"
+
+
+@case("security", "socket-path", name="socket.chown_follows_no_symlink", modes=("socket",))
+def socket_chown_no_symlink(ctx: Context) -> None:
+    """The socket swapped for a symlink to a sentinel between bind and chown: no chown of it."""
+    before = _owner(ctx.ws.secret)
+    os.symlink(ctx.ws.secret, ctx.ws.rundir / "spare-link")
+    outcome = _start_with_swap(ctx, "swapped.sock", "spare-link")
+    after = _owner(ctx.ws.secret)
+    if after != before:
+        raise CheckFailed(
+            f"the helper chowned the sentinel {ctx.ws.secret} to {after[0]}:{after[1]} through"
+            f" a symlink swapped in for its socket after bind() (then it {outcome})"
+        )
+
+
+@case("security", "socket-path", name="socket.chown_only_its_own_socket", modes=("socket",))
+def socket_chown_own_socket(ctx: Context) -> None:
+    """The socket swapped for another (listening) socket between bind and chown: not chowned."""
+    decoy = ctx.ws.rundir / "decoy.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(os.fsencode(decoy))
+        listener.listen(1)
+        before = _owner(decoy)
+        os.link(decoy, ctx.ws.rundir / "spare-socket")  # the same socket file, a second name
+        outcome = _start_with_swap(ctx, "swapped.sock", "spare-socket")
+        after = _owner(decoy)
+        os.unlink(decoy)
+    if after != before:
+        raise CheckFailed(
+            f"the helper chowned a socket file that is not its own to {after[0]}:{after[1]}"
+            f" (swapped in after bind(); then it {outcome})"
+        )

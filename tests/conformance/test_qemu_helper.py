@@ -33,6 +33,13 @@ QEMU_DEFECTS: dict[str, str] = {
     "and blocks",
     "security.special.getversion_fifo": "do_getversion open(O_RDONLY)s a FIFO and blocks "
     "(no special-file check)",
+    # device nodes: runs as root with CAP_MKNOD, and opens special files before checking
+    "security.device.mknod_refused": "T_MKNOD c 10:232 as uid 0 / gid 0 makes the node "
+    "(CAP_MKNOD stays effective for 0:0): the helper makes device nodes",
+    "security.device.mknod_then_open_via_dir_fd": "the node it makes (c 10:232, mode 0666) "
+    "opens read-write as /dev/kvm for an unprivileged process through a T_OPEN directory fd",
+    "security.device.existing_node_never_opened": "T_OPEN/T_CREATE open() a device before the "
+    "CVE-2023-2861 type check, and do_getversion opens it (ENOTTY from the ioctl)",
     # sizes (notes §10, §6)
     "security.xattr.get_65536_no_wrap": "a 65536-byte value: V9fsString u16 length wraps to 0, "
     "T_SUCCESS with an empty value (silent data loss)",

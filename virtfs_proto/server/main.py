@@ -71,8 +71,7 @@ USAGE: Final = (
 EXTRA_USAGE: Final = (
     " [--user <user>] [--group <group>] who to run as (default: nobody)\n"
     " [--print-confinement] confine, print uid/gid/capabilities of every thread, exit\n"
-    " [--allow-device-nodes] let T_MKNOD make device nodes (keeps CAP_MKNOD; a risk:\n"
-    " \tQEMU can open any host device through them until a nodev sandbox exists)\n"
+    " [--allow-device-nodes] let T_MKNOD make device nodes (keeps CAP_MKNOD; a risk)\n"
 )
 
 EXIT_USAGE: Final = 255

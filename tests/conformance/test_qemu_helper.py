@@ -59,8 +59,8 @@ QEMU_DEFECTS: dict[str, str] = {
     "security.frame.close_before_fd_reply": "SIGPIPE on the sendmsg of an FD reply",
     # confinement (notes §8, §9)
     "security.confine.not_root": "runs as uid 0 after chroot",
-    "security.confine.capabilities": "keeps CAP_SETUID/CAP_SETGID, and its RCU thread keeps "
-    "every capability (capset acts on one thread)",
+    "security.confine.capabilities": "keeps CAP_SETUID/CAP_SETGID and CAP_MKNOD, and its RCU "
+    "thread keeps every capability (capset acts on one thread)",
     "security.confine.bounding_set": "the RCU thread keeps the full bounding set",
     "security.confine.no_new_privs": "never sets PR_SET_NO_NEW_PRIVS",
     "security.confine.inherited_fds_closed": "closes no inherited descriptor: an fd to a host "

@@ -31,7 +31,7 @@ Directives:
 ``.. virtfs-cli::``
     every ``virtfs-proto`` sub-command with its usage and options.
 ``.. virtfs-capabilities::``
-    the capabilities the reference helper keeps, with the reason for each.
+    the capabilities the reference helper keeps, when, and the reason for each.
 """
 
 from __future__ import annotations
@@ -651,14 +651,23 @@ def capabilities_rst() -> list[str]:
     from virtfs_proto import procfs
     from virtfs_proto.server import privileges
 
+    kept_when = (
+        (privileges.KEPT_CAPABILITIES, "always"),
+        (privileges.DEVICE_NODE_CAPABILITIES, "only with ``--allow-device-nodes``"),
+    )
     body = [
-        [_lit(procfs.capability_name(cap)), str(cap), " ".join(reason.split())]
-        for cap, reason in privileges.KEPT_CAPABILITIES.items()
+        [_lit(procfs.capability_name(cap)), str(cap), when, " ".join(reason.split())]
+        for table, when in kept_when
+        for cap, reason in table.items()
     ]
-    mask = privileges.capability_mask(privileges.KEPT_CAPABILITIES)
-    out = list_table(["capability", "number", "why the helper keeps it"], body, [24, 8, 68])
+    default = privileges.capability_mask(privileges.kept_capabilities(allow_device_nodes=False))
+    devices = privileges.capability_mask(privileges.kept_capabilities(allow_device_nodes=True))
+    out = list_table(
+        ["capability", "number", "kept", "why the helper keeps it"], body, [22, 8, 16, 54]
+    )
     out += [
-        f"As a mask (``CapPrm`` / ``CapEff`` / ``CapBnd`` in ``/proc``): ``{mask:016x}``.",
+        "As a mask (``CapPrm`` / ``CapEff`` / ``CapBnd`` in ``/proc``): "
+        f"``{default:016x}``, and ``{devices:016x}`` with ``--allow-device-nodes``.",
         "",
     ]
     return out

@@ -42,6 +42,13 @@ QEMU_DEFECTS: dict[str, str] = {
     "a FIFO swapped in before the ENXIO check",
     "security.special_race.getversion": "do_getversion open()s the name with no type check: a "
     "FIFO swapped in is opened",
+    # device nodes: runs as root with CAP_MKNOD, and opens special files before checking
+    "security.device.mknod_refused": "T_MKNOD c 10:232 as uid 0 / gid 0 makes the node "
+    "(CAP_MKNOD stays effective for 0:0): the helper makes device nodes",
+    "security.device.mknod_then_open_via_dir_fd": "the node it makes (c 10:232, mode 0666) "
+    "opens read-write as /dev/kvm for an unprivileged process through a T_OPEN directory fd",
+    "security.device.existing_node_never_opened": "T_OPEN/T_CREATE open() a device before the "
+    "CVE-2023-2861 type check, and do_getversion opens it (ENOTTY from the ioctl)",
     # sizes (notes §10, §6)
     "security.xattr.get_65536_no_wrap": "a 65536-byte value: V9fsString u16 length wraps to 0, "
     "T_SUCCESS with an empty value (silent data loss)",
@@ -61,8 +68,8 @@ QEMU_DEFECTS: dict[str, str] = {
     "security.frame.close_before_fd_reply": "SIGPIPE on the sendmsg of an FD reply",
     # confinement (notes §8, §9)
     "security.confine.not_root": "runs as uid 0 after chroot",
-    "security.confine.capabilities": "keeps CAP_SETUID/CAP_SETGID, and its RCU thread keeps "
-    "every capability (capset acts on one thread)",
+    "security.confine.capabilities": "keeps CAP_SETUID/CAP_SETGID and CAP_MKNOD, and its RCU "
+    "thread keeps every capability (capset acts on one thread)",
     "security.confine.bounding_set": "the RCU thread keeps the full bounding set",
     "security.confine.no_new_privs": "never sets PR_SET_NO_NEW_PRIVS",
     "security.confine.inherited_fds_closed": "closes no inherited descriptor: an fd to a host "

@@ -20,6 +20,10 @@ Usage from the repository root::
 
     python -m tests.e2e.harness [--helper qemu|ours|'CMD ...'] [--mode fd|socket]
                                 [--workload checks|setgid] [--trace FILE] [--console]
+
+The guest learns from ``e2e_devnodes=0|1`` on its kernel command line whether
+the helper makes device nodes (:func:`makes_device_nodes`), and expects its
+``mknod c`` to work or to fail with EPERM accordingly.
 """
 
 from __future__ import annotations
@@ -58,6 +62,17 @@ CHECK_RE = re.compile(r"^CHECK (\S+) (PASS|FAIL)(?: (.*))?$")
 def our_helper() -> tuple[str, ...]:
     """The command that starts our helper (the entry point tests/server uses too)."""
     return (sys.executable, "-m", "virtfs_proto.server")
+
+
+#: our helper's option that lets T_MKNOD make device nodes (refused by default)
+ALLOW_DEVICE_NODES = "--allow-device-nodes"
+
+
+def makes_device_nodes(helper: Sequence[str]) -> bool:
+    """Whether ``helper`` makes the device nodes a guest root asks for: ours only
+    with ``--allow-device-nodes``; any other (QEMU's, the reference) does."""
+    ours = our_helper()
+    return tuple(helper[: len(ours)]) != ours or ALLOW_DEVICE_NODES in helper
 
 
 class HarnessError(RuntimeError):
@@ -284,7 +299,8 @@ def run_guest(
                 "-initrd",
                 f"/dev/fd/{ifd}",
                 "-append",
-                f"{image.cmdline} e2e_fstype={_fs_type(export)} e2e_workload={workload}",
+                f"{image.cmdline} e2e_fstype={_fs_type(export)} e2e_workload={workload}"
+                f" e2e_devnodes={int(makes_device_nodes(helper))}",
                 "-fsdev",
                 fsdev,
                 "-device",

@@ -2,8 +2,10 @@
 
 QEMU's own helper (``/usr/lib/qemu/virtfs-proxy-helper``) runs the workload in
 both connection modes and is the reference; our helper must give the same
-per-check results and leave the same host-side state. Missing prerequisites
-fail these tests with the install command: they never skip.
+per-check results and leave the same host-side state, except that by default
+it makes no device nodes (the guest then expects EPERM from ``mknod c``);
+with ``--allow-device-nodes`` it leaves exactly QEMU's state. Missing
+prerequisites fail these tests with the install command: they never skip.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import difflib
 import json
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +25,16 @@ import pytest
 from virtfs_proto.constants import REQUEST_TYPES
 
 from .build_guest import GuestBuildError, GuestImage, ensure_guest
-from .harness import QEMU_HELPER, GuestRun, HarnessError, our_helper, require_tools, run_guest
+from .harness import (
+    ALLOW_DEVICE_NODES,
+    QEMU_HELPER,
+    GuestRun,
+    HarnessError,
+    makes_device_nodes,
+    our_helper,
+    require_tools,
+    run_guest,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -55,9 +67,13 @@ def qemu_socket(image: GuestImage) -> GuestRun:
     return _run(image, QEMU_HELPER, "socket")
 
 
-@pytest.fixture(scope="module")
-def ours_fd(image: GuestImage) -> GuestRun:
-    return _run(image, our_helper(), "fd")
+#: our helper as it runs by default (no device nodes), and as QEMU's (device nodes)
+OURS = {"default": our_helper(), "allow-device-nodes": (*our_helper(), ALLOW_DEVICE_NODES)}
+
+
+@pytest.fixture(scope="module", params=list(OURS))
+def ours_fd(image: GuestImage, request: pytest.FixtureRequest) -> GuestRun:
+    return _run(image, OURS[request.param], "fd")
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +124,22 @@ def _assert_clean_run(run: GuestRun) -> None:
     assert run.helper_rc == 0, report
 
 
+def _without_device_nodes(run: GuestRun) -> dict[str, dict[str, object]]:
+    devices = (stat.S_IFCHR, stat.S_IFBLK)
+    return {path: entry for path, entry in run.state.items() if entry["type"] not in devices}
+
+
 def _assert_same(reference: GuestRun, other: GuestRun) -> None:
+    """Same per-check results, same host state; a helper that makes no device
+    nodes leaves the reference's state without them (its guest checked EPERM)."""
     assert other.results == reference.results, other.summary()
-    assert other.state == reference.state, _state_diff(reference, other)
+    if makes_device_nodes(other.helper) or not makes_device_nodes(reference.helper):
+        assert other.state == reference.state, _state_diff(reference, other)
+    else:
+        assert any(e["type"] == stat.S_IFCHR for e in reference.state.values()), (
+            "the reference made no device node: the comparison would prove nothing"
+        )
+        assert other.state == _without_device_nodes(reference), _state_diff(reference, other)
 
 
 def test_qemu_helper_socketpair(qemu_fd: GuestRun) -> None:
@@ -186,7 +215,8 @@ def traced(image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def traced_ours(
     image: GuestImage, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[GuestRun, Path]:
-    return _traced_run(image, our_helper(), tmp_path_factory)
+    # exchange by exchange like QEMU's helper: so device nodes as QEMU's helper
+    return _traced_run(image, OURS["allow-device-nodes"], tmp_path_factory)
 
 
 def test_tracer_is_transparent(qemu_fd: GuestRun, traced: tuple[GuestRun, Path]) -> None:
@@ -287,7 +317,8 @@ def test_qemu_helper_setgid_defect(image: GuestImage) -> None:
 
 
 def test_our_helper_setgid(image: GuestImage) -> None:
-    run = _run(image, our_helper(), "fd", workload="setgid")
+    # device nodes allowed: CAP_MKNOD must survive a uid 0 / gid N request
+    run = _run(image, OURS["allow-device-nodes"], "fd", workload="setgid")
     _assert_clean_run(run)
     s = run.state
     assert (s["t/sg/file"]["uid"], s["t/sg/file"]["gid"]) == (0, 100)

@@ -156,3 +156,28 @@ def test_inherited_descriptors_are_closed(export: Export) -> None:
         assert proc.wait(10) == 0
     finally:
         os.close(leaked)
+
+
+@pytest.mark.parametrize(
+    ("options", "missing"),
+    [("nodev,nosuid", None), ("nosuid", "nodev"), ("nodev", "nosuid"), ("", "nodev, nosuid")],
+    ids=str,
+)
+def test_warns_when_the_exports_mount_lacks_nodev_or_nosuid(
+    tmp_path: Path, options: str, missing: str | None
+) -> None:
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(filter(None, [options, "size=1m"])), "tmpfs",
+         str(tmp_path)],
+        check=True,
+    )  # fmt: skip
+    try:
+        out = _run(OURS, "-p", str(tmp_path), "--print-confinement")
+    finally:
+        subprocess.run(["umount", str(tmp_path)], check=True)
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    if missing is None:
+        assert warnings == []
+    else:
+        assert warnings and f"lacks {missing}:" in warnings[0]

@@ -96,11 +96,18 @@ def test_special_files_are_refused_and_logged_once(
     assert o.handle(excl) == err(errno.EEXIST)
 
 
-def test_mknod_devices_only_for_root_credentials(
+def test_mknod_devices_only_when_allowed_and_for_root_credentials(
     export: Export, ops: tuple[Operations, list[str]]
 ) -> None:
     o, _ = ops
     dev = os.makedev(1, 3)
+    # by default refused whatever the ids, though this process (root) could make them
+    for uid, gid in ((0, 0), (1000, 1000)):
+        for kind in (stat.S_IFCHR, stat.S_IFBLK):
+            req = m.MknodRequest(uid, gid, b"//dev", kind | 0o600, dev)
+            assert o.handle(req) == err(errno.EPERM)
+    assert not os.path.lexists(export.root / "dev")
+    o.allow_device_nodes = True
     for uid, gid in ((1000, 1000), (0, 1000), (1000, 0)):
         req = m.MknodRequest(uid, gid, b"//dev", stat.S_IFBLK | 0o600, dev)
         assert o.handle(req) == err(errno.EPERM)

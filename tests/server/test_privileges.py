@@ -5,8 +5,10 @@ Privileges are dropped only in helper subprocesses, never in pytest itself.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
+import stat
 import subprocess
 import sys
 import textwrap
@@ -26,6 +28,10 @@ ALLOWED = p.capability_mask(
      p.CAP_MKNOD)
 )  # fmt: skip
 KEPT = p.capability_mask(p.KEPT_CAPABILITIES)
+#: what the helper keeps with --allow-device-nodes
+KEPT_WITH_DEVICES = p.capability_mask(p.kept_capabilities(allow_device_nodes=True))
+KVM = os.makedev(10, 232)
+LOOP0 = os.makedev(7, 0)
 NOBODY = pwd.getpwnam("nobody")
 
 
@@ -38,7 +44,10 @@ def _running_report(h: Helper) -> list[procfs.ThreadConfinement]:
 def test_kept_capabilities_are_the_justified_subset() -> None:
     assert KEPT & ~ALLOWED == 0
     assert not KEPT & (1 << p.CAP_DAC_READ_SEARCH)  # open_by_handle_at escapes
-    assert all(len(why) > 20 for why in p.KEPT_CAPABILITIES.values())
+    assert not KEPT & (1 << p.CAP_MKNOD)  # device nodes only with --allow-device-nodes
+    assert KEPT_WITH_DEVICES == KEPT | 1 << p.CAP_MKNOD
+    assert p.kept_capabilities(allow_device_nodes=False) == p.KEPT_CAPABILITIES
+    assert all(len(why) > 20 for why in p.kept_capabilities(allow_device_nodes=True).values())
 
 
 def test_every_thread_of_a_running_helper_is_confined(
@@ -95,14 +104,47 @@ def test_confined_helper_still_does_privileged_work(export: Export, helpers: lis
     assert call(m.UtimeRequest(b"//locked\0", 1, 2, 3, 4)) == m.StatusReply()  # FOWNER
     st = locked.stat()
     assert (st.st_uid, st.st_gid, st.st_mtime_ns) == (4242, 4343, 3_000_000_004)
-    dev = m.MknodRequest(0, 0, b"//null", 0o20666, os.makedev(1, 3))  # MKNOD
-    assert h.client.request(dev) == m.StatusReply()
-    assert os.stat(export.root / "null").st_rdev == os.makedev(1, 3)
 
 
-def test_print_confinement(export: Export) -> None:
+def test_device_nodes_are_refused_by_default(export: Export, helpers: list[Helper]) -> None:
+    h = spawn_ours(export.root)
+    helpers.append(h)
+    for name, kind, rdev in ((b"kvm", stat.S_IFCHR, KVM), (b"loop0", stat.S_IFBLK, LOOP0)):
+        req = m.MknodRequest(0, 0, b"//" + name, kind | 0o666, rdev)
+        assert h.client.request(req) == m.ErrorReply(errno.EPERM)
+        assert not os.path.lexists(export.root / os.fsdecode(name))
+    # a FIFO needs no capability: still made
+    fifo = m.MknodRequest(0, 0, b"//fifo2", stat.S_IFIFO | 0o600, 0)
+    assert h.client.request(fifo) == m.StatusReply()
+    for t in _running_report(h):
+        assert not t.cap_eff >> p.CAP_MKNOD & 1 and not t.cap_bnd >> p.CAP_MKNOD & 1
+
+
+def test_allow_device_nodes_makes_them_for_root_credentials(
+    export: Export, helpers: list[Helper]
+) -> None:
+    h = spawn_ours(export.root, "--allow-device-nodes")
+    helpers.append(h)
+    for t in _running_report(h):
+        assert t.cap_eff == t.cap_prm == t.cap_bnd == KEPT_WITH_DEVICES
+    for name, kind, rdev in (("kvm", stat.S_IFCHR, KVM), ("loop0", stat.S_IFBLK, LOOP0)):
+        req = m.MknodRequest(0, 0, b"//" + name.encode(), kind | 0o640, rdev)
+        assert h.client.request(req) == m.StatusReply()
+        st = os.lstat(export.root / name)
+        assert (st.st_mode, st.st_rdev, st.st_uid, st.st_gid) == (kind | 0o640, rdev, 0, 0)
+    # as QEMU's helper: only for uid == gid == 0
+    for uid, gid in ((1000, 1000), (0, 1000), (1000, 0)):
+        req = m.MknodRequest(uid, gid, b"//userdev", stat.S_IFCHR | 0o666, KVM)
+        assert h.client.request(req) == m.ErrorReply(errno.EPERM)
+    assert not os.path.lexists(export.root / "userdev")
+
+
+@pytest.mark.parametrize(
+    ("flags", "kept"), [((), KEPT), (("--allow-device-nodes",), KEPT_WITH_DEVICES)], ids=str
+)
+def test_print_confinement(export: Export, flags: tuple[str, ...], kept: int) -> None:
     out = subprocess.run(
-        [*OURS, "-p", str(export.root), "--print-confinement"],
+        [*OURS, "-p", str(export.root), "--print-confinement", *flags],
         capture_output=True,
         text=True,
         timeout=20,
@@ -112,7 +154,7 @@ def test_print_confinement(export: Export) -> None:
     assert lines and all(line.startswith("confinement: tid=") for line in lines)
     for line in lines:
         assert f"uid={NOBODY.pw_uid}," in line
-        assert f"CapEff={KEPT:016x}" in line and f"CapBnd={KEPT:016x}" in line
+        assert f"CapEff={kept:016x}" in line and f"CapBnd={kept:016x}" in line
         assert "NoNewPrivs=1" in line and "(jailed in export)" in line
 
 

@@ -38,7 +38,10 @@ def both(export: Export, helpers: list[Helper]) -> tuple[Helper, Helper]:
 def test_uid0_gidN_credentials_do_not_cripple_or_kill(
     export: Export, helpers: list[Helper]
 ) -> None:
-    qemu, ours = both(export, helpers)
+    qemu = spawn_qemu(export.root)
+    # device nodes allowed, so that CAP_MKNOD can be seen to survive uid 0 / gid N
+    ours = spawn_ours(export.root, "--allow-device-nodes")
+    helpers += [qemu, ours]
     # QEMU: the request works but leaves the helper with CapEff = DAC_OVERRIDE...
     assert qemu.client.request(m.MkdirRequest(0, 1000, b"//q_dir", 0o755)) == m.StatusReply()
     assert qemu.client.request(m.ChownRequest(b"//file.txt\0", 7, 7)) == m.ErrorReply(EPERM)

@@ -20,6 +20,12 @@ Extra long options, not in QEMU's helper:
     confine exactly as for serving, print the confinement of every thread
     (uid, gid, capability sets, no_new_privs, root), exit 0. ``-f``/``-s``
     are not needed with it.
+``--allow-device-nodes``
+    keep CAP_MKNOD and let T_MKNOD make character and block devices (for
+    uid == gid == 0 only, as QEMU's helper). Without it device nodes are
+    refused with EPERM. A risk until a later sandbox layer gives the helper a
+    ``nodev`` view of the export: until then QEMU can open any host device
+    through a node made this way and a directory fd the helper handed it.
 
 Test-only options (they weaken the helper; each exists so one containment
 layer can be tested without the other): ``--no-chroot`` (layer b off),
@@ -66,6 +72,7 @@ USAGE: Final = (
 EXTRA_USAGE: Final = (
     " [--user <user>] [--group <group>] who to run as (default: nobody)\n"
     " [--print-confinement] confine, print uid/gid/capabilities of every thread, exit\n"
+    " [--allow-device-nodes] let T_MKNOD make device nodes (keeps CAP_MKNOD; a risk)\n"
 )
 
 EXIT_USAGE: Final = 255
@@ -83,6 +90,7 @@ LONG_OPTIONS: Final = [
     "user=",
     "group=",
     "print-confinement",
+    "allow-device-nodes",
     "no-chroot",
     "no-drop",
     "resolver=",
@@ -115,6 +123,7 @@ class Options:
     user: str | None = None
     group: str | None = None
     print_confinement: bool = False
+    allow_device_nodes: bool = False
     chroot: bool = True
     drop: bool = True
     resolver: str = "openat2"
@@ -162,6 +171,8 @@ def parse_args(argv: list[str]) -> Options:
             o.group = val
         elif opt == "--print-confinement":
             o.print_confinement = True
+        elif opt == "--allow-device-nodes":
+            o.allow_device_nodes = True
         elif opt == "--no-chroot":
             o.chroot = False
         elif opt == "--no-drop":
@@ -491,6 +502,17 @@ def serve(
         want_data = not conn.buffered
 
 
+def missing_mount_flags(root_fd: int) -> list[str]:
+    """Which of ``nodev``, ``nosuid`` the mount holding ``root_fd`` lacks.
+
+    Asked of the fd (fstatvfs), never of a name that could have changed.
+    """
+    flags = os.fstatvfs(root_fd).f_flag
+    return [
+        name for bit, name in ((os.ST_NODEV, "nodev"), (os.ST_NOSUID, "nosuid")) if not flags & bit
+    ]
+
+
 def _report(log: Log, proc_fd: int | None, export: tuple[int, int]) -> list[str]:
     lines: list[str] = []
     try:
@@ -520,6 +542,13 @@ def run(o: Options, log: Log) -> int:
         daemonize()
         log.open_syslog()
     log("Started")
+    unsafe = missing_mount_flags(root_fd)
+    if unsafe:
+        log(
+            f"warning: the host's mount of the export lacks {', '.join(unsafe)}: what a guest"
+            " makes there (set-id files, device nodes) takes effect for host users too",
+            syslog.LOG_WARNING,
+        )
     sock: socket.socket | None = None
     if o.socket is not None:
         assert o.uid is not None and o.gid is not None
@@ -542,7 +571,8 @@ def run(o: Options, log: Log) -> int:
         get_version = export_supports_getversion(root_fd)
         os.umask(0)  # modes from the client are exact
         if o.drop:
-            privileges.drop_privileges(uid, gid, proc_fd=proc_fd)
+            kept = privileges.kept_capabilities(allow_device_nodes=o.allow_device_nodes)
+            privileges.drop_privileges(uid, gid, kept, proc_fd=proc_fd)
         lines = _report(log, proc_fd, export)
     finally:
         if proc_fd is not None:
@@ -561,7 +591,13 @@ def run(o: Options, log: Log) -> int:
         use_openat2={"openat2": None, "walk": False}.get(o.resolver),
         contain=o.resolver != "none",
     )
-    ops = Operations(resolver, get_version=get_version, log=log.error, fd_dir=fd_dir)
+    ops = Operations(
+        resolver,
+        get_version=get_version,
+        log=log.error,
+        fd_dir=fd_dir,
+        allow_device_nodes=o.allow_device_nodes,
+    )
     rc = serve(sock, ops.answer, log)
     log("Done")
     return rc

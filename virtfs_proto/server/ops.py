@@ -29,11 +29,15 @@ where QEMU's answer is a defect:
 * T_LSETXATTR with ``size`` larger than the value sent is ``EINVAL`` (QEMU
   reads past its buffer);
 * credentials (T_CREATE, T_MKNOD, T_MKDIR, T_SYMLINK) are applied by chown
-  after creation, through an fd of the new object, never by set*id; device
-  nodes are refused with ``EPERM`` unless uid == gid == 0, which is the
-  only case QEMU's helper could make them. In a set-group-ID directory
-  QEMU's node would get the directory's group; ours gets the requested gid
-  (QEMU's client sends the directory's group in that case anyway);
+  after creation, through an fd of the new object, never by set*id. In a
+  set-group-ID directory QEMU's node would get the directory's group; ours
+  gets the requested gid (QEMU's client sends the directory's group in that
+  case anyway);
+* T_MKNOD of a character or block device is ``EPERM``, whatever the uid and
+  gid: a device node names any host device, and whoever holds a directory fd
+  from us can open it. Only with ``allow_device_nodes`` (``--allow-device-nodes``)
+  is one made, and then only for uid == gid == 0, the only case QEMU's
+  helper could make them;
 * a path whose last component is ``.`` or ``..`` or that ends in ``/`` names
   that directory itself, so e.g. T_REMOVE of ``/`` is ``EINVAL`` (rmdir of
   ``.``) where QEMU's is ``EBUSY``.
@@ -162,7 +166,9 @@ class Operations:
 
     Each handler returns the reply or raises ``OSError``; :meth:`handle`
     turns the latter into an :class:`~virtfs_proto.messages.ErrorReply`.
-    ``get_version`` is decided once from the export root's file system.
+    ``get_version`` is decided once from the export root's file system;
+    ``allow_device_nodes`` lets T_MKNOD make device nodes (the helper then
+    keeps CAP_MKNOD).
     """
 
     def __init__(
@@ -172,6 +178,7 @@ class Operations:
         get_version: bool,
         log: Callable[[str], Any],
         fd_dir: int | None = None,
+        allow_device_nodes: bool = False,
     ) -> None:
         self.resolver = resolver
         #: this process's fd directory in a procfs no client path reaches
@@ -179,6 +186,8 @@ class Operations:
         self._fd_dir = open_own_fd_dir()[0] if fd_dir is None else fd_dir
         self._root_fd = resolver.root_fd
         self.get_version = get_version
+        #: T_MKNOD may make character and block devices (for uid == gid == 0)
+        self.allow_device_nodes = allow_device_nodes
         self._log = log
         self._warned_special = False
         self._have_fchmodat2 = True
@@ -384,8 +393,11 @@ class Operations:
 
     def mknod(self, req: m.MknodRequest) -> m.Reply:
         kind = stat.S_IFMT(req.mode)
-        if kind in (stat.S_IFCHR, stat.S_IFBLK) and (req.uid, req.gid) != (0, 0):
-            # QEMU's helper has CAP_MKNOD effective only for uid == gid == 0.
+        if kind in (stat.S_IFCHR, stat.S_IFBLK) and (
+            not self.allow_device_nodes or (req.uid, req.gid) != (0, 0)
+        ):
+            # Refused before trying: by default we lack CAP_MKNOD. When allowed,
+            # only for 0:0, as QEMU's helper (CAP_MKNOD effective only then).
             raise _error(EPERM)
         dirfd, name = self.resolver.parent(req.path)
         try:

@@ -13,6 +13,7 @@ The helper starts as root, then, before it reads a single request:
    the export, which changes what an administrator sees of the export's
    mounts; chroot keeps the drop-in behaviour of QEMU's helper.
 2. :func:`drop_privileges` removes every capability but :data:`KEPT_CAPABILITIES`
+   (and :data:`DEVICE_NODE_CAPABILITIES` with ``--allow-device-nodes``)
    from the bounding set, clears the ambient set, sets PR_SET_KEEPCAPS,
    switches real, effective, saved (and hence fs) uid/gid to an unprivileged
    user with no supplementary groups, then sets permitted = effective = the
@@ -66,9 +67,25 @@ KEPT_CAPABILITIES: Final[Mapping[int, str]] = {
     "helper's user does not own (the guest owns them); sticky-directory removals",
     CAP_FSETID: "keep the setuid/setgid bits a guest asks for (chmod, create with a "
     "group the helper is not in) and across the chown that applies credentials",
-    CAP_MKNOD: "device nodes for T_MKNOD with uid == gid == 0, the only case in which "
-    "QEMU's helper could create them (its CAP_MKNOD is effective only then)",
 }
+
+#: Kept in addition only with ``--allow-device-nodes``. A device node the
+#: guest makes names any host device whatever that device's own mode, and
+#: QEMU (or anyone) holding a directory fd from the helper can open it: so
+#: by default the helper cannot make device nodes at all.
+DEVICE_NODE_CAPABILITIES: Final[Mapping[int, str]] = {
+    CAP_MKNOD: "device nodes for T_MKNOD with uid == gid == 0 (the only case in which "
+    "QEMU's helper could create them), only with --allow-device-nodes",
+}
+
+
+def kept_capabilities(*, allow_device_nodes: bool) -> dict[int, str]:
+    """The capabilities the helper keeps, with their reasons, for this configuration."""
+    kept = dict(KEPT_CAPABILITIES)
+    if allow_device_nodes:
+        kept.update(DEVICE_NODE_CAPABILITIES)
+    return kept
+
 
 _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 

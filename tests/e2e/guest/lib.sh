@@ -40,6 +40,15 @@ must_fail() {
     esac
 }
 
+# devnodes_allowed: whether the helper makes device nodes (e2e_devnodes=1 on
+# the kernel command line, set by the harness from the helper it started).
+devnodes_allowed() {
+    case " $(cat /proc/cmdline) " in
+        *" e2e_devnodes=1 "*) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
 as_tester() {
     su -s /bin/sh tester -c "$1"
 }

@@ -31,6 +31,10 @@ c_chown_after() {
 }
 
 c_mknod_after() {
+    if ! devnodes_allowed; then
+        must_fail "Operation not permitted" mknod $T/chardev c 1 3
+        return
+    fi
     mknod $T/chardev c 1 3
     [ -c $T/chardev ]
 }

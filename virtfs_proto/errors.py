@@ -158,3 +158,13 @@ class HelperStartError(ProxyProtocolError):
         if self.stderr.strip():
             text += f"; stderr: {self.stderr.strip()}"
         return text
+
+    def one_line(self) -> str:
+        """The message, the exit status and the last line the helper wrote, on one line."""
+        text = super().__str__()
+        if self.returncode is not None:
+            text += f" [exit status {self.returncode}]"
+        last = self.stderr.strip().splitlines()
+        if last:
+            text += f"; it said: {last[-1].strip()}"
+        return text

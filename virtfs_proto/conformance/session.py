@@ -91,6 +91,9 @@ class HelperSession:
         try:
             sock = self._start(export, mode, rundir, extra_fds, socket_path, unlink_socket)
         except BaseException:
+            # e.g. Ctrl-C while waiting for its socket: never leave it running
+            if hasattr(self, "proc"):
+                self.kill()
             self._log.close()
             raise
         self.transport = Transport(sock, timeout=DEFAULT_TIMEOUT)

@@ -61,6 +61,10 @@ class LocalProtocolError(ProxyProtocolError):
     """The caller asked for something the protocol cannot express."""
 
 
+class NotAProxySocket(LocalProtocolError, TypeError):
+    """A client or transport was given something other than an AF_UNIX stream socket."""
+
+
 class RemoteProtocolError(ProxyProtocolError):
     """The peer sent bytes (or fds) the protocol does not allow."""
 

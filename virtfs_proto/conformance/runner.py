@@ -153,20 +153,9 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
     """
     from .. import messages as m
 
-    try:
-        helper = HelperSession(helper_argv, ws.export, mode, rundir=ws.rundir)
-    except OSError as exc:
-        raise HelperStartError(
-            f"cannot run {helper_argv[0]}: {exc.strerror or exc}", argv=tuple(helper_argv)
-        ) from None
-    except HelperStartError as exc:  # socket mode: it never listened
-        what = "exited at once" if exc.returncode is not None else "never listened"
-        raise HelperStartError(
-            f"the helper {what} instead of serving ({mode} mode)",
-            returncode=exc.returncode,
-            stderr=exc.stderr,
-            argv=tuple(helper_argv),
-        ) from None
+    # raises HelperStartError itself for a helper that cannot be run or, in
+    # socket mode, never listens
+    helper = HelperSession(helper_argv, ws.export, mode, rundir=ws.rundir)
     try:
         helper.call(m.LstatRequest(vpath("")), timeout=START_TIMEOUT)
     except (HelperGone, HelperHung) as exc:
@@ -177,7 +166,7 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
         what = (
             f"did not answer a first request within {START_TIMEOUT:g} s"
             if hung
-            else "exited at once instead of serving"
+            else "exited at once instead of answering"
         )
         raise HelperStartError(
             f"the helper {what} ({mode} mode)",

@@ -30,7 +30,7 @@ QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
 CLOSED_FD = "57"
 
 
-def cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [SCRIPT, *args],
         stdin=subprocess.DEVNULL,
@@ -38,7 +38,6 @@ def cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         check=False,
-        **kwargs,  # type: ignore[call-overload]
     )
 
 

@@ -237,13 +237,43 @@ def test_interrupted_conformance_run_stops_its_helpers(
 
 @pytest.mark.root
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_interrupted_helper(export: Path, short_tmp: Path, sig: signal.Signals) -> None:
+def test_interrupted_helper_waiting_for_its_client(
+    export: Path, short_tmp: Path, sig: signal.Signals
+) -> None:
     path = short_tmp / "helper.sock"
     args = ["helper", "-s", str(path), "-u", "0", "-g", "0", "-p", str(export), "-n"]
     out = _interrupt(args, path.exists, sig, short_tmp)
     assert out.returncode == EXIT[sig]
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == f"virtfs-proto helper: {SAID[sig]}"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_helper_serving_in_its_jail(export: Path, sig: signal.Signals) -> None:
+    """Chrooted into the export, without /proc: the signal still ends it in one line."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        args = ["helper", "-f", str(theirs.fileno()), "-p", str(export), "-n"]
+        proc = subprocess.Popen(
+            [SCRIPT, *args],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            pass_fds=(theirs.fileno(),),
+        )
+        try:
+            client = ProxyClient(ours, timeout=10)  # closed with ``ours``, after the signal
+            assert client.lstat("file.txt").st_size == 1  # it serves: jailed, unprivileged
+            proc.send_signal(sig)
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == EXIT[sig]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"virtfs-proto helper: {SAID[sig]}"
 
 
 @pytest.mark.root

@@ -202,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     except HelperStartError as exc:
         print(f"{prog}: {exc.one_line()}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that cannot be opened or written, say
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{prog}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if os.environ.get(DEBUG_ENV):
             raise

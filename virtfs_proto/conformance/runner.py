@@ -399,6 +399,9 @@ def main(argv: list[str]) -> int:
         out.clear()
         print(f"conformance: {exc.one_line()}", file=sys.stderr)
         return 2
+    except BaseException:  # Ctrl-C, SIGTERM: their one line starts a line of its own
+        out.clear()
+        raise
     judgement = judge(report.results, expectations)
     lines = ([*_table(report), ""] if args.verbose else []) + format_findings(report, judgement)
     if lines:
@@ -407,8 +410,12 @@ def main(argv: list[str]) -> int:
     if expectations is not None:
         summary += f"; {judgement.summary()}"
     print(summary)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.as_json(), indent=2) + "\n")
-    if args.junit:
-        Path(args.junit).write_bytes(junit_xml(report, expectations))
+    try:
+        if args.json:
+            Path(args.json).write_text(json.dumps(report.as_json(), indent=2) + "\n")
+        if args.junit:
+            Path(args.junit).write_bytes(junit_xml(report, expectations))
+    except OSError as exc:
+        print(f"conformance: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     return 0 if judgement.ok else 1

@@ -15,6 +15,7 @@ from typing import TextIO
 
 from ..errors import HelperStartError, ProxyProtocolError
 from ..launcher import check_helper_command
+from ..messages import LstatRequest
 from . import cases as _cases  # noqa: F401  (registers every case)
 from .expect import Expectations, Judgement, judge
 from .fixture import Workspace
@@ -151,18 +152,16 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
     to judge, and must not collect "passed" cases from those that only check
     that something is refused.
     """
-    from .. import messages as m
-
     # raises HelperStartError itself for a helper that cannot be run or, in
     # socket mode, never listens
     helper = HelperSession(helper_argv, ws.export, mode, rundir=ws.rundir)
     try:
-        helper.call(m.LstatRequest(vpath("")), timeout=START_TIMEOUT)
+        helper.call(LstatRequest(vpath("")), timeout=START_TIMEOUT)
     except (HelperGone, HelperHung) as exc:
         hung = isinstance(exc, HelperHung)
         status = None if hung else helper.wait_exit()
         helper.kill()
-        helper.close()
+        helper.close()  # for its final log; idempotent, so the finally below is harmless
         what = (
             f"did not answer a first request within {START_TIMEOUT:g} s"
             if hung

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shlex
 import stat
 import subprocess
 import sys
@@ -34,7 +33,8 @@ from .constants import (
     MessageType,
     ReplyKind,
 )
-from .launcher import Mode
+from .errors import HelperStartError
+from .launcher import Mode, check_helper_command
 from .vectors import Step, raw_step, record, run_steps, step
 
 QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
@@ -547,12 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """``virtfs-proto capture [--helper CMD] [--out DIR] [--only TEXT]``."""
     args = build_parser().parse_args(argv)
-    helper = shlex.split(args.helper)
-    if not Path(helper[0]).exists():
-        print(
-            f"capture: {helper[0]} not found (apt-get install -y qemu-system-common)",
-            file=sys.stderr,
-        )
+    try:
+        helper = check_helper_command(args.helper)
+    except HelperStartError as exc:
+        print(f"capture: {exc.one_line()}", file=sys.stderr)
         return 2
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -2,19 +2,29 @@
 
 ``decode``/``encode`` work anywhere; ``capture``, ``helper``,
 ``conformance`` and ``trace`` need Linux and are imported only when asked for.
+
+No traceback reaches the user: every sub-command ends with one line on
+stderr and a non-zero status on an error it could not handle, Ctrl-C (130)
+or SIGTERM (143); on either signal every process the command started is
+killed first, then cleanup (``finally``) runs as the exception unwinds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
-from typing import Any, TextIO
+from types import FrameType
+from typing import Any, Final, TextIO
 
 from .constants import ByteOrder
-from .errors import ProxyProtocolError
+from .errors import HelperStartError, ProxyProtocolError
 from .jsonform import decode_exchange, encode_exchange
 
 #: Sub-commands implemented elsewhere: name -> (module, help). Each module has
@@ -109,9 +119,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``virtfs-proto`` console script."""
-    args_list = sys.argv[1:] if argv is None else argv
+class Terminated(BaseException):
+    """SIGTERM, raised like :class:`KeyboardInterrupt` so that ``finally`` blocks run."""
+
+
+#: Exit statuses as a shell reports a death by that signal (128 + number).
+EXIT_INTERRUPTED: Final = 128 + signal.SIGINT
+EXIT_TERMINATED: Final = 128 + signal.SIGTERM
+#: Set to see the traceback of an unexpected error instead of its one line.
+DEBUG_ENV: Final = "VIRTFS_PROTO_DEBUG"
+
+
+def stop_children() -> None:
+    """SIGKILL every process this one started; a child that leads its own process
+    group (a helper started in a session of its own) is killed with its whole group."""
+    if not sys.platform.startswith("linux"):
+        return
+    from .procfs import children
+
+    try:
+        pids = children(os.getpid())
+    except OSError:  # no /proc: the helper, chrooted into its export, starts no process
+        return
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    # Helpers first: unwinding may wait for them. One unwinding is enough; a
+    # second signal during cleanup only kills what cleanup might have started.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop_children())
+    stop_children()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated
+
+
+def _dispatch(args_list: list[str]) -> int:
     if args_list and args_list[0] in DELEGATED:
         module_name = DELEGATED[args_list[0]][0]
         module = importlib.import_module(module_name)
@@ -122,6 +171,52 @@ def main(argv: list[str] | None = None) -> int:
     args.byteorder = byteorder
     handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler
     return handler(args, sys.stdin, sys.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``virtfs-proto`` console script."""
+    args_list = sys.argv[1:] if argv is None else argv
+    prog = "virtfs-proto"
+    if args_list and args_list[0] in (*DELEGATED, "decode", "encode"):
+        prog += f" {args_list[0]}"
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
+    try:
+        status = _dispatch(args_list)
+        sys.stdout.flush()  # a closed stdout shows here, not at interpreter exit
+        return status
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): as Python's docs advise, point
+        # stdout at /dev/null so that the flush at exit does not fail once more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except HelperStartError as exc:
+        print(f"{prog}: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that cannot be opened or written, say
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{prog}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(
+            f"{prog}: internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 to see where)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        for sig, handler in previous.items():  # main() may run inside another program
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

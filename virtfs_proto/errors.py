@@ -61,6 +61,10 @@ class LocalProtocolError(ProxyProtocolError):
     """The caller asked for something the protocol cannot express."""
 
 
+class NotAProxySocket(LocalProtocolError, TypeError):
+    """A client or transport was given something other than an AF_UNIX stream socket."""
+
+
 class RemoteProtocolError(ProxyProtocolError):
     """The peer sent bytes (or fds) the protocol does not allow."""
 
@@ -157,4 +161,14 @@ class HelperStartError(ProxyProtocolError):
             text += f" [exit status {self.returncode}]"
         if self.stderr.strip():
             text += f"; stderr: {self.stderr.strip()}"
+        return text
+
+    def one_line(self) -> str:
+        """The message, the exit status and the last line the helper wrote, on one line."""
+        text = super().__str__()
+        if self.returncode is not None:
+            text += f" [exit status {self.returncode}]"
+        last = self.stderr.strip().splitlines()
+        if last:
+            text += f"; it said: {last[-1].strip()}"
         return text

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -44,6 +45,38 @@ QEMU_HELPER: Final = "/usr/lib/qemu/virtfs-proxy-helper"
 _STARTED: Final = b"Started"
 
 Mode = Literal["fd", "socket"]
+
+
+def check_helper_command(command: str | Sequence[str]) -> list[str]:
+    """The helper's argv from a shell-like string (or a list), its program checked.
+
+    Raises :class:`HelperStartError` with one clear reason when the command
+    cannot be split (an unterminated quote), is empty, or its program is
+    missing, a directory or not executable, before anything is started.
+    """
+    if isinstance(command, str):
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:  # shlex says "No closing quotation"
+            raise HelperStartError(f"cannot split the helper command {command!r}: {exc}") from None
+    else:
+        argv = list(command)
+    if not argv:
+        raise HelperStartError("the helper command is empty")
+    program = argv[0]
+    path = program if os.sep in program else shutil.which(program)
+    hint = (
+        "; install it: apt-get install -y qemu-system-common"
+        if program.endswith("virtfs-proxy-helper")
+        else ""
+    )
+    if path is None or not os.path.lexists(path):
+        raise HelperStartError(f"helper {program!r} not found{hint}", argv=tuple(argv))
+    if os.path.isdir(path):
+        raise HelperStartError(f"helper {program!r} is a directory", argv=tuple(argv))
+    if not os.access(path, os.X_OK):
+        raise HelperStartError(f"helper {program!r} is not executable", argv=tuple(argv))
+    return argv
 
 
 def helper_args(

@@ -245,3 +245,18 @@ def wait_stopped(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.002)
     return False
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from each one's ``/proc/N/stat``)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it exited meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(name))
+    return out

@@ -60,8 +60,15 @@ from .codec import (
     reply_bytes_missing,
 )
 from .constants import HEADER_SIZE, PROXY_MAX_IO_SZ, REPLY_KIND, ByteOrder, MessageType
-from .errors import AncillaryTruncated, ConnectionClosed, ProxyProtocolError, RemoteProtocolError
+from .errors import (
+    AncillaryTruncated,
+    ConnectionClosed,
+    HelperStartError,
+    ProxyProtocolError,
+    RemoteProtocolError,
+)
 from .jsonform import error_to_json, reply_to_json, request_to_json
+from .launcher import check_helper_command
 from .transport import Transport, close_fds
 
 _CHUNK: Final = HEADER_SIZE + PROXY_MAX_IO_SZ
@@ -420,11 +427,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     if bool(args.connect) == bool(args.helper):
         raise SystemExit("trace: give exactly one of --connect PATH or -- HELPER ARGS")
+    if args.helper:
+        try:
+            check_helper_command(args.helper)
+        except HelperStartError as exc:
+            raise SystemExit(f"trace: {exc.one_line()}") from None
     if args.listen_fd is not None:
         try:
             client = socket.socket(fileno=args.listen_fd)
-        except OSError as exc:
-            raise SystemExit(f"trace: --listen-fd {args.listen_fd}: {exc.strerror}") from exc
+        except (OSError, ValueError) as exc:  # ValueError: a negative number
+            why = exc.strerror if isinstance(exc, OSError) else "not a descriptor"
+            raise SystemExit(f"trace: --listen-fd {args.listen_fd}: {why}") from None
         if client.family != socket.AF_UNIX or client.type != socket.SOCK_STREAM:
             raise SystemExit(f"trace: --listen-fd {args.listen_fd} is not an AF_UNIX stream socket")
     proc: subprocess.Popen[bytes] | None = None

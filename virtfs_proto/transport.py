@@ -55,6 +55,7 @@ from .errors import (
     BadFdCount,
     ConnectionClosed,
     LocalProtocolError,
+    NotAProxySocket,
     RemoteProtocolError,
     TransportTimeout,
 )
@@ -123,8 +124,12 @@ class Transport:
     """
 
     def __init__(self, sock: socket.socket, *, timeout: float | None = None) -> None:
+        if not isinstance(sock, socket.socket):
+            raise NotAProxySocket(
+                f"expected a connected AF_UNIX stream socket.socket, got {type(sock).__name__}"
+            )
         if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-            raise LocalProtocolError("the proxy protocol runs over an AF_UNIX SOCK_STREAM socket")
+            raise NotAProxySocket("the proxy protocol runs over an AF_UNIX SOCK_STREAM socket")
         self.sock = sock
         self.timeout = timeout
         # Timeouts are enforced per system call from a deadline; the socket

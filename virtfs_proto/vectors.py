@@ -128,6 +128,15 @@ def run_steps(
 ) -> tuple[Outcome, Fixture]:
     """Run a scenario against a fresh fixture and a freshly started helper."""
     root = Path(tempfile.mkdtemp(prefix="virtfs-vec-", dir=workdir))
+    try:
+        return _run_steps_in(root, argv, steps, mode)
+    finally:  # also when interrupted (Ctrl-C, SIGTERM)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run_steps_in(
+    root: Path, argv: Sequence[str], steps: Sequence[Step], mode: Mode
+) -> tuple[Outcome, Fixture]:
     fixture = build_fixture(root)
     before = sentinel_state(fixture)
     exchanges: list[Exchange] = []
@@ -171,7 +180,6 @@ def run_steps(
     finally:
         helper.close()
     intact = sentinel_state(fixture) == before
-    shutil.rmtree(root, ignore_errors=True)
     state = "exited" if returncode is not None else "alive"
     return Outcome(exchanges, state, returncode, intact, helper.stderr), fixture
 

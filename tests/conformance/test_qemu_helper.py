@@ -7,9 +7,11 @@ test asserts that precisely these cases fail, in both socket modes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from virtfs_proto.conformance import CASES, Report, Verdict, run
+from virtfs_proto.conformance import CASES, Report, Verdict, main, run
 
 #: case name -> the QEMU 7.2 defect it demonstrates
 QEMU_DEFECTS: dict[str, str] = {
@@ -155,4 +157,52 @@ def test_report_counts(qemu_report: Report) -> None:
         assert groups["security"] >= 50
     assert qemu_report.failed == sum(len(expected_failures(m)) for m in MODES)
     assert set(QEMU_DEFECTS) == expected_failures("fd") | expected_failures("socket")
-    assert qemu_report.summary() == f"{qemu_report.passed} passed, {qemu_report.failed} failed"
+    assert qemu_report.summary().startswith(
+        f"{qemu_report.passed} passed, {qemu_report.failed} failed, "
+    )
+
+
+def expect_file(defects: dict[str, str]) -> str:
+    """An ``--expect`` file, as a vendor would pin these defects."""
+    return "# QEMU 7.2's virtfs-proxy-helper\n" + "".join(
+        f"{name}  {why}\n" for name, why in defects.items()
+    )
+
+
+@pytest.mark.qemu_helper
+@pytest.mark.root
+def test_expect_file_pins_qemu_defects(
+    qemu_helper: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--expect from QEMU_DEFECTS: exit 0; a defect left out, or a passing case
+    listed, fails the run and the summary says which."""
+    # three defects and a passing case, in one mode: quick
+    only = ["security.confine.not_root", "security.confine.no_new_privs"]
+    only += ["behaviour.cli.fd_not_a_number", "behaviour.open_read"]
+    argv = ["--helper", qemu_helper, "--mode", "fd", "--expect", str(tmp_path / "qemu.expect")]
+    argv += [a for name in only for a in ("--only", name)]
+    (tmp_path / "qemu.expect").write_text(expect_file(QEMU_DEFECTS))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == (
+        "1 passed, 3 failed, 0 tolerated, 0 not applicable; "
+        "3 expected failures, 0 unexpected failures, 0 unexpected passes"
+    )
+    assert (
+        f"[fd] security.confine.no_new_privs: {QEMU_DEFECTS['security.confine.no_new_privs']}"
+        in out
+    )
+
+    fewer = {k: v for k, v in QEMU_DEFECTS.items() if k != "security.confine.no_new_privs"}
+    (tmp_path / "qemu.expect").write_text(expect_file(fewer))
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "1 unexpected failures:\n  [fd] security.confine.no_new_privs: " in out
+    assert out.endswith("2 expected failures, 1 unexpected failures, 0 unexpected passes\n")
+
+    more = {**QEMU_DEFECTS, "behaviour.open_read": "a defect that is not there"}
+    (tmp_path / "qemu.expect").write_text(expect_file(more))
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "[fd] behaviour.open_read: pass; expected: a defect that is not there" in out
+    assert out.endswith("3 expected failures, 0 unexpected failures, 1 unexpected passes\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,7 @@ def test_selection() -> None:
 @pytest.mark.root
 def test_command_line(qemu_helper: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = tmp_path / "r.json"
+    junit = tmp_path / "r.xml"
     rc = main(
         [
             "--helper",
@@ -77,21 +79,58 @@ def test_command_line(qemu_helper: str, tmp_path: Path, capsys: pytest.CaptureFi
             "behaviour.open_*",
             "--json",
             str(report),
+            "--junit",
+            str(junit),
         ]
     )
     out = capsys.readouterr().out.splitlines()
     assert rc == 0
-    assert out[0].startswith("[fd] wire: 0 cases")
-    assert out[-1] == "6 passed, 0 failed"
+    assert out[0].startswith("[fd] behaviour: 6 cases, 6 passed, 0 failed, 0 tolerated")
+    assert out[-1] == "6 passed, 0 failed, 0 tolerated, 0 not applicable"
+    assert len(out) == 2  # nothing failed: the group's line and the summary
     data = json.loads(report.read_text())
     assert data["passed"] == 6 and data["failed"] == 0 and len(data["results"]) == 6
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "6" and suite.get("failures") == "0"
+    names = {c.name for c in select(CASES, "behaviour.open_*")}
+    assert {tc.get("name") for tc in suite} == {f"{n}[fd]" for n in names}
     rc = main(
-        ["--helper", qemu_helper, "--mode", "socket", "--only", "security.special.open_fifo_wronly"]
+        [
+            "--helper",
+            qemu_helper,
+            "--mode",
+            "socket",
+            "--only",
+            "security.special.open_fifo_wronly",
+            "--only",
+            "security.frame.trailing_bytes",
+            "--junit",
+            str(junit),
+        ]
     )
     out = capsys.readouterr().out.splitlines()
     assert rc == 1
-    assert out[-1] == "0 passed, 1 failed"
+    assert out[-1] == "0 passed, 1 failed, 1 tolerated, 0 not applicable"
     assert any("helper blocked" in line for line in out)
+    cases = {tc.get("name"): tc for tc in ET.parse(junit).getroot().iter("testcase")}
+    failure = cases["security.special.open_fifo_wronly[socket]"].find("failure")
+    assert failure is not None and "helper blocked" in (failure.get("message") or "")
+    skipped = cases["security.frame.trailing_bytes[socket]"].find("skipped")
+    assert skipped is not None and "tolerated" in (skipped.get("message") or "")
+
+
+def test_list_only_and_exclude(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--list", "--only", "security.special.*", "--only", "race", "--exclude", "fifo"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    want = [
+        c
+        for c in CASES
+        if (c.name.startswith("security.special.") or c.cls == "race") and "fifo" not in c.name
+    ]
+    assert [ln.split()[0] for ln in lines] == [c.name for c in want]
+    assert all(f"{c.group}/{c.cls}" in ln for c, ln in zip(want, lines, strict=True))
+    assert any(c.cls == "race" for c in want) and any(c.cls != "race" for c in want)
 
 
 def test_command_line_refuses_what_it_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fnmatch
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +23,10 @@ GROUPS: Final = ("wire", "behaviour", "security")
 class Verdict(enum.Enum):
     PASS = "pass"
     FAIL = "fail"
+    #: a behaviour the spec lets a peer tolerate (counted as "tolerated")
     DEVIATION = "known-deviation"
+    #: the case cannot judge this helper or host (its detail says why)
+    NOT_APPLICABLE = "not-applicable"
 
 
 class CheckFailed(Exception):
@@ -36,6 +40,10 @@ class Deviation(Exception):
         super().__init__(f"{name}: {detail}")
         self.name = name
         self.detail = detail
+
+
+class NotApplicable(Exception):
+    """The case cannot judge this helper here (e.g. the host lacks what it needs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +273,10 @@ class Report:
     def deviations(self) -> int:
         return self.count(Verdict.DEVIATION)
 
+    @property
+    def not_applicable(self) -> int:
+        return self.count(Verdict.NOT_APPLICABLE)
+
     def failures(self) -> list[CaseResult]:
         return [r for r in self.results if r.verdict is Verdict.FAIL]
 
@@ -272,8 +284,8 @@ class Report:
         return {r.name for r in self.failures() if mode is None or r.mode == mode}
 
     def summary(self) -> str:
-        """The report's last line."""
-        return f"{self.passed} passed, {self.failed} failed"
+        """The report's last line; it begins "N passed, N failed", which CI tooling reads."""
+        return count_line(self.results)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -282,21 +294,40 @@ class Report:
             "passed": self.passed,
             "failed": self.failed,
             "known_deviations": self.deviations,
+            "not_applicable": self.not_applicable,
             "results": [r.as_json() for r in self.results],
         }
 
 
-def select(cases: Iterable[Case], only: str | None) -> list[Case]:
-    """Cases whose name or class matches the glob or substring ``only``."""
-    import fnmatch
+def count_line(results: Iterable[CaseResult]) -> str:
+    """``N passed, N failed, N tolerated, N not applicable``: every result counted once."""
+    counts = dict.fromkeys(Verdict, 0)
+    for r in results:
+        counts[r.verdict] += 1
+    return (
+        f"{counts[Verdict.PASS]} passed, {counts[Verdict.FAIL]} failed, "
+        f"{counts[Verdict.DEVIATION]} tolerated, {counts[Verdict.NOT_APPLICABLE]} not applicable"
+    )
 
-    out = list(cases)
-    if only:
-        out = [
-            c
-            for c in out
-            if fnmatch.fnmatchcase(c.name, only)
-            or only in c.name
-            or fnmatch.fnmatchcase(c.cls, only)
-        ]
-    return out
+
+def matches(c: Case, pattern: str) -> bool:
+    """Whether the case's name or class matches ``pattern`` (a glob or a substring)."""
+    return (
+        fnmatch.fnmatchcase(c.name, pattern)
+        or pattern in c.name
+        or fnmatch.fnmatchcase(c.cls, pattern)
+    )
+
+
+def select(
+    cases: Iterable[Case], only: str | Sequence[str] | None, exclude: Sequence[str] = ()
+) -> list[Case]:
+    """Cases matching any of the ``only`` patterns (all cases when none), minus those
+    matching any ``exclude`` pattern (see :func:`matches`)."""
+    wanted = [only] if isinstance(only, str) else list(only or ())
+    return [
+        c
+        for c in cases
+        if (not wanted or any(matches(c, p) for p in wanted))
+        and not any(matches(c, p) for p in exclude)
+    ]

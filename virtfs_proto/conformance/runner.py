@@ -5,17 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from ..errors import HelperStartError, ProxyProtocolError
+from ..launcher import check_helper_command
+from ..messages import LstatRequest
 from . import cases as _cases  # noqa: F401  (registers every case)
+from .expect import Expectations, Judgement, judge
 from .fixture import Workspace
+from .junit import junit_xml
 from .model import (
     CASES,
     GROUPS,
@@ -24,12 +28,16 @@ from .model import (
     CheckFailed,
     Context,
     Deviation,
+    NotApplicable,
     Report,
     Verdict,
+    count_line,
     select,
+    vpath,
 )
 from .session import (
     EXIT_TIMEOUT,
+    START_TIMEOUT,
     HelperGone,
     HelperHung,
     HelperSession,
@@ -79,6 +87,8 @@ class _Runner:
         except Deviation as exc:
             result.verdict, result.detail = Verdict.DEVIATION, exc.detail
             result.deviation = exc.name
+        except NotApplicable as exc:
+            result.verdict, result.detail = Verdict.NOT_APPLICABLE, str(exc)
         except HelperStartError as exc:
             result.verdict, result.detail = Verdict.FAIL, f"helper did not start: {exc}"
             tainted = True
@@ -134,37 +144,83 @@ class _Runner:
         self._dispose()
 
 
+def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
+    """Start the helper once and have it answer a T_LSTAT of the export's root.
+
+    Raises :class:`HelperStartError` (one clear reason) for a helper that
+    cannot be run, exits at once or never answers: such a helper has nothing
+    to judge, and must not collect "passed" cases from those that only check
+    that something is refused.
+    """
+    # raises HelperStartError itself for a helper that cannot be run or, in
+    # socket mode, never listens
+    helper = HelperSession(helper_argv, ws.export, mode, rundir=ws.rundir)
+    try:
+        helper.call(LstatRequest(vpath("")), timeout=START_TIMEOUT)
+    except (HelperGone, HelperHung) as exc:
+        hung = isinstance(exc, HelperHung)
+        status = None if hung else helper.wait_exit()
+        helper.kill()
+        helper.close()  # for its final log; idempotent, so the finally below is harmless
+        what = (
+            f"did not answer a first request within {START_TIMEOUT:g} s"
+            if hung
+            else "exited at once instead of answering"
+        )
+        raise HelperStartError(
+            f"the helper {what} ({mode} mode)",
+            returncode=status,
+            stderr=helper.final_log,
+            argv=tuple(helper_argv),
+        ) from None
+    except ProxyProtocolError:
+        pass  # it serves, if badly: the cases judge that
+    finally:
+        helper.close()
+
+
 def run(
     helper_argv: Sequence[str],
     mode: str,
-    only: str | None = None,
+    only: str | Sequence[str] | None = None,
     *,
+    exclude: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
+    on_result: Callable[[CaseResult, int, int], None] | None = None,
 ) -> Report:
-    """Run every case (or those matching ``only``) against ``helper_argv``.
+    """Run every case (or those :func:`~.model.select` picks) against ``helper_argv``.
 
-    ``mode`` is "fd", "socket" or "both". ``progress`` gets one line per group.
+    ``mode`` is "fd", "socket" or "both". ``progress`` gets one line per group
+    that has cases; ``on_result`` each result, its position and the run's
+    total. A helper that cannot serve at all raises :class:`HelperStartError`
+    (see :func:`probe`) before any case runs.
     """
     modes = list(MODES) if mode == "both" else [mode]
     if any(m not in MODES for m in modes):
         raise ValueError(f"mode must be fd, socket or both, not {mode!r}")
     report = Report(list(helper_argv), modes)
-    selected = select(CASES, only)
+    selected = select(CASES, only, exclude)
+    total = sum(md in c.modes for md in modes for c in selected)
     ws = Workspace()
     try:
+        probe(helper_argv, modes[0], ws)
         for md in modes:
             runner = _Runner(helper_argv, md, ws)
             try:
                 for group in GROUPS:
                     cases = [c for c in selected if c.group == group and md in c.modes]
+                    if not cases:
+                        continue
                     t0 = time.monotonic()
-                    results = [runner.run_case(c) for c in cases]
-                    report.results.extend(results)
+                    results = []
+                    for c in cases:
+                        results.append(runner.run_case(c))
+                        report.results.append(results[-1])
+                        if on_result:
+                            on_result(results[-1], len(report.results), total)
                     if progress:
-                        fails = sum(r.verdict is Verdict.FAIL for r in results)
                         progress(
-                            f"[{md}] {group}: {len(results)} cases, "
-                            f"{len(results) - fails} ok, {fails} failed "
+                            f"[{md}] {group}: {len(results)} cases, {count_line(results)} "
                             f"({time.monotonic() - t0:.1f} s)"
                         )
             finally:
@@ -175,32 +231,84 @@ def run(
 
 
 def format_table(report: Report) -> str:
-    """A readable table of every result, then the known deviations and the summary."""
+    """A readable table of every result, then the findings and the summary."""
+    lines = [*_table(report), "", *format_findings(report, judge(report.results, None))]
+    return "\n".join([*lines, report.summary()])
+
+
+def _table(report: Report) -> list[str]:
+    """One line per result: verdict, mode, group, class, case, detail."""
+    heads = ("VERDICT", "MODE", "GROUP", "CLASS", "CASE")
     rows = [
         (r.verdict.value.upper(), r.mode, r.group, r.cls, r.name, r.detail) for r in report.results
     ]
-    w = [
-        max([len(h), *(len(r[i]) for r in rows)])
-        for i, h in enumerate(("VERDICT", "MODE", "GROUP", "CLASS", "CASE"))
-    ]
-    lines = [
-        "  ".join(
-            h.ljust(w[i]) for i, h in enumerate(("VERDICT", "MODE", "GROUP", "CLASS", "CASE"))
-        )
-        + "  DETAIL"
-    ]
-    for r in rows:
-        lines.append("  ".join(r[i].ljust(w[i]) for i in range(5)) + "  " + r[5])
+    w = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w[i]) for i, h in enumerate(heads)) + "  DETAIL"]
+    lines += ["  ".join(r[i].ljust(w[i]) for i in range(5)) + "  " + r[5] for r in rows]
+    return lines
+
+
+def format_findings(report: Report, judgement: Judgement) -> list[str]:
+    """The tolerated deviations, cases that did not apply, and what failed, with details."""
+    lines = []
     devs = [r for r in report.results if r.verdict is Verdict.DEVIATION]
-    lines.append("")
-    lines.append(f"{len(devs)} known deviations (tolerated by the spec):")
-    lines += [f"  [{d.mode}] {d.name}: {d.deviation}: {d.detail}" for d in devs]
-    fails = report.failures()
+    if devs:
+        lines.append(f"{len(devs)} tolerated deviations (the spec allows them):")
+        lines += [f"  [{d.mode}] {d.name}: {d.deviation}: {d.detail}" for d in devs]
+    nas = [r for r in report.results if r.verdict is Verdict.NOT_APPLICABLE]
+    if nas:
+        lines.append(f"{len(nas)} not applicable:")
+        lines += [f"  [{r.mode}] {r.name}: {r.detail}" for r in nas]
+    if judgement.expected_failures:
+        lines.append(f"{len(judgement.expected_failures)} expected failures (--expect):")
+        lines += [f"  [{r.mode}] {r.name}: {why}" for r, why in judgement.expected_failures]
+    if judgement.unexpected_passes:
+        lines.append(
+            f"{len(judgement.unexpected_passes)} UNEXPECTED PASSES (listed in --expect, "
+            "did not fail):"
+        )
+        lines += [
+            f"  [{r.mode}] {r.name}: {r.verdict.value}; expected: {why}"
+            for r, why in judgement.unexpected_passes
+        ]
+    fails = judgement.unexpected_failures
     if fails:
-        lines.append(f"{len(fails)} failures:")
+        unexpected = "unexpected failures" if judgement.expected_failures else "failures"
+        lines.append(f"{len(fails)} {unexpected}:")
         lines += [f"  [{f.mode}] {f.name}: {f.detail}" for f in fails]
-    lines.append(report.summary())
-    return "\n".join(lines)
+    return lines
+
+
+class _Progress:
+    """A counter rewritten in place on a terminal; nothing per case otherwise.
+
+    Group lines are printed in full either way, so a log shows how far the run got.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.failed = 0
+
+    def result(self, r: CaseResult, done: int, total: int) -> None:
+        self.failed += r.verdict is Verdict.FAIL
+        if self.tty:
+            text = f"[{done}/{total}] {self.failed} failed  [{r.mode}] {r.name}"
+            self.out.write("\r\x1b[K" + text[: _width()])
+            self.out.flush()
+
+    def clear(self) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+
+    def line(self, text: str) -> None:
+        self.out.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.out.flush()
+
+
+def _width() -> int:
+    return max(20, shutil.get_terminal_size().columns - 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,37 +317,66 @@ def build_parser() -> argparse.ArgumentParser:
         prog="virtfs-proto conformance",
         description="Run the conformance and security suite against a proxy helper.",
     )
-    parser.add_argument(
-        "--helper", required=True, help="the helper command, split like a shell would (shlex)"
-    )
+    parser.add_argument("--helper", help="the helper command, split like a shell would (shlex)")
     parser.add_argument("--mode", choices=("fd", "socket", "both"), default="both")
-    parser.add_argument("--json", metavar="REPORT", help="also write a JSON report here")
     parser.add_argument(
         "--only",
         metavar="PATTERN",
-        help="run only cases whose name or class matches (glob or substring)",
+        action="append",
+        help="run only cases whose name or class matches (glob or substring); repeatable",
+    )
+    parser.add_argument(
+        "--exclude",
+        metavar="PATTERN",
+        action="append",
+        default=[],
+        help="leave out cases whose name or class matches; repeatable",
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list the selected cases (group, class, name) and exit"
+    )
+    parser.add_argument(
+        "--expect",
+        metavar="FILE",
+        help="known failures, one 'CASE[MODE] REASON' a line: they must fail, nothing else may",
+    )
+    parser.add_argument("--json", metavar="REPORT", help="also write a JSON report here")
+    parser.add_argument("--junit", metavar="XML", help="also write a JUnit XML report here")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="print every case's verdict (a table)"
     )
     return parser
 
 
 def main(argv: list[str]) -> int:
-    """``virtfs-proto conformance --helper CMD [--mode fd|socket|both] [--json F] [--only P]``."""
+    """``virtfs-proto conformance --helper CMD [options]``: see :func:`build_parser`."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    helper_argv = shlex.split(args.helper)
-    if not helper_argv:
-        parser.error("--helper is empty")
-    if shutil.which(helper_argv[0]) is None:
-        hint = (
-            "; install it: apt-get install -y qemu-system-common"
-            if helper_argv[0].endswith("virtfs-proxy-helper")
-            else ""
-        )
-        print(f"conformance: helper {helper_argv[0]!r} not found{hint}", file=sys.stderr)
+    selected = select(CASES, args.only, args.exclude)
+    if not selected:
+        shown = " ".join(args.only or []) + "".join(f" minus {e}" for e in args.exclude)
+        print(f"conformance: no case matches {shown.strip()!r}", file=sys.stderr)
         return 2
-    if not select(CASES, args.only):
-        print(f"conformance: no case matches {args.only!r}", file=sys.stderr)
+    if args.list:
+        for c in selected:
+            print(f"{c.name}  {c.group}/{c.cls}  [{' '.join(c.modes)}]")
+        return 0
+    if not args.helper:
+        print("conformance: --helper CMD is required (or --list)", file=sys.stderr)
         return 2
+    try:
+        helper_argv = check_helper_command(args.helper)
+    except HelperStartError as exc:
+        print(f"conformance: {exc.one_line()}", file=sys.stderr)
+        return 2
+    expectations = None
+    if args.expect:
+        try:
+            text = Path(args.expect).read_text()
+            expectations = Expectations.parse(text, (c.name for c in CASES))
+        except (OSError, ValueError) as exc:
+            print(f"conformance: --expect {args.expect}: {exc}", file=sys.stderr)
+            return 2
     if os.geteuid() != 0:
         print(
             "conformance: must run as root (helpers chroot and the fixture makes device "
@@ -247,8 +384,37 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    report = run(helper_argv, args.mode, args.only, progress=lambda s: print(s, flush=True))
-    print(format_table(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.as_json(), indent=2) + "\n")
-    return 0 if report.failed == 0 else 1
+    out = _Progress(sys.stdout)
+    try:
+        report = run(
+            helper_argv,
+            args.mode,
+            args.only,
+            exclude=args.exclude,
+            progress=out.line,
+            on_result=out.result,
+        )
+    except HelperStartError as exc:
+        out.clear()
+        print(f"conformance: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except BaseException:  # Ctrl-C, SIGTERM: their one line starts a line of its own
+        out.clear()
+        raise
+    judgement = judge(report.results, expectations)
+    lines = ([*_table(report), ""] if args.verbose else []) + format_findings(report, judgement)
+    if lines:
+        print("\n".join(lines))
+    summary = report.summary()
+    if expectations is not None:
+        summary += f"; {judgement.summary()}"
+    print(summary)
+    try:
+        if args.json:
+            Path(args.json).write_text(json.dumps(report.as_json(), indent=2) + "\n")
+        if args.junit:
+            Path(args.junit).write_bytes(junit_xml(report, expectations))
+    except OSError as exc:
+        print(f"conformance: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return 0 if judgement.ok else 1

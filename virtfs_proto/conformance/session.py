@@ -91,6 +91,9 @@ class HelperSession:
         try:
             sock = self._start(export, mode, rundir, extra_fds, socket_path, unlink_socket)
         except BaseException:
+            # e.g. Ctrl-C while waiting for its socket: never leave it running
+            if hasattr(self, "proc"):
+                self.kill()
             self._log.close()
             raise
         self.transport = Transport(sock, timeout=DEFAULT_TIMEOUT)
@@ -125,21 +128,26 @@ class HelperSession:
         raise ValueError(f"mode must be 'fd' or 'socket', not {mode!r}")
 
     def _popen(self, cmd: list[str], pass_fds: list[int]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-            pass_fds=pass_fds,
-            start_new_session=True,
-        )
+        try:
+            return subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=self._log,
+                pass_fds=pass_fds,
+                start_new_session=True,  # a helper that forks is killed whole (killpg)
+            )
+        except OSError as exc:  # not executable, a directory, gone
+            raise HelperStartError(
+                f"cannot run {cmd[0]}: {exc.strerror or exc}", argv=tuple(cmd)
+            ) from None
 
     def _connect(self, path: Path, unlink: bool) -> socket.socket:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
                 raise HelperStartError(
-                    f"helper {describe_status(self.proc.returncode)} before accepting",
+                    "the helper exited at once instead of listening on its socket",
                     returncode=self.proc.returncode,
                     stderr=self.log()[-2000:],
                     argv=tuple(self.argv),
@@ -151,7 +159,9 @@ class HelperSession:
                 sock.close()
                 if time.monotonic() > deadline:
                     self.kill()
-                    raise HelperStartError("helper never created its socket") from None
+                    raise HelperStartError(
+                        f"the helper never listened on its socket ({START_TIMEOUT:g} s)"
+                    ) from None
                 time.sleep(0.005)
                 continue
             # as QEMU does: the client unlinks the socket file after connect

@@ -416,7 +416,12 @@ def _accept_one(
 
 
 def socket_from_fd(fd: int) -> socket.socket:
-    sock = socket.socket(fileno=fd)
+    """The socket inherited as ``-f fd``; an OSError that names ``fd`` if there is none."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except (OSError, ValueError) as exc:  # ValueError: a negative number
+        why = exc.strerror if isinstance(exc, OSError) else "not a descriptor"
+        raise OSError(f"socket descriptor {fd}: {why}") from None
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
         sock.detach()
         raise OSError(f"fd {fd} is not an AF_UNIX stream socket")
@@ -537,6 +542,8 @@ def run(o: Options, log: Log) -> int:
     # were started) and never looked up by name again: this fd becomes the
     # jail's root and the resolver's root.
     root_fd = os.open(o.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    # checked before "Started", so that a wrong -f is the only thing said
+    inherited = socket_from_fd(o.fd) if o.fd is not None else None
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     if not o.nodaemon and not o.print_confinement:
         daemonize()
@@ -553,8 +560,8 @@ def run(o: Options, log: Log) -> int:
     if o.socket is not None:
         assert o.uid is not None and o.gid is not None
         sock = proxy_socket(o.socket, o.uid, o.gid, log.error)
-    elif o.fd is not None:
-        sock = socket_from_fd(o.fd)
+    else:
+        sock = inherited
     # After any fork (daemonize): "self" is resolved when it is opened.
     fd_dir, fd_dir_origin = open_own_fd_dir()
     export_st = os.fstat(root_fd)

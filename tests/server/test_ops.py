@@ -344,3 +344,23 @@ def test_mknod_file_is_created_by_the_open_that_owns_it(
     req = m.MknodRequest(7, 8, b"//dangling", stat.S_IFREG | 0o644, 0)
     assert o.handle(req) == err(errno.EEXIST)
     assert not os.path.lexists(export.root / "elsewhere")
+
+
+def test_a_name_that_keeps_coming_and_going_is_bounded(
+    ops: tuple[Operations, list[str]],
+) -> None:
+    """Exists for O_EXCL, gone for the open, forever: EAGAIN, not a busy helper."""
+    o, _ = ops
+    calls = 0
+
+    def flicker(path: bytes, flags: int, mode: int) -> int:
+        nonlocal calls
+        calls += 1
+        if flags & os.O_EXCL:
+            raise FileExistsError(errno.EEXIST, "exists")
+        raise FileNotFoundError(errno.ENOENT, "gone")
+
+    o.resolver.open_clean = flicker  # type: ignore[method-assign]
+    reply = o.handle(m.CreateRequest(b"//x", os.O_RDWR | os.O_CREAT, 0o644, 7, 8))
+    assert reply == err(errno.EAGAIN)
+    assert 2 < calls < 1000

@@ -69,6 +69,7 @@ from .. import messages as m
 from ..constants import MAX_STRING_LENGTH
 from .oslib import fchown_fd, open_own_fd_dir
 from .resolve import (
+    MAX_EAGAIN_RETRIES,
     MAX_SYMLINKS,
     Resolver,
     clean_name,
@@ -294,12 +295,13 @@ class Operations:
 
     def _dangling_target(self, path: bytes) -> bytes | None:
         """Where O_CREAT through ``path`` would create a file, if its last
-        component is a symlink to nothing (else None: ``path`` exists)."""
+        component is a symlink to nothing (else None: ``path`` exists, or it
+        was removed since O_EXCL saw it, which the open that follows finds)."""
         open_clean = self.resolver.open_clean
         try:
             fd = open_clean(path, _LINK_PATH, 0)
         except FileNotFoundError:
-            return path  # removed since O_EXCL saw it: try again
+            return None
         try:
             if not stat.S_ISLNK(os.fstat(fd).st_mode):
                 return None
@@ -346,7 +348,9 @@ class Operations:
         if flags & _O_TMPFILE == _O_TMPFILE:
             fd = self.resolver.open_clean(path, flags | os.O_NOCTTY, mode & 0o1777)
             return self._give_owner(fd, mode, owner)
-        while True:
+        # Another process may remove the name between our create and our
+        # open, again and again: bounded, so it cannot keep the helper busy.
+        for _ in range(MAX_EAGAIN_RETRIES):
             if flags & os.O_CREAT:
                 created = self._create(path, flags, mode, owner)
                 if created is not None:
@@ -363,6 +367,7 @@ class Operations:
                 return self._reopen(fd, flags & ~_REOPEN_DROPPED)
             finally:
                 os.close(fd)
+        raise _error(EAGAIN)
 
     def open(self, req: m.OpenRequest) -> m.Reply:
         # QEMU's T_OPEN with O_CREAT creates a 0000 file owned by root.

@@ -1,5 +1,5 @@
 """The cases, one module per group; importing this package registers them all."""
 
-from . import behaviour, commandline, security, wire
+from . import behaviour, commandline, long_paths, security, wire
 
-__all__ = ["behaviour", "commandline", "security", "wire"]
+__all__ = ["behaviour", "commandline", "long_paths", "security", "wire"]

@@ -391,3 +391,21 @@ def test_walk_dotdot_refuses_a_moved_directory(
     monkeypatch.setattr(resolve, "_dotdot", moved_first)
     assert _found(r, b"a/b/c/../..", os.O_PATH) == "ENOENT"
     assert not moves and (export.root / "c").is_dir()
+
+
+def test_uncontained_long_path_follows_the_kernels_rules(
+    export: Export, root_fd: int, deep_fd: int
+) -> None:
+    """--resolver=none (tests of the chroot alone) takes long paths too, a run of
+    whole components at a time: '..' across a run's end is the kernel's '..'."""
+    r = Resolver(root_fd, contain=False)
+    os.close(os.open(b"file", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=deep_fd))
+    relative = DEEP_PATH.lstrip(b"/")
+    assert _found(r, relative + b"/file", os.O_RDONLY) == _ino(deep_fd, "file")
+    assert _found(r, relative + UP_TO_ROOT + b"/file.txt", os.O_PATH) == _ino(root_fd, "file.txt")
+    # uncontained: '..' at the export root goes above it, as the kernel's does
+    assert _found(r, relative + UP_TO_ROOT + b"/../outside_secret.txt", os.O_PATH) == (
+        export.secret.stat().st_ino
+    )
+    assert _found(r, relative + b"/" + b"x" * 5000, os.O_PATH) == "ENAMETOOLONG"
+    assert _parent_outcome(r, relative + b"/file") == (_ino(deep_fd), b"file")

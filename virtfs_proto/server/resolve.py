@@ -197,7 +197,7 @@ class Resolver:
     walk (so tests exercise both). ``contain=False`` turns layer (a) off:
     paths are then resolved by the kernel's ordinary rules relative to
     ``root_fd`` (absolute paths from the process root), for tests of the
-    chroot layer on its own.
+    chroot layer on its own. Every mode serves paths of any length.
     """
 
     def __init__(

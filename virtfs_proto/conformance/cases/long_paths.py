@@ -5,7 +5,10 @@ serves any depth, so the helper must too (spec: limits.rst): each request
 type is run on an object at the end of a path of 4,100, 8,200 and 60,000
 wire bytes (T_LINK and T_RENAME with the long path as either operand), and
 its effect is checked on the host through directory fds, since no single
-host path can name the object.
+host path can name the object. At 4100 bytes the object's directory is
+still under PATH_MAX, so a helper that resolves only the parent of some
+paths and the whole path of others shows it there: the operations on the
+last component succeed, open, chmod, truncate, statfs fail.
 """
 
 from __future__ import annotations
@@ -26,15 +29,16 @@ from .behaviour import check_generation, read_all
 LENGTHS: Final = (4100, 8200, 60000)
 #: the length of each directory name on the way down (the last one takes the rest)
 STEP: Final = 250
-#: the name of the object at the end of the path, in the deepest directory
-LEAF: Final = b"f"
+#: the name of the object at the end of the path, in the deepest directory: at
+#: 4100 bytes the path of its directory is still under PATH_MAX, at 8200 not
+LEAF: Final = b"leaf" + b"f" * 96
 #: a symlink's target (T_SYMLINK, T_READLINK)
 TARGET: Final = b"target-of-the-deep-link"
 OWNER: Final = (1000, 1001)
 
 
 def deep_path(length: int, nul: bool) -> tuple[list[bytes], bytes]:
-    """Directory names and the wire path ``//d1/d2/.../f`` (``\\0`` with ``nul``)
+    """Directory names and the wire path ``//d1/d2/.../leaf`` (``\\0`` with ``nul``)
     of exactly ``length`` bytes, as QEMU builds it."""
     tail = b"/" + LEAF + (b"\0" if nul else b"")
     room = length - 2 - len(tail)  # the names and the slashes between them

@@ -91,7 +91,27 @@ QEMU_DEFECTS: dict[str, str] = {
     "/proc/self/fd/N/secret.txt through the inherited fd opens a file outside the export",
     "security.magic.proc_pid_root": "with procfs in the export, /proc/<pid>/root of a root "
     "process without capabilities leads to the host's /",
+    # long paths (limits.rst): every path goes to one system call, which refuses PATH_MAX
+    "security.names.long_path": "a 5000-byte path through missing directories is "
+    "ENAMETOOLONG, not ENOENT: the path is passed whole to lstat()",
 }
+#: the requests of behaviour.long_path.*, each at 4100, 8200 and 60000 wire bytes
+# fmt: off
+LONG_PATH_OPS = (
+    "open", "create", "mknod", "mkdir", "symlink", "link_from_long", "link_to_long", "lstat",
+    "readlink", "statfs", "chmod", "chown", "truncate", "utime", "rename_from_long",
+    "rename_to_long", "remove", "lgetxattr", "llistxattr", "lsetxattr", "lremovexattr",
+    "getversion",
+)
+# fmt: on
+QEMU_DEFECTS.update(
+    {
+        f"behaviour.long_path.{op}_{length}": "ENAMETOOLONG: the helper passes the whole path "
+        "to one system call, which takes at most PATH_MAX (4096) bytes"
+        for op in LONG_PATH_OPS
+        for length in (4100, 8200, 60000)
+    }
+)
 
 #: behaviours the spec lets a peer tolerate, reported as known deviations
 QEMU_DEVIATIONS: dict[str, str] = {

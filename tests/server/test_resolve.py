@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 from collections.abc import Iterator
 
 import pytest
 
+from virtfs_proto.conformance.fixture import deep_dir
+from virtfs_proto.server import resolve
 from virtfs_proto.server.resolve import (
     MAX_SYMLINKS,
+    PATH_MAX,
     Resolver,
     clean_name,
     clean_path,
@@ -173,3 +177,235 @@ def test_no_fd_leaks(export: Export, root_fd: int, use_openat2: bool) -> None:
             with contextlib.suppress(OSError):
                 r.release(r.parent(path)[0])
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# -- paths too long for one system call ------------------------------------------
+#
+# Both resolvers serve them (openat2 hands them to the walk); the walk is
+# checked to keep its rules at that length: ".." (clamped at the root),
+# symlinks anywhere, one symlink budget for the whole path, NAME_MAX.
+
+RESOLVERS = [
+    pytest.param({"use_openat2": True}, id="openat2"),
+    pytest.param({"use_openat2": False}, id="walk"),
+]
+#: 25 directories of 200 bytes: their path alone is 5025 bytes, over PATH_MAX
+DEEP = [b"%03d" % i + b"d" * 197 for i in range(25)]
+DEEP_PATH = b"/" + b"/".join(DEEP)
+UP_TO_ROOT = b"/.." * len(DEEP)
+
+
+@pytest.fixture
+def deep_fd(export: Export, root_fd: int) -> Iterator[int]:
+    """An O_PATH fd of the deepest directory of ``DEEP``, made below the root."""
+    fd = deep_dir(root_fd, DEEP, create=True)
+    yield fd
+    os.close(fd)
+
+
+def _ino(dirfd: int, name: str | bytes = ".") -> int:
+    """The inode of ``name`` in ``dirfd`` on the host (not followed)."""
+    return os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_ino
+
+
+def _found(r: Resolver, path: bytes, flags: int) -> int | str:
+    """The inode ``path`` opens to, or the errno's name."""
+    outcome = _outcome(r, path, flags)
+    return outcome if isinstance(outcome, str) else outcome[1]
+
+
+def _parent_outcome(r: Resolver, path: bytes) -> tuple[int, bytes] | str:
+    try:
+        fd, name = r.parent(path)
+    except OSError as exc:
+        return errno.errorcode[exc.errno or 0]
+    try:
+        return os.fstat(fd).st_ino, name
+    finally:
+        r.release(fd)
+
+
+def test_deep_path_is_over_path_max() -> None:
+    assert len(DEEP_PATH) >= PATH_MAX
+
+
+@pytest.mark.parametrize("kw", RESOLVERS)
+def test_long_path_open_create_parent(
+    export: Export, root_fd: int, deep_fd: int, kw: dict[str, bool]
+) -> None:
+    r = Resolver(root_fd, **kw)
+    os.close(os.open(b"file", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=deep_fd))
+    for flags in (os.O_RDONLY, os.O_PATH, os.O_PATH | os.O_NOFOLLOW, os.O_WRONLY | os.O_TRUNC):
+        assert _found(r, DEEP_PATH + b"/file\0", flags | os.O_CLOEXEC) == _ino(deep_fd, "file")
+    assert _found(r, DEEP_PATH + b"/", os.O_RDONLY | os.O_DIRECTORY) == _ino(deep_fd)
+    excl, mode = normalize_open_flags(os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o640)
+    fd = r.open(DEEP_PATH + b"/new", excl, mode)
+    try:
+        assert os.fstat(fd).st_ino == _ino(deep_fd, "new")
+    finally:
+        os.close(fd)
+    with pytest.raises(FileExistsError):
+        r.open(DEEP_PATH + b"/new", excl, mode)
+    assert _parent_outcome(r, DEEP_PATH + b"/new\0") == (_ino(deep_fd), b"new")
+    assert _parent_outcome(r, DEEP_PATH + b"/..") == (_ino(deep_fd, ".."), b".")
+    assert _found(r, DEEP_PATH + b"/missing/x", os.O_PATH) == "ENOENT"
+    assert _found(r, DEEP_PATH + b"/file/x", os.O_PATH) == "ENOTDIR"
+
+
+@pytest.mark.parametrize("kw", RESOLVERS)
+def test_long_path_resolves_as_its_short_form(
+    export: Export, root_fd: int, deep_fd: int, kw: dict[str, bool]
+) -> None:
+    """Going down DEEP and back up with '..' changes nothing: every short path
+    resolves (and fails) as it does with openat2 from the root."""
+    kernel = Resolver(root_fd, use_openat2=True)
+    r = Resolver(root_fd, **kw)
+    detour = DEEP_PATH + UP_TO_ROOT + b"/"
+    for path in PATHS:
+        for flags in (os.O_PATH, os.O_PATH | os.O_NOFOLLOW, os.O_RDONLY | os.O_NONBLOCK):
+            assert _outcome(r, detour + path, flags) == _outcome(kernel, path, flags), path
+        assert _parent_outcome(r, detour + path) == _parent_outcome(kernel, path), path
+
+
+@pytest.mark.parametrize("kw", RESOLVERS)
+def test_long_path_dotdot_stays_inside(
+    export: Export, root_fd: int, deep_fd: int, kw: dict[str, bool]
+) -> None:
+    r = Resolver(root_fd, **kw)
+    root_file = (export.root / "file.txt").stat().st_ino
+    for extra in (0, 1, 30):  # more '..' than depth: clamped at the root
+        up = DEEP_PATH + UP_TO_ROOT + b"/.." * extra
+        assert _found(r, up + b"/file.txt", os.O_RDONLY) == root_file
+        assert _found(r, up + b"/../outside_secret.txt", os.O_RDONLY) == "ENOENT"
+    # one '..' in the middle goes one level up
+    assert _found(r, DEEP_PATH + b"/../" + DEEP[-1] + b"/..", os.O_PATH) == _ino(deep_fd, "..")
+
+
+@pytest.mark.parametrize("kw", RESOLVERS)
+def test_long_path_symlinks(
+    export: Export, root_fd: int, deep_fd: int, kw: dict[str, bool]
+) -> None:
+    r = Resolver(root_fd, **kw)
+    links = {
+        "rel_here": "../" + DEEP[-1].decode(),  # relative: up and back down
+        "abs_dir": "/dir",  # absolute: restarts at the export root
+        "abs_file": "/file.txt",
+        "escape_rel": "../" * 40 + "outside_secret.txt",
+        "escape_abs": str(export.secret),
+        "escape_host_dir": str(export.base),
+        "dangling": "/dir/made_via_deep_link",
+    }
+    for name, target in links.items():
+        os.symlink(target, name, dir_fd=deep_fd)
+    dir_ino = (export.root / "dir").stat().st_ino
+    sub = (export.root / "dir" / "sub.txt").stat().st_ino
+    # in the middle
+    assert _found(r, DEEP_PATH + b"/rel_here/rel_here/abs_dir/sub.txt", os.O_RDONLY) == sub
+    assert _found(r, DEEP_PATH + b"/abs_dir/../dir/sub.txt", os.O_RDONLY) == sub
+    assert _parent_outcome(r, DEEP_PATH + b"/abs_dir/sub.txt") == (dir_ino, b"sub.txt")
+    # final: followed, or not with O_NOFOLLOW
+    assert _found(r, DEEP_PATH + b"/abs_file", os.O_RDONLY) == _ino(root_fd, "file.txt")
+    assert _found(r, DEEP_PATH + b"/abs_file", os.O_PATH | os.O_NOFOLLOW) == _ino(
+        deep_fd, "abs_file"
+    )
+    assert _found(r, DEEP_PATH + b"/abs_file", os.O_RDONLY | os.O_NOFOLLOW) == "ELOOP"
+    # escapes stay inside, where the secret does not exist
+    for name in (b"escape_rel", b"escape_abs", b"escape_host_dir/outside_secret.txt"):
+        assert _found(r, DEEP_PATH + b"/" + name, os.O_RDONLY) == "ENOENT", name
+    # creating through a final symlink lands inside the export
+    flags, mode = normalize_open_flags(os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(r.open(DEEP_PATH + b"/dangling", flags, mode))
+    assert (export.root / "dir" / "made_via_deep_link").exists()
+
+
+@pytest.mark.parametrize("kw", RESOLVERS)
+def test_long_path_one_symlink_budget(
+    export: Export, root_fd: int, deep_fd: int, kw: dict[str, bool]
+) -> None:
+    """40 symlinks in a whole path are followed, in the middle and at the end
+    together; one more is ELOOP."""
+    r = Resolver(root_fd, **kw)
+    os.symlink(".", "here", dir_fd=deep_fd)
+    os.symlink("file", "final", dir_fd=deep_fd)
+    os.symlink("loop", "loop", dir_fd=deep_fd)
+    os.close(os.open(b"file", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=deep_fd))
+    file_ino = _ino(deep_fd, "file")
+    assert _found(r, DEEP_PATH + b"/here" * 40 + b"/file", os.O_RDONLY) == file_ino
+    assert _found(r, DEEP_PATH + b"/here" * 39 + b"/final", os.O_RDONLY) == file_ino
+    assert _found(r, DEEP_PATH + b"/here" * 40 + b"/final", os.O_RDONLY) == "ELOOP"
+    assert _found(r, DEEP_PATH + b"/here" * 41 + b"/file", os.O_RDONLY) == "ELOOP"
+    assert _found(r, DEEP_PATH + b"/loop", os.O_RDONLY) == "ELOOP"
+    assert _found(r, DEEP_PATH + b"/loop/x", os.O_PATH) == "ELOOP"
+
+
+@pytest.mark.parametrize("kw", RESOLVERS)
+def test_long_path_component_over_name_max(
+    export: Export, root_fd: int, deep_fd: int, kw: dict[str, bool]
+) -> None:
+    r = Resolver(root_fd, **kw)
+    for long in (b"x" * 256, b"y" * 5000):
+        for path in (DEEP_PATH + b"/" + long, DEEP_PATH + b"/" + long + b"/z", long + DEEP_PATH):
+            assert _found(r, path, os.O_PATH) == "ENAMETOOLONG"
+            assert _parent_outcome(r, path + b"/w") == "ENAMETOOLONG"
+    os.mkdir(b"n" * 255, dir_fd=deep_fd)  # NAME_MAX itself is a name
+    assert _found(r, DEEP_PATH + b"/" + b"n" * 255, os.O_PATH) == _ino(deep_fd, b"n" * 255)
+
+
+@pytest.mark.parametrize("kw", RESOLVERS)
+def test_long_path_depth_not_bound_by_fd_limit(
+    export: Export, root_fd: int, kw: dict[str, bool]
+) -> None:
+    """200 levels resolve with 64 descriptors allowed: the walk holds one at a time."""
+    names = [b"%019d" % i for i in range(200)]
+    os.close(deep_dir(root_fd, names, create=True))
+    middle = deep_dir(root_fd, names[:100])
+    path = b"/".join(names) + b"/.." * 100
+    assert len(path) >= PATH_MAX
+    r = Resolver(root_fd, **kw)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        found = _found(r, path, os.O_PATH)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert found == os.fstat(middle).st_ino
+    os.close(middle)
+
+
+def test_walk_dotdot_refuses_a_moved_directory(
+    export: Export, root_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk's '..' must land where it came from. Here c moves from a/b to the
+    root just before it: the physical '..' is then the root, and one more '..'
+    from there would be the directory above the export. The walk starts again
+    instead, and finds a/b/c gone."""
+    r = Resolver(root_fd, use_openat2=False)
+    moves = [(export.root / "a" / "b" / "c", export.root / "c")]
+    dotdot = resolve._dotdot
+
+    def moved_first(dirfd: int, want: tuple[int, int]) -> int:
+        if moves:
+            os.rename(*moves.pop())
+        return dotdot(dirfd, want)
+
+    monkeypatch.setattr(resolve, "_dotdot", moved_first)
+    assert _found(r, b"a/b/c/../..", os.O_PATH) == "ENOENT"
+    assert not moves and (export.root / "c").is_dir()
+
+
+def test_uncontained_long_path_follows_the_kernels_rules(
+    export: Export, root_fd: int, deep_fd: int
+) -> None:
+    """--resolver=none (tests of the chroot alone) takes long paths too, a run of
+    whole components at a time: '..' across a run's end is the kernel's '..'."""
+    r = Resolver(root_fd, contain=False)
+    os.close(os.open(b"file", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=deep_fd))
+    relative = DEEP_PATH.lstrip(b"/")
+    assert _found(r, relative + b"/file", os.O_RDONLY) == _ino(deep_fd, "file")
+    assert _found(r, relative + UP_TO_ROOT + b"/file.txt", os.O_PATH) == _ino(root_fd, "file.txt")
+    # uncontained: '..' at the export root goes above it, as the kernel's does
+    assert _found(r, relative + UP_TO_ROOT + b"/../outside_secret.txt", os.O_PATH) == (
+        export.secret.stat().st_ino
+    )
+    assert _found(r, relative + b"/" + b"x" * 5000, os.O_PATH) == "ENAMETOOLONG"
+    assert _parent_outcome(r, relative + b"/file") == (_ino(deep_fd), b"file")

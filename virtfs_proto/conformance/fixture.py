@@ -21,6 +21,7 @@ import shutil
 import socket
 import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -41,6 +42,7 @@ COMMENT: Final = b"a comment"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _MNT_DETACH: Final = 2
+_DIR_STEP: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _mount(source: str, target: Path, fstype: str, data: str = "") -> None:
@@ -113,6 +115,25 @@ def _xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
         return tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names))
     except OSError:
         return ()
+
+
+def deep_dir(parent: int, names: Sequence[bytes], *, create: bool = False) -> int:
+    """An ``O_PATH`` fd of the directory ``names`` lead to below the directory
+    fd ``parent``, following no symlink; ``create`` makes the missing ones.
+    Each step is relative to a directory fd, so the whole path may be far
+    longer than ``PATH_MAX``, which no single host path can name."""
+    fd = os.dup(parent)
+    try:
+        for name in names:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=fd)
+            fd, above = os.open(name, _DIR_STEP, dir_fd=fd), fd
+            os.close(above)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Workspace:

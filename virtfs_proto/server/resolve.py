@@ -3,14 +3,22 @@
 The kernel does the work when it can: ``openat2(2)`` with
 ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`` treats the root fd as ``/`` for
 absolute paths, absolute symlinks and ``..``, and refuses procfs magic links.
-Where the kernel lacks openat2 (``ENOSYS``, Linux < 5.6), or when a test forces
-it, a per-component ``O_NOFOLLOW`` walk emulates the same rules in user space:
-each symlink is read and its text re-resolved inside the root, ``..`` pops a
-stack of fds we opened ourselves (so a directory renamed out from under us can
-never lead above the root), and more than 40 links give ``ELOOP``. The walk
-opens the last component with ``O_NOFOLLOW`` too (following a symlink there
-by hand), so ``F_GETFL`` on an fd it opened shows ``O_NOFOLLOW``; with openat2
-the flags are exactly the client's.
+Where the kernel lacks openat2 (``ENOSYS``, Linux < 5.6), when a test forces
+it, and for a path too long for one system call (``PATH_MAX``: the payload can
+carry 16 times more, and a local file system serves any depth), a
+per-component ``O_NOFOLLOW`` walk emulates the same rules in user space: each
+symlink is read and its text re-resolved inside the root, and more than 40
+links in the whole path give ``ELOOP``. ``..`` goes back to the directory the
+walk came from, never above the root: the walk remembers the identity
+(device, inode) of every directory it entered and holds only the current
+one's fd (so depth is not bounded by the fd limit); the physical ``..`` it
+opens must be the directory remembered, else a rename moved the tree under
+it and the walk starts again (as openat2 answers ``EAGAIN``). At the root,
+``..`` is the root without asking the kernel. The walk opens the last
+component with ``O_NOFOLLOW`` too (following a symlink there by hand), so
+``F_GETFL`` on an fd it opened shows ``O_NOFOLLOW``; with openat2 the flags
+are exactly the client's. Each component is still bounded by ``NAME_MAX``:
+the kernel answers ``ENAMETOOLONG`` for a longer one.
 
 Paths arrive as raw wire bytes. QEMU counts a trailing NUL in the length of
 most paths, so exactly one trailing NUL is stripped. An *embedded* NUL is
@@ -50,6 +58,9 @@ RESOLVE_IN_ROOT: Final = 0x10
 
 #: the kernel's own bound on symlinks followed in one lookup (MAXSYMLINKS)
 MAX_SYMLINKS: Final = 40
+#: the kernel's bound on one path argument, its NUL included: a longer path is
+#: resolved by the walk, which passes the kernel one component at a time
+PATH_MAX: Final = 4096
 #: openat2 answers EAGAIN when a ``..`` raced a rename or mount; retry this often
 MAX_EAGAIN_RETRIES: Final = 64
 #: statfs f_type of procfs: symlinks there may be magic links
@@ -84,6 +95,12 @@ VALID_OPEN_FLAGS: Final = (
 O_PATH_FLAGS: Final = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_PATH | os.O_CLOEXEC
 
 _DIR_PATH: Final = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+#: one step of the walk: whatever the name is, never following it
+_STEP: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Moved(Exception):
+    """The walk's ``..`` was not the directory it came from: a rename raced it."""
 
 
 class _OpenHow(ctypes.Structure):
@@ -180,7 +197,7 @@ class Resolver:
     walk (so tests exercise both). ``contain=False`` turns layer (a) off:
     paths are then resolved by the kernel's ordinary rules relative to
     ``root_fd`` (absolute paths from the process root), for tests of the
-    chroot layer on its own.
+    chroot layer on its own. Every mode serves paths of any length.
     """
 
     def __init__(
@@ -194,6 +211,8 @@ class Resolver:
         self._how = _OpenHow(0, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
         self._how_ref = ctypes.byref(self._how)
         self._how_size = ctypes.c_size_t(ctypes.sizeof(self._how))
+        root = os.fstat(root_fd)
+        self._root_id = (root.st_dev, root.st_ino)
         #: :meth:`open` for a path already passed through :func:`clean_path`
         #: (bound once to the resolution in use)
         self.open_clean: Callable[[bytes, int, int], int]
@@ -217,7 +236,19 @@ class Resolver:
         return self.open_clean(path, flags, mode)
 
     def _open_uncontained(self, path: bytes, flags: int, mode: int) -> int:
-        return os.open(path, flags, mode, dir_fd=self.root_fd)
+        if len(path) < PATH_MAX:
+            return os.open(path, flags, mode, dir_fd=self.root_fd)
+        # The kernel's own rules, a run of whole components at a time: each
+        # run continues from the directory the one before it reached.
+        runs = _runs(path)
+        fd = self.root_fd
+        try:
+            for run in runs[:-1]:
+                fd, held = os.open(run, _DIR_PATH, dir_fd=fd), fd
+                self.release(held)
+            return os.open(runs[-1], flags, mode, dir_fd=fd)
+        finally:
+            self.release(fd)
 
     def _openat2(self, path: bytes, flags: int, mode: int) -> int:
         how = self._how
@@ -231,6 +262,9 @@ class Resolver:
             if fd >= 0:
                 return fd
             err = ctypes.get_errno()
+            if err == errno.ENAMETOOLONG and len(path) >= PATH_MAX:
+                # too long for one call (the kernel counts the NUL), not for us
+                return self._walk(path, flags, mode)
             if err != errno.EAGAIN:
                 raise OSError(err, os.strerror(err))
             retries -= 1
@@ -239,71 +273,61 @@ class Resolver:
 
     def _walk(self, path: bytes, flags: int, mode: int) -> int:
         """RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, one component at a time."""
-        follow_final = not flags & os.O_NOFOLLOW
-        final_flags = flags | os.O_NOFOLLOW
+        for _ in range(MAX_EAGAIN_RETRIES):
+            try:
+                return self._walk_once(path, flags, mode)
+            except _Moved:
+                continue
+        raise OSError(errno.EAGAIN, "lookup kept racing renames")
+
+    def _walk_once(self, path: bytes, flags: int, mode: int) -> int:
         todo = _components(path)
-        # stack[0] is the root; every other entry is an fd we opened, so ".."
-        # is a pop and can never climb above the root.
-        stack = [self.root_fd]
+        # cur is the directory we are in: the root, or the one fd we hold;
+        # trail[i] is the identity of the directory i levels below the root
+        # on the way to it, so ".." knows where it must land.
+        cur = self.root_fd
+        trail = [self._root_id]
         links = 0
         try:
             while True:
                 name = todo.pop() if todo else b"."
                 if name in (b".", b".."):
-                    if name == b".." and len(stack) > 1:
-                        os.close(stack.pop())
+                    if name == b".." and len(trail) > 1:
+                        trail.pop()
+                        # the root itself is never asked of the kernel
+                        up = _dotdot(cur, trail[-1]) if len(trail) > 1 else self.root_fd
+                        self.release(cur)
+                        cur = up
                     if todo:
                         continue
                     name = b"."  # the path ends here: open the directory we are in
-                cur = stack[-1]
-                if todo:  # an intermediate component: must be a directory
-                    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
-                    kind = stat.S_IFMT(os.fstat(fd).st_mode)
-                    if kind == stat.S_IFDIR:
-                        stack.append(fd)
+                if todo:  # an intermediate component: a directory or a symlink
+                    fd = os.open(name, _STEP, dir_fd=cur)
+                    st = os.fstat(fd)
+                    if stat.S_ISDIR(st.st_mode):
+                        self.release(cur)
+                        cur = fd
+                        trail.append((st.st_dev, st.st_ino))
                         continue
-                    os.close(fd)
-                    if kind != stat.S_IFLNK:
+                    if not stat.S_ISLNK(st.st_mode):
+                        os.close(fd)
                         raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-                    links = self._follow(cur, name, todo, stack, links)
-                    continue
-                try:
-                    fd = os.open(name, final_flags, mode, dir_fd=cur)
-                except OSError as exc:
-                    # O_NOFOLLOW on a symlink fails with ELOOP (ENOTDIR with
-                    # O_DIRECTORY, EEXIST with O_CREAT|O_EXCL, which is right).
-                    if not follow_final or exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    if not _is_symlink(cur, name):
-                        raise
-                    links = self._follow(cur, name, todo, stack, links)
-                    continue
-                if follow_final and flags & os.O_PATH and stat.S_ISLNK(os.fstat(fd).st_mode):
+                else:
+                    fd, is_link = _open_last(cur, name, flags, mode)
+                    if not is_link:
+                        return fd
+                try:  # fd is a symlink to follow
+                    links += 1
+                    target = _link_text(fd, links)
+                finally:
                     os.close(fd)
-                    links = self._follow(cur, name, todo, stack, links)
-                    continue
-                return fd
+                if target.startswith(b"/"):
+                    self.release(cur)
+                    cur = self.root_fd
+                    del trail[1:]
+                todo.extend(_components(target))
         finally:
-            for fd in stack[1:]:
-                os.close(fd)
-
-    def _follow(
-        self, cur: int, name: bytes, todo: list[bytes], stack: list[int], links: int
-    ) -> int:
-        """Splice a symlink's target into ``todo``; absolute targets restart at the root."""
-        links += 1
-        if links > MAX_SYMLINKS:
-            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
-        if _on_procfs(cur):
-            # procfs symlinks may be magic links: refuse them as openat2's
-            # RESOLVE_NO_MAGICLINKS does (stricter: /proc/self is refused too).
-            raise OSError(errno.ELOOP, "refusing a procfs link")
-        target = os.readlink(name, dir_fd=cur)
-        if target.startswith(b"/"):
-            while len(stack) > 1:
-                os.close(stack.pop())
-        todo.extend(_components(target))
-        return links
+            self.release(cur)
 
     # -- parent directory + final name -----------------------------------
 
@@ -345,11 +369,64 @@ def _components(path: bytes) -> list[bytes]:
     return parts
 
 
-def _is_symlink(dirfd: int, name: bytes) -> bool:
+def _runs(path: bytes) -> list[bytes]:
+    """``path`` cut at slashes into runs the kernel takes one at a time, each
+    continuing from where the one before it ended (a component longer than
+    PATH_MAX stays whole: the kernel answers ENAMETOOLONG for it)."""
+    runs: list[bytes] = []
+    rest = path
+    while len(rest) >= PATH_MAX:
+        cut = rest.rfind(b"/", 1, PATH_MAX)
+        if cut < 0:
+            break
+        runs.append(rest[:cut])
+        rest = rest[cut:].lstrip(b"/") or b"."  # relative: it continues, never restarts
+    runs.append(rest)
+    return runs
+
+
+def _dotdot(dirfd: int, want: tuple[int, int]) -> int:
+    """The directory above ``dirfd``, which must be the one identified by ``want``."""
+    fd = os.open(b"..", _DIR_PATH, dir_fd=dirfd)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != want:
+        os.close(fd)
+        raise _Moved
+    return fd
+
+
+def _open_last(dirfd: int, name: bytes, flags: int, mode: int) -> tuple[int, bool]:
+    """Open the last component, never following it: ``(fd, False)`` for the
+    object, or ``(fd, True)``: an ``O_PATH`` fd of a symlink ``flags`` asks
+    to follow."""
+    follow = not flags & os.O_NOFOLLOW
     try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
+        fd = os.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=dirfd)
+    except OSError as exc:
+        # O_NOFOLLOW on a symlink fails with ELOOP (ENOTDIR with O_DIRECTORY,
+        # EEXIST with O_CREAT|O_EXCL, which is right).
+        if not follow or exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        fd = os.open(name, _STEP, dir_fd=dirfd)
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            return fd, True
+        os.close(fd)
+        raise
+    # O_PATH|O_NOFOLLOW opens a symlink itself rather than failing
+    return fd, follow and bool(flags & os.O_PATH) and stat.S_ISLNK(os.fstat(fd).st_mode)
+
+
+def _link_text(fd: int, links: int) -> bytes:
+    """The target of the symlink ``fd`` (``O_PATH|O_NOFOLLOW``), the ``links``-th
+    followed in this lookup; ELOOP past the budget or on procfs."""
+    if links > MAX_SYMLINKS:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+    if _on_procfs(fd):
+        # procfs symlinks may be magic links: refuse them as openat2's
+        # RESOLVE_NO_MAGICLINKS does (stricter: /proc/self is refused too).
+        raise OSError(errno.ELOOP, "refusing a procfs link")
+    # read through the fd: the name may already be something else
+    return os.readlink(b"", dir_fd=fd)
 
 
 class _Statfs(ctypes.Structure):

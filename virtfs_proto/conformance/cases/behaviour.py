@@ -27,8 +27,8 @@ def read_all(fd: int) -> bytes:
     return out
 
 
-def host_generation(path: str | os.PathLike[str]) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def host_generation(path: str | os.PathLike[str] | bytes, dir_fd: int | None = None) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         raw = fcntl.ioctl(fd, FS_IOC_GETVERSION, b"\0" * 8)
     finally:
@@ -524,21 +524,31 @@ def lremovexattr(ctx: Context) -> None:
 # -- T_GETVERSION -----------------------------------------------------------
 
 
+def check_generation(
+    ctx: Context, path: bytes, host: str | os.PathLike[str] | bytes, dir_fd: int | None = None
+) -> bool:
+    """T_GETVERSION of ``path`` gives the generation the host's ioctl reports for
+    ``host`` (relative to ``dir_fd``); False if the file system has none, where
+    0 or ENOTTY are both allowed."""
+    try:
+        want = host_generation(host, dir_fd)
+    except OSError:
+        reply = ctx.call(m.GetversionRequest(path))
+        ctx.expect(reply in (m.VersionReply(0), m.ErrorReply(E.ENOTTY)), f"answered {reply!r}")
+        ctx.notes.append("the export's file system has no generation numbers")
+        return False
+    reply = ctx.ok(m.GetversionRequest(path))
+    got = reply.version & 0xFFFFFFFF
+    if got == 0 and want != 0:
+        raise CheckFailed(f"{os.fsdecode(host)}: generation 0, the host says {want:#x}")
+    ctx.expect(got == want, f"{os.fsdecode(host)}: generation {got:#x}, the host says {want:#x}")
+    return True
+
+
 @case("behaviour", "getversion")
 def getversion_generation(ctx: Context) -> None:
     """T_GETVERSION: the low 32 bits are the inode generation the host's ioctl reports."""
     for name in ("file.txt", "dir"):
-        try:
-            want = host_generation(ctx.host(name))
-        except OSError:
-            # no generation numbers on this file system: 0 or ENOTTY are both allowed
-            reply = ctx.call(m.GetversionRequest(vpath(name)))
-            ctx.expect(reply in (m.VersionReply(0), m.ErrorReply(E.ENOTTY)), f"answered {reply!r}")
-            ctx.notes.append("the export's file system has no generation numbers")
+        if not check_generation(ctx, vpath(name), ctx.host(name)):
             return
-        reply = ctx.ok(m.GetversionRequest(vpath(name)))
-        got = reply.version & 0xFFFFFFFF
-        if got == 0 and want != 0:
-            raise CheckFailed(f"{name}: generation 0, the host says {want:#x}")
-        ctx.expect(got == want, f"{name}: generation {got:#x}, the host says {want:#x}")
     ctx.err(m.GetversionRequest(vpath("missing")), E.ENOENT)

@@ -920,7 +920,7 @@ ATTACKER_ID: Final = 4321
 _IN_OPEN: Final = 0x20
 
 
-@case("security", "device-node", name="device.mknod_refused")
+@case("security", "device-node", name="device.mknod_refused", fresh=True)
 def device_mknod_refused(ctx: Context) -> None:
     """T_MKNOD of a character (10:232, /dev/kvm) or block device as uid 0 / gid 0
     fails with EPERM and makes nothing (the helper must not make device nodes)."""
@@ -965,7 +965,7 @@ def _unprivileged_open(dirfd: int, name: str) -> str | None:
     return got or None
 
 
-@case("security", "device-node", name="device.mknod_then_open_via_dir_fd")
+@case("security", "device-node", name="device.mknod_then_open_via_dir_fd", fresh=True)
 def device_mknod_attack(ctx: Context) -> None:
     """The whole attack: T_MKNOD c 10:232 0666 as uid 0, T_OPEN "/" O_DIRECTORY, then an
     unprivileged openat() of the node through that fd must not yield a device."""

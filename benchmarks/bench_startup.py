@@ -81,7 +81,7 @@ def helper_start(command: Sequence[str], export: Path, name: str) -> Start:
 def bare_start(python: str) -> Start:
     """Run ``python -c pass`` to its exit (time, CPU); RSS from a second, waiting one."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([python, "-c", "pass"])
+    proc = subprocess.Popen([python, "-c", "pass"], cwd="/")
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -98,7 +98,9 @@ def bare_rss_kib(python: str) -> int:
     imported), so it says more about the parent than the child.
     """
     waiting = "import os; os.write(1, b'.'); os.read(0, 1)"  # os: already imported by site
-    proc = subprocess.Popen([python, "-c", waiting], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [python, "-c", waiting], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/"
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         if proc.stdout.read(1) != b".":

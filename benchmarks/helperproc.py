@@ -52,6 +52,7 @@ def spawn(
         [*command, "-p", str(export), "-f", str(fd), "-n", *extra],
         pass_fds=[fd],
         stderr=stderr,
+        cwd="/",  # not a source tree: `-m` and `-c` would import from the current directory
     )
     helper_end.close()
     return ours_end, proc

@@ -158,6 +158,8 @@ class StructClient:
         int32 = self._int32
         fd_kind = ReplyKind.FD
         status_kind = ReplyKind.STATUS
+        success = MessageType.T_SUCCESS
+        error = MessageType.T_ERROR
         for _ in range(n):
             for frame in frames:
                 sendall(frame.data)
@@ -171,7 +173,7 @@ class StructClient:
                     (value,) = int32(data, 0)
                     if value == V9FS_FD_VALID and len(fds) == 1 and frame.errno == 0:
                         continue
-                    if value == -frame.errno and not fds:
+                    if frame.errno and value == -frame.errno and not fds:
                         continue
                     raise HelperFailed(
                         f"{self.name}: {frame.name}: FD reply {value} with {len(fds)} fds,"
@@ -184,16 +186,26 @@ class StructClient:
                         raise HelperFailed(f"{self.name}: {frame.name}: connection closed")
                     have += got
                 mtype, size = header(view, 0)
+                if size > PROXY_MAX_IO_SZ:
+                    raise HelperFailed(f"{self.name}: {frame.name}: reply announces {size} bytes")
                 end = HEADER_SIZE + size
                 while have < end:
                     got = recv_into(view[have:end])
                     if not got:
                         raise HelperFailed(f"{self.name}: {frame.name}: connection closed")
                     have += got
-                if mtype == MessageType.T_SUCCESS and frame.errno == 0:
-                    if frame.kind is not status_kind or int32(view, HEADER_SIZE)[0] == 0:
+                if have != end:
+                    raise HelperFailed(f"{self.name}: {frame.name}: {have - end} bytes too many")
+                expected = frame.errno
+                if mtype == success and not expected:
+                    if frame.kind is not status_kind:
                         continue
-                elif mtype == MessageType.T_ERROR and int32(view, HEADER_SIZE)[0] == -frame.errno:
+                    if size == 4 and not int32(view, HEADER_SIZE)[0]:
+                        continue
+                elif (
+                    mtype == error and expected and size == 4
+                    and int32(view, HEADER_SIZE)[0] == -expected
+                ):  # fmt: skip
                     continue
                 raise HelperFailed(
                     f"{self.name}: {frame.name}: reply type {mtype} size {size}"

@@ -6,16 +6,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from virtfs_proto import messages as m
 from virtfs_proto.codec import encode_reply, encode_request
 from virtfs_proto.jsonform import request_from_json
+from virtfs_proto.kit import vectors_dir
 from virtfs_proto.vectors import load_vectors
 
-VECTORS = load_vectors(Path(__file__).resolve().parent.parent / "spec" / "vectors")
+VECTORS = load_vectors(vectors_dir())
 
 
 def run(args: list[str], stdin: str) -> subprocess.CompletedProcess[str]:

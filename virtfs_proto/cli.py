@@ -11,6 +11,7 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Iterable
+from importlib import metadata
 from typing import Any, TextIO
 
 from .constants import ByteOrder
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="virtfs-proto",
         description="QEMU 9p proxy protocol: codec, reference helper and conformance kit.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {metadata.version('virtfs-proto')}"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {

@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import HelperStartError, ProxyProtocolError
+from ..kit import vectors_dir
 from . import cases as _cases  # noqa: F401  (registers every case)
+from .cases import wire
 from .fixture import Workspace
 from .model import (
     CASES,
@@ -219,11 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="run only cases whose name or class matches (glob or substring)",
     )
+    parser.add_argument(
+        "--vectors",
+        metavar="DIR",
+        type=Path,
+        help="replay the vectors `virtfs-proto capture --out DIR` recorded there "
+        "(default: the packaged ones)",
+    )
     return parser
 
 
 def main(argv: list[str]) -> int:
-    """``virtfs-proto conformance --helper CMD [--mode fd|socket|both] [--json F] [--only P]``."""
+    """``virtfs-proto conformance --helper CMD [--mode M] [--json F] [--only P] [--vectors D]``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     helper_argv = shlex.split(args.helper)
@@ -236,6 +245,24 @@ def main(argv: list[str]) -> int:
             else ""
         )
         print(f"conformance: helper {helper_argv[0]!r} not found{hint}", file=sys.stderr)
+        return 2
+    # Without vectors the wire group would silently vanish and the rest pass.
+    vector_source = args.vectors or vectors_dir()
+    try:
+        found = wire.use_vectors(vector_source)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"conformance: cannot read the vectors in {vector_source}: {exc}", file=sys.stderr)
+        return 2
+    if not found:
+        print(
+            f"conformance: no golden vectors (*.json) in {vector_source}: "
+            + (
+                "record some with `virtfs-proto capture --out DIR`"
+                if args.vectors
+                else "the installation is incomplete; reinstall virtfs-proto"
+            ),
+            file=sys.stderr,
+        )
         return 2
     if not select(CASES, args.only):
         print(f"conformance: no case matches {args.only!r}", file=sys.stderr)

@@ -11,6 +11,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(DOCS / "_ext"))
 
 import virtfs_proto  # noqa: E402
+from virtfs_proto.kit import vectors_dir  # noqa: E402
 
 project = "virtfs-proto"
 author = "the virtfs-proto authors"
@@ -27,9 +28,10 @@ extensions = [
 
 # spec/ lives at the top of the repository (it is the normative text and is
 # read on its own); docs/spec is a symlink to it so the site includes it.
-virtfs_vectors_dir = str(ROOT / "spec" / "vectors")
+# The golden vectors are package data (virtfs_proto/kit/vectors/).
+virtfs_vectors_dir = str(vectors_dir())
 
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "spec/vectors"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 root_doc = "index"
 language = "en"
 pygments_style = "sphinx"

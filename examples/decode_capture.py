@@ -1,8 +1,9 @@
 """Decode a captured exchange with ``virtfs-proto decode``.
 
-Reads the exchanges of one golden vector (default: ``spec/vectors/lstat-file.json``),
-feeds them to ``virtfs-proto decode`` as JSON Lines of ``{"request": HEX,
-"reply": HEX}`` and prints each decoded exchange, one field per line.
+Reads the exchanges of one golden vector (default: the packaged
+``virtfs_proto/kit/vectors/lstat-file.json``), feeds them to ``virtfs-proto
+decode`` as JSON Lines of ``{"request": HEX, "reply": HEX}`` and prints each
+decoded exchange, one field per line.
 
     python examples/decode_capture.py [VECTOR.json]
 """
@@ -14,11 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from virtfs_proto.kit import vectors_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str]) -> int:
-    vector = Path(argv[0]) if argv else ROOT / "spec" / "vectors" / "lstat-file.json"
+    vector = Path(argv[0]) if argv else vectors_dir() / "lstat-file.json"
     data = json.loads(vector.read_text())
     lines = "".join(
         json.dumps({"request": ex["request"], "reply": ex["reply"]}) + "\n"

@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+from virtfs_proto.kit import vectors_dir
 
 
 def vectors() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """Each golden vector's name and exchanges."""
-    for path in sorted(VECTORS.glob("*.json")):
+    for path in sorted(vectors_dir().glob("*.json")):
         yield path.stem, json.loads(path.read_text())["exchanges"]
 
 

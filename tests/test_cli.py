@@ -6,16 +6,19 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+import virtfs_proto
 from virtfs_proto import messages as m
 from virtfs_proto.codec import encode_reply, encode_request
 from virtfs_proto.jsonform import request_from_json
+from virtfs_proto.kit import vectors_dir
 from virtfs_proto.vectors import load_vectors
 
-VECTORS = load_vectors(Path(__file__).resolve().parent.parent / "spec" / "vectors")
+VECTORS = load_vectors(vectors_dir())
 
 
 def run(args: list[str], stdin: str) -> subprocess.CompletedProcess[str]:
@@ -160,3 +163,28 @@ def test_console_script_lists_every_subcommand() -> None:
     out = run(["--help"], "")
     for name in ("decode", "encode", "helper", "conformance", "capture", "trace"):
         assert name in out.stdout
+
+
+def test_version_is_the_installed_distributions() -> None:
+    out = run(["--version"], "")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"virtfs-proto {metadata.version('virtfs-proto')}\n"
+    assert metadata.version("virtfs-proto") == virtfs_proto.__version__
+
+
+def test_capture_without_out_refuses_and_writes_nothing(tmp_path: Path) -> None:
+    """No default directory: one beside the packaged vectors would overwrite them."""
+    before = {p.name: p.stat().st_mtime_ns for p in vectors_dir().iterdir()}
+    out = subprocess.run(
+        [sys.executable, "-m", "virtfs_proto.cli", "capture", "--helper", "/bin/true"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "--out DIR is required" in out.stderr
+    assert out.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+    assert {p.name: p.stat().st_mtime_ns for p in vectors_dir().iterdir()} == before

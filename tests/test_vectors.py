@@ -22,10 +22,11 @@ from virtfs_proto.connection import (
 )
 from virtfs_proto.constants import REQUEST_TYPES, MessageType
 from virtfs_proto.errors import RemoteProtocolError
+from virtfs_proto.kit import vectors_dir
 from virtfs_proto.messages import FdReply
 from virtfs_proto.vectors import Vector, compare, load_vectors, masked, run_steps
 
-VECTOR_DIR = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+VECTOR_DIR = vectors_dir()
 VECTORS = load_vectors(VECTOR_DIR)
 QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
 

@@ -539,21 +539,29 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``virtfs-proto capture`` parser."""
     parser = argparse.ArgumentParser(prog="virtfs-proto capture", description=__doc__)
     parser.add_argument("--helper", default=QEMU_HELPER, help="helper command (default: QEMU's)")
-    parser.add_argument("--out", type=Path, help="directory for the vector files")
+    parser.add_argument(
+        "--out", type=Path, help="directory for the vector files (required: nothing has a default)"
+    )
     parser.add_argument("--only", help="only scenarios whose name contains this")
     return parser
 
 
 def main(argv: list[str]) -> int:
-    """``virtfs-proto capture [--helper CMD] [--out DIR] [--only TEXT]``."""
-    args = build_parser().parse_args(argv)
+    """``virtfs-proto capture --out DIR [--helper CMD] [--only TEXT]``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.out is None:
+        # No default: a default next to the packaged vectors would overwrite them.
+        parser.error(
+            "--out DIR is required: the vectors are written there "
+            "(replay them with `virtfs-proto conformance --vectors DIR`)"
+        )
     try:
         helper = check_helper_command(args.helper)
     except HelperStartError as exc:
         print(f"capture: {exc.one_line()}", file=sys.stderr)
         return 2
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     vectors = capture(helper, args.out, args.only)
-    print(f"captured {len(vectors)} vectors" + (f" into {args.out}" if args.out else ""))
+    print(f"captured {len(vectors)} vectors into {args.out}")
     return 0

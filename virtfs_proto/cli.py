@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from importlib import metadata
 from types import FrameType
 from typing import Any, Final, TextIO
 
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="virtfs-proto",
         description="QEMU 9p proxy protocol: codec, reference helper and conformance kit.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {metadata.version('virtfs-proto')}"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {

@@ -229,7 +229,7 @@ def machine_dependent_ranges(
 
 @dataclass
 class Vector:
-    """A recorded scenario, as stored in ``spec/vectors/<name>.json``."""
+    """A recorded scenario, as stored in ``<name>.json`` (the packaged ones: ``kit/vectors/``)."""
 
     name: str
     description: str

@@ -4,7 +4,7 @@ Nothing in here restates a layout. Every field table, byte-layout diagram and
 summary table is computed at build time by walking the construct definitions
 in :mod:`virtfs_proto.layouts` (field names, widths, signedness, the ``*``
 docstrings), the enums and maps in :mod:`virtfs_proto.constants`, the errno
-table in :mod:`virtfs_proto.errnos`, the vector files in ``spec/vectors/`` and
+table in :mod:`virtfs_proto.errnos`, the vector files in ``virtfs_proto/kit/vectors/`` and
 the command-line parser in :mod:`virtfs_proto.cli`. Change a definition and
 the rendered spec changes with it; ``tests/test_docs.py`` checks that.
 
@@ -27,7 +27,7 @@ Directives:
 ``.. virtfs-errno-table::``
     the Linux errno table with wire bytes.
 ``.. virtfs-vectors::``
-    the golden vectors committed in ``spec/vectors/``.
+    the golden vectors packaged in ``virtfs_proto/kit/vectors/``.
 ``.. virtfs-cli::``
     every ``virtfs-proto`` sub-command with its usage and options.
 ``.. virtfs-capabilities::``

@@ -1,6 +1,6 @@
 """On every committed golden vector, the fast path and plain construct agree.
 
-The vectors were captured from QEMU's helper (spec/vectors/); the lead's
+The vectors were captured from QEMU's helper (virtfs_proto/kit/vectors/); the lead's
 tests check they decode and re-encode. Here each frame's payload is also
 parsed and rebuilt by the construct definitions themselves, and the two
 paths must give the same fields and the same bytes.
@@ -9,7 +9,6 @@ paths must give the same fields and the same bytes.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +18,12 @@ from virtfs_proto.codec import codecs_for, decode_reply, encode_reply
 from virtfs_proto.connection import NEED_DATA, ServerConnection
 from virtfs_proto.constants import HEADER_SIZE, MessageType
 from virtfs_proto.errors import RemoteProtocolError
+from virtfs_proto.kit import vectors_dir
 from virtfs_proto.layouts import layouts_for
 
 from .strategies import FD_TYPES, as_dict, success_reply_class
 
-VECTOR_DIR = Path(__file__).resolve().parents[2] / "spec" / "vectors"
-VECTOR_FILES = sorted(VECTOR_DIR.glob("*.json"))
+VECTOR_FILES = sorted(vectors_dir().glob("*.json"))
 
 
 def fields_of(parsed: Any) -> dict[str, Any]:

@@ -10,17 +10,17 @@ must not share.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from virtfs_proto.codec import codecs_for
 from virtfs_proto.constants import MessageType
+from virtfs_proto.kit import vectors_dir
 from virtfs_proto.vectors import Outcome, Vector, compare, load_vectors, run_steps
 
 from .conftest import OURS
 
-VECTORS = load_vectors(Path(__file__).resolve().parents[2] / "spec" / "vectors")
+VECTORS = load_vectors(vectors_dir())
 BY_NAME = {v.name: v for v in VECTORS}
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import HelperStartError, ProxyProtocolError
+from ..kit import vectors_dir
 from ..launcher import check_helper_command
 from ..messages import LstatRequest
 from . import cases as _cases  # noqa: F401  (registers every case)
+from .cases import wire
 from .expect import Expectations, Judgement, judge
 from .fixture import Workspace
 from .junit import junit_xml
@@ -345,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="print every case's verdict (a table)"
     )
+    parser.add_argument(
+        "--vectors",
+        metavar="DIR",
+        type=Path,
+        help="replay the vectors `virtfs-proto capture --out DIR` recorded there "
+        "(default: the packaged ones)",
+    )
     return parser
 
 
@@ -352,6 +361,24 @@ def main(argv: list[str]) -> int:
     """``virtfs-proto conformance --helper CMD [options]``: see :func:`build_parser`."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Without vectors the wire group would silently vanish and the rest pass.
+    vector_source = args.vectors or vectors_dir()
+    try:
+        found = wire.use_vectors(vector_source)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"conformance: cannot read the vectors in {vector_source}: {exc}", file=sys.stderr)
+        return 2
+    if not found:
+        print(
+            f"conformance: no golden vectors (*.json) in {vector_source}: "
+            + (
+                "record some with `virtfs-proto capture --out DIR`"
+                if args.vectors
+                else "the installation is incomplete; reinstall virtfs-proto"
+            ),
+            file=sys.stderr,
+        )
+        return 2
     selected = select(CASES, args.only, args.exclude)
     if not selected:
         shown = " ".join(args.only or []) + "".join(f" minus {e}" for e in args.exclude)

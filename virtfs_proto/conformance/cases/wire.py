@@ -1,7 +1,10 @@
-"""Wire: the committed golden vectors (``spec/vectors/*.json``) replayed byte for byte.
+"""Wire: the golden vectors replayed byte for byte.
 
-Each vector becomes one case. It is replayed with :func:`virtfs_proto.vectors.run_steps`
-(a fresh fixture export and a fresh helper, as it was recorded) and compared with
+The vectors are the packaged ones (:func:`virtfs_proto.kit.vectors_dir`) or,
+with ``virtfs-proto conformance --vectors DIR``, those ``virtfs-proto capture
+--out DIR`` recorded. Each vector becomes one case. It is replayed with
+:func:`virtfs_proto.vectors.run_steps` (a fresh fixture export and a fresh
+helper, as it was recorded) and compared with
 :func:`virtfs_proto.vectors.compare`: replies byte for byte outside the
 machine-dependent ranges, the type of every passed descriptor (``fstat`` of
 the fd received), how the helper ended, and the sentinel outside the export.
@@ -32,12 +35,11 @@ from ...codec import codecs_for, decode_request
 from ...constants import HEADER_SIZE
 from ...errors import ProxyProtocolError
 from ...fixture import build_fixture
+from ...kit import vectors_dir
 from ...launcher import Mode
 from ...vectors import Vector, compare, load_vectors, run_steps
-from ..model import CheckFailed, Context, case
+from ..model import CASES, CheckFailed, Context, case
 from ..session import HelperSession
-
-VECTOR_DIR = Path(__file__).resolve().parents[3] / "spec" / "vectors"
 
 
 def _replay(vector: Vector, ctx: Context) -> None:
@@ -143,6 +145,17 @@ def _register(vector: Vector) -> None:
     case("wire", vector.name.split("-")[0].split("@")[0], name=vector.name)(replay)
 
 
-VECTORS = load_vectors(VECTOR_DIR) if VECTOR_DIR.is_dir() else []
-for _v in VECTORS:
-    _register(_v)
+def use_vectors(directory: Path) -> list[Vector]:
+    """Make the wire cases those of the vectors in ``directory`` (replacing any before).
+
+    Returns the vectors; an empty list (no directory, no ``*.json`` in it) leaves
+    no wire case, which the caller must treat as a broken kit, not a pass.
+    """
+    vectors = load_vectors(directory)
+    CASES[:] = [c for c in CASES if c.group != "wire"]
+    for vector in vectors:
+        _register(vector)
+    return vectors
+
+
+use_vectors(vectors_dir())

@@ -15,6 +15,7 @@ import re
 import signal
 import stat
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,3 +243,37 @@ def test_an_existing_path_is_refused_by_name(tmp_path: Path, kind: str) -> None:
     )
     assert out.returncode == 1
     assert f"socket already exists: {path}" in out.stderr
+
+
+# -- leaving no socket behind -------------------------------------------------
+
+#: through the console script, whose signal handling makes SIGTERM/SIGINT an exit
+CLI = [str(Path(sys.executable).with_name("virtfs-proto")), "helper"]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_waiting_for_the_client_removes_the_socket(
+    tmp_path: Path, sig: signal.Signals, status: int
+) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    path = tmp_path / "proxy.sock"
+    proc = subprocess.Popen(
+        [*CLI, "-p", str(export), "-s", str(path), "-u", "0", "-g", "0", "-n"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_past_chown(proc)
+        assert stat.S_ISSOCK(path.lstat().st_mode)
+        proc.send_signal(sig)
+        assert proc.wait(10) == status
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not path.exists(), "the socket file was left behind"
+    assert proc.stderr is not None and b"Traceback" not in proc.stderr.read()
+    proc.stderr.close()

@@ -35,6 +35,7 @@ layer a, ``none`` turns layer a off), ``--no-drop`` (stay root).
 
 from __future__ import annotations
 
+import contextlib
 import getopt
 import os
 import signal
@@ -290,13 +291,29 @@ def proxy_socket(
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             _bind_in(listener, dirfd, name, path)
-            listener.listen(1)
-            early = _chown_bound_socket(listener, dirfd, name, path, uid, gid)
-            return _accept_one(listener, early, uid, gid, log)
+            bound = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            try:
+                listener.listen(1)
+                early = _chown_bound_socket(listener, dirfd, name, path, uid, gid)
+                return _accept_one(listener, early, uid, gid, log)
+            except BaseException:
+                # SIGTERM/SIGINT (raised by the command line) or a failure before
+                # a client came: leave no socket file behind. Once a client is
+                # connected, the file is the client's to unlink (QEMU does).
+                _unlink_if_ours(dirfd, name, bound)
+                raise
         finally:
             listener.close()
     finally:
         os.close(dirfd)
+
+
+def _unlink_if_ours(dirfd: int, name: str, bound: os.stat_result) -> None:
+    """Remove ``name`` from ``dirfd`` if it is still the socket we bound there."""
+    with contextlib.suppress(OSError):
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == (bound.st_dev, bound.st_ino):
+            os.unlink(name, dir_fd=dirfd)
 
 
 def _bind_in(listener: socket.socket, dirfd: int, name: str, path: str) -> None:

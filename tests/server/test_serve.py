@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -195,5 +196,22 @@ def test_a_payload_that_does_not_decode_is_answered_enobufs(flavour: str) -> Non
     conn = ClientConnection()
     conn.send_request(m.LstatRequest(b"xyz"))
     assert t.read_event(conn).reply == m.ErrorReply(3)
+    t.close()
+    assert _finish(result) == 0
+
+
+def test_frames_cut_anywhere_by_the_stream_are_answered() -> None:
+    """A frame that arrives over several reads (the helper keeps its start)
+    and a read that ends inside the next frame."""
+    sock, result = _serving(answering(echo_errno))
+    conn = ClientConnection()
+    paths = [b"a", b"bbbbbbbbbbbb", b"cc"]
+    stream = b"".join(conn.send_request(m.LstatRequest(p)) for p in paths)
+    for cut in (3, 9, 10, 20, 31, len(stream)):  # inside a header, a payload, the next frame
+        sock.sendall(stream[:cut])
+        stream = stream[cut:]
+        time.sleep(0.02)  # separate reads, as far as the scheduler allows
+    t = Transport(sock, timeout=5)
+    assert [t.read_event(conn).reply for _ in paths] == [m.ErrorReply(len(p)) for p in paths]
     t.close()
     assert _finish(result) == 0

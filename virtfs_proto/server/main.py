@@ -448,23 +448,29 @@ def serve(sock: socket.socket, answer: Answerer, log: Log) -> int:
     decoders = wire.REQUEST_DECODERS
     header_unpack = wire.HEADER.unpack_from
     chunk = bytearray(RECV_BUFFER_SIZE)
-    view = memoryview(chunk)
-    buf = bytearray()
+    pending = bytearray()  # the start of a frame that the last recv cut short
     while True:
         try:
             n = sock.recv_into(chunk)
         except ConnectionResetError:
             return 0
         if not n:
-            if buf:
+            if pending:
                 log(
-                    f"client went away mid-request: EOF inside a request frame"
-                    f" ({len(buf)} bytes buffered)"
+                    "client went away mid-request: EOF inside a request frame"
+                    f" ({len(pending)} bytes buffered)"
                 )
             return 0
-        buf += view[:n]
-        while len(buf) >= HEADER_SIZE:
-            message_type, size = header_unpack(buf, 0)
+        # Frames are decoded where they lie: in the receive buffer itself
+        # unless a frame was cut short (not copying pays, measured).
+        if pending:
+            pending += memoryview(chunk)[:n]
+            data, available = pending, len(pending)
+        else:
+            data, available = chunk, n
+        start = 0
+        while available - start >= HEADER_SIZE:
+            message_type, size = header_unpack(data, start)
             decode = decoders.get(message_type)
             if size > PROXY_MAX_IO_SZ:
                 log.error(
@@ -475,25 +481,30 @@ def serve(sock: socket.socket, answer: Answerer, log: Log) -> int:
             if decode is None:
                 log.error(f"closing the connection: {message_type} is not a request type")
                 return EXIT_FAILURE
-            end = HEADER_SIZE + size
-            if len(buf) < end:
+            end = start + HEADER_SIZE + size
+            if end > available:
                 break
-            values = decode(buf, HEADER_SIZE, end, True)  # QEMU ignores bytes past the fields
+            # lenient: QEMU ignores bytes past the fields
+            values = decode(data, start + HEADER_SIZE, end, True)
+            start = end
             if values is None:
-                data, fd = error_frame(message_type, ENOBUFS), -1
+                reply, fd = error_frame(message_type, ENOBUFS), -1
             else:
-                data, fd = answer(message_type, values)
-            del buf[:end]
+                reply, fd = answer(message_type, values)
             try:
                 if fd < 0:
-                    sock.sendall(data)
+                    sock.sendall(reply)
                 else:
-                    sock.sendmsg((data,), [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))])
+                    sock.sendmsg((reply,), [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))])
             except (BrokenPipeError, ConnectionResetError):
                 return 0
             finally:
                 if fd >= 0:
                     os.close(fd)
+        if data is pending:
+            del pending[:start]
+        elif start < available:
+            pending = chunk[start:available]
 
 
 def missing_mount_flags(root_fd: int) -> list[str]:

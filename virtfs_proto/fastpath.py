@@ -443,7 +443,7 @@ def decode_{name}(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded
                     parts += [f"{struct_name(step.length)}.pack(len({step.name}))", step.name]
                     size += [str(step.length.size), f"len({step.name})"]
             hdr = f"{struct_name(header._single)}.pack(message_type, {' + '.join(size)})"
-            expr = f"b\"\".join(({hdr}, {', '.join(parts)}))"
+            expr = f'b"".join(({hdr}, {", ".join(parts)}))'
         frames.append(
             f"""
 def frame_{layout}(message_type: int, {params}) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -98,6 +99,17 @@ def test_bench_startup_importtime_lists_our_imports() -> None:
     assert any(name.strip().startswith("virtfs_proto") for _, _, name in rows), out
     cumulative = [int(c) for _, c, _ in rows]
     assert cumulative == sorted(cumulative, reverse=True), out
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_bench_syscalls_counts_calls_per_op_of_both_helpers() -> None:
+    out = run_script("bench_syscalls.py", "--n", "20", "--op", "lstat")
+    rows = re.findall(rf"^  (QEMU|ours)\s+({NUMBER}): (.*)$", out, re.M)
+    assert [r[0] for r in rows] == ["QEMU", "ours"], out
+    for _, total, listed in rows:
+        assert float(total) >= 2, out  # at least a receive and a send per op
+        assert "fstatat" in listed or "newfstatat" in listed, out  # an lstat is made
 
 
 @pytest.mark.root

@@ -11,10 +11,8 @@ killed first, then cleanup (``finally``) runs as the exception unwinds.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
-import json
 import os
 import signal
 import sys
@@ -22,11 +20,17 @@ import threading
 from collections.abc import Callable, Iterable
 from importlib import metadata
 from types import FrameType
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from .constants import ByteOrder
 from .errors import HelperStartError, ProxyProtocolError
-from .jsonform import decode_exchange, encode_exchange
+
+if TYPE_CHECKING:
+    import argparse
+
+    from .constants import ByteOrder
+
+# Imported by the sub-commands that need them, not here: `virtfs-proto helper`
+# starts as fast as the helper's own imports allow (no codec, no argparse).
 
 #: Sub-commands implemented elsewhere: name -> (module, help). Each module has
 #: ``main(argv: list[str]) -> int`` and parses its own options.
@@ -39,6 +43,8 @@ DELEGATED: dict[str, tuple[str, str]] = {
 
 
 def _lines(stream: TextIO) -> Iterable[tuple[int, Any]]:
+    import json
+
     for number, line in enumerate(stream, 1):
         if not line.strip():
             continue
@@ -49,6 +55,10 @@ def _lines(stream: TextIO) -> Iterable[tuple[int, Any]]:
 
 
 def _decode(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    import json
+
+    from .jsonform import decode_exchange
+
     bad = 0
     for number, obj in _lines(stdin):
         if (
@@ -72,6 +82,10 @@ def _decode(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
 
 
 def _encode(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    import json
+
+    from .jsonform import encode_exchange
+
     bad = 0
     for number, obj in _lines(stdin):
         try:
@@ -88,6 +102,8 @@ def _encode(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``virtfs-proto`` parser (delegated sub-commands parse their own options)."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="virtfs-proto",
         description="QEMU 9p proxy protocol: codec, reference helper and conformance kit.",

@@ -21,7 +21,7 @@ import operator
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from construct import FormatField, GreedyBytes, Prefixed, Renamed, Struct
 
@@ -334,3 +334,168 @@ def encode_message(message):
 """
     exec(compile(source, f"<fastpath {', '.join(cs.names)}>", "exec"), env)
     return env["decode"], env["encode"], env["encode_message"]
+
+
+# -- the serving path's module, generated ahead of time ------------------------
+
+#: Where :func:`generated_module_source` is committed, relative to the package.
+GENERATED_MODULE: Final = "_fastpath_generated.py"
+
+
+def generated_module_source() -> str:
+    """The source of :mod:`virtfs_proto._fastpath_generated`, from :mod:`~virtfs_proto.layouts`.
+
+    The helper's serving path imports that module instead of this one: it
+    needs no construct, no dataclasses and no code compiled at start-up (and
+    nothing is ever written at run time). Byte order is ``=`` (the host's,
+    as every layout here; standard sizes, no padding). The same steps as
+    :class:`CompiledStruct` drive it: a run of fixed-width fields is one
+    ``struct.Struct``, a string a length read plus a slice. A request
+    decoder returns the field values in definition order, or None for
+    anything the layout does not accept (the caller answers ``ENOBUFS``,
+    or asks :meth:`CompiledStruct.decode_checked` why). Every reply layout
+    gets ``frame_<name>(message_type, *values)``: the whole STATUS/RESPONSE
+    frame, header included. ``tests/codec/test_generated_fastpath.py``
+    fails when the committed file differs from this function's output.
+    """
+    from .constants import MessageType
+    from .layouts import layouts_for
+
+    layouts = layouts_for("little")  # only the order differs between orders: written "="
+    header = CompiledStruct(layouts.header)
+    assert header._single is not None
+    structs: dict[str, str] = {}  # format -> module-level name
+
+    def struct_name(codec: struct.Struct) -> str:
+        fmt = "=" + codec.format[1:]
+        if fmt not in structs:
+            structs[fmt] = f"_S{len(structs)}"
+        return structs[fmt]
+
+    header_fmt = header._single.format[1:]
+    out: list[str] = []
+    decoders: list[str] = []
+    for mtype, definition in layouts.requests.items():
+        cs = CompiledStruct(definition)
+        name = mtype.name.removeprefix("T_").lower()
+        reads: list[str] = []
+        values: list[str] = []
+        for step in cs.steps:
+            if isinstance(step, _Fixed):
+                names = [f"v{len(values) + i}" for i in range(len(step.names))]
+                unpack = f"{struct_name(step.codec)}.unpack_from"
+                reads.append(f"{', '.join(names)}, = {unpack}(buf, pos)")
+                reads.append(f"pos += {step.codec.size}")
+                values += names
+            else:
+                v = f"v{len(values)}"
+                reads.append(f"at = pos + {step.length.size}")
+                reads.append(f"pos = at + {struct_name(step.length)}.unpack_from(buf, pos)[0]")
+                reads.append(f"{v} = bytes(buf[at:pos])")
+                values.append(v)
+        body = "\n        ".join(reads)
+        out.append(
+            f"""
+def decode_{name}(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
+    \"\"\"{mtype.name}: ({", ".join(cs.names)}).\"\"\"
+    pos = start
+    try:
+        {body}
+    except _StructError:
+        return None
+    if pos != end and (pos > end or not lenient):
+        return None
+    return ({", ".join(values)},)
+"""
+        )
+        decoders.append(f"    {int(mtype)}: decode_{name},  # {mtype.name}")
+    frames: list[str] = []
+    fixed_frames: list[str] = []
+    for layout, definition in layouts.replies.items():
+        if layout == "fd":
+            continue  # no header: the fd reply is one int32 (FD_REPLY)
+        cs = CompiledStruct(definition)
+        params = ", ".join(f"{n}: {'bytes' if _is_string(cs, n) else 'int'}" for n in cs.names)
+        if cs.fixed_size is not None:
+            fmt = "=" + header_fmt + "".join(s.codec.format[1:] for s in cs.steps)  # type: ignore[union-attr]
+            frame = struct_name(struct.Struct(fmt))
+            fixed_frames.append(
+                f"#: the whole {layout!r} reply: (type, {cs.fixed_size}, {', '.join(cs.names)})\n"
+                f"FRAME_{layout.upper()}: Final = {frame}"
+            )
+            params = f"*values: int  # {', '.join(cs.names)}"
+            if len(cs.names) == 1:
+                params = f"{cs.names[0]}: int"
+                expr = f"{frame}.pack(message_type, {cs.fixed_size}, {cs.names[0]})"
+            else:
+                params = "*values: int"
+                expr = f"{frame}.pack(message_type, {cs.fixed_size}, *values)"
+        else:
+            parts: list[str] = []
+            size: list[str] = []
+            fixed: list[str] = []
+            for step in cs.steps:
+                if isinstance(step, _Fixed):
+                    parts.append(f"{struct_name(step.codec)}.pack({', '.join(step.names)})")
+                    size.append(str(step.codec.size))
+                    fixed += step.names
+                else:
+                    parts += [f"{struct_name(step.length)}.pack(len({step.name}))", step.name]
+                    size += [str(step.length.size), f"len({step.name})"]
+            hdr = f"{struct_name(header._single)}.pack(message_type, {' + '.join(size)})"
+            expr = f'b"".join(({hdr}, {", ".join(parts)}))'
+        frames.append(
+            f"""
+def frame_{layout}(message_type: int, {params}) -> bytes:
+    \"\"\"The {layout!r} reply ({", ".join(cs.names)}), header included.\"\"\"
+    return {expr}
+"""
+        )
+    fd = CompiledStruct(layouts.replies["fd"])
+    assert fd._single is not None
+    defs = "\n".join(f'{n} = struct.Struct("{f}")' for f, n in structs.items())
+    return f'''# Do not edit: generated by scripts/gen-fastpath from virtfs_proto/layouts.py.
+# ruff: noqa: E501
+"""The helper's codec for its serving path, generated from :mod:`virtfs_proto.layouts`.
+
+It imports nothing but ``struct`` (and ``typing`` for annotations), so the
+helper starts without construct or the message dataclasses and compiles
+nothing at run time. :func:`virtfs_proto.fastpath.generated_module_source`
+writes it; a test fails when it is stale. Every integer is in the host's byte
+order (``=``), as QEMU marshals.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+_Buffer = bytes | bytearray | memoryview
+_Decoded = tuple[Any, ...] | None
+_StructError = struct.error
+
+{defs}
+
+#: ``struct ProxyHeader`` (type, size)
+HEADER: Final = {struct_name(header._single)}
+#: the whole reply to T_OPEN/T_CREATE: V9FS_FD_VALID or -errno (no header)
+FD_REPLY: Final = {struct_name(fd._single)}
+#: T_SUCCESS / T_ERROR, the type of a STATUS or RESPONSE reply's header
+T_SUCCESS: Final = {int(MessageType.T_SUCCESS)}
+T_ERROR: Final = {int(MessageType.T_ERROR)}
+
+# -- requests: field values in definition order, or None ---------------------
+{"".join(out)}
+#: request type code -> its decoder
+REQUEST_DECODERS: Final = {{
+{chr(10).join(decoders)}
+}}
+
+# -- replies -----------------------------------------------------------------
+
+{chr(10).join(fixed_frames)}
+{"".join(frames)}'''
+
+
+def _is_string(cs: CompiledStruct, name: str) -> bool:
+    return any(isinstance(s, _String) and s.name == name for s in cs.steps)

@@ -46,15 +46,14 @@ import sys
 import syslog
 from collections.abc import Callable
 from dataclasses import dataclass
-from errno import EADDRINUSE, EIO, ENOBUFS
+from errno import EADDRINUSE, ENOBUFS
 from typing import Any, Final
 
-from .. import messages as m
+from .. import _fastpath_generated as wire
 from .. import procfs
-from ..connection import NEED_DATA, ConnectionState, MalformedRequest, ServerConnection
-from ..errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
+from ..constants import HEADER_SIZE, PROXY_MAX_IO_SZ
 from . import privileges
-from .ops import Operations, export_supports_getversion
+from .ops import Operations, error_frame, export_supports_getversion
 from .oslib import fchown_fd, open_own_fd_dir
 from .resolve import Resolver
 
@@ -247,6 +246,7 @@ def peer_allowed(peer: tuple[int, int, int], uid: int, gid: int) -> bool:
 
 
 _UCRED: Final = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
+
 
 class SocketTampered(OSError):
     """The socket file could not be proved to be the one the helper bound."""
@@ -445,83 +445,83 @@ def socket_from_fd(fd: int) -> socket.socket:
     return sock
 
 
-def serve(
-    sock: socket.socket, handle: Callable[[m.Request], m.Reply | tuple[Any, ...]], log: Log
-) -> int:
+#: What the serving loop asks of each decoded request: the reply's bytes and
+#: the fd to pass with them, -1 for none (:meth:`Operations.answer`).
+Answerer = Callable[[int, tuple[Any, ...]], tuple[bytes, int]]
+
+
+def serve(sock: socket.socket, answer: Answerer, log: Log) -> int:
     """Answer requests until EOF (0) or fatal garbage (1).
 
-    ``handle`` answers with a reply, or with the success reply's field values
-    (:meth:`Operations.answer <virtfs_proto.server.ops.Operations.answer>`).
+    The stream is framed here, with the generated decoders
+    (:mod:`virtfs_proto._fastpath_generated`), by the rules of
+    :class:`~virtfs_proto.connection.ServerConnection`, which the helper does
+    not import: that API's request and reply objects (the messages
+    dataclasses, construct behind the codec) would only cost start-up time
+    and CPU per request. A payload that does not decode is answered
+    ``ENOBUFS``, as QEMU's unmarshal does; a type that is not a request or
+    a frame over 64 KiB closes the connection.
     """
-    conn = ServerConnection(lenient=True)  # QEMU ignores payload bytes past the fields
-    buf = bytearray(RECV_BUFFER_SIZE)
-    view = memoryview(buf)
-    recv_into = sock.recv_into
-    sendall = sock.sendall
-    sendmsg = sock.sendmsg
-    receive_data = conn.receive_data
-    next_event = conn.next_event
-    send_reply = conn.send_reply
-    send_fields = conn.send_fields
-    pack_fd = _FD.pack
-    close = os.close
-    closed = ConnectionState.CLOSED
-    sol_socket, scm_rights = socket.SOL_SOCKET, socket.SCM_RIGHTS
-    want_data = True
+    decoders = wire.REQUEST_DECODERS
+    header_unpack = wire.HEADER.unpack_from
+    chunk = bytearray(RECV_BUFFER_SIZE)
+    pending = bytearray()  # the start of a frame that the last recv cut short
     while True:
-        if want_data:
+        try:
+            n = sock.recv_into(chunk)
+        except ConnectionResetError:
+            return 0
+        if not n:
+            if pending:
+                log(
+                    "client went away mid-request: EOF inside a request frame"
+                    f" ({len(pending)} bytes buffered)"
+                )
+            return 0
+        # Frames are decoded where they lie: in the receive buffer itself
+        # unless a frame was cut short (not copying pays, measured).
+        if pending:
+            pending += memoryview(chunk)[:n]
+            data, available = pending, len(pending)
+        else:
+            data, available = chunk, n
+        start = 0
+        while available - start >= HEADER_SIZE:
+            message_type, size = header_unpack(data, start)
+            decode = decoders.get(message_type)
+            if size > PROXY_MAX_IO_SZ:
+                log.error(
+                    f"closing the connection: request announces {size} payload bytes,"
+                    f" more than {PROXY_MAX_IO_SZ}"
+                )
+                return EXIT_FAILURE
+            if decode is None:
+                log.error(f"closing the connection: {message_type} is not a request type")
+                return EXIT_FAILURE
+            end = start + HEADER_SIZE + size
+            if end > available:
+                break
+            # lenient: QEMU ignores bytes past the fields
+            values = decode(data, start + HEADER_SIZE, end, True)
+            start = end
+            if values is None:
+                reply, fd = error_frame(message_type, ENOBUFS), -1
+            else:
+                reply, fd = answer(message_type, values)
             try:
-                n = recv_into(buf)
-            except ConnectionResetError:
+                if fd < 0:
+                    sock.sendall(reply)
+                else:
+                    sock.sendmsg((reply,), [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))])
+            except (BrokenPipeError, ConnectionResetError):
                 return 0
-            if n:
-                receive_data(view[:n])
-            else:
-                conn.receive_eof()
-        try:
-            event = next_event()
-        except ConnectionClosed as exc:
-            log(f"client went away mid-request: {exc}")
-            return 0
-        except RemoteProtocolError as exc:
-            log.error(f"closing the connection: {exc}")
-            return EXIT_FAILURE
-        if event is NEED_DATA:
-            want_data = True
-            continue
-        if event is closed:
-            return 0
-        # a malformed request gets what QEMU's unmarshal answers
-        reply: m.Reply | tuple[Any, ...] = (
-            m.ErrorReply(ENOBUFS) if type(event) is MalformedRequest else handle(event)  # type: ignore[arg-type]
-        )
-        fd = -1
-        try:
-            if type(reply) is tuple:
-                data = send_fields(reply)
-            else:
-                data, fds = send_reply(reply)  # type: ignore[arg-type]
-                if fds:
-                    (fd,) = fds
-        except LocalProtocolError as exc:
-            # a reply our own code built wrongly: a bug, but not one that may
-            # cost the client its connection
-            log.error(f"cannot encode {reply!r}: {exc}")
-            if isinstance(reply, m.FdReply):
-                close(reply.fd)
-            data, _ = send_reply(m.ErrorReply(EIO))
-        try:
-            if fd < 0:
-                sendall(data)
-            else:
-                sendmsg((data,), [(sol_socket, scm_rights, pack_fd(fd))])
-        except (BrokenPipeError, ConnectionResetError):
-            return 0
-        finally:
-            if fd >= 0:
-                close(fd)
-        # with nothing pipelined behind it, next_event() could only say NEED_DATA
-        want_data = not conn.buffered
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        if data is pending:
+            del pending[:start]
+        elif start < available:
+            pending = chunk[start:available]
 
 
 def missing_mount_flags(root_fd: int) -> list[str]:

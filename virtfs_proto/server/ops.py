@@ -49,12 +49,14 @@ import ctypes
 import fcntl
 import os
 import stat
+import struct
 import sys
 from collections.abc import Callable
 from errno import (
     EAGAIN,
     EEXIST,
     EINVAL,
+    EIO,
     EISDIR,
     ELOOP,
     ENOBUFS,
@@ -63,10 +65,10 @@ from errno import (
     EPERM,
     ERANGE,
 )
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from .. import messages as m
-from ..constants import MAX_STRING_LENGTH
+from .. import _fastpath_generated as wire
+from ..constants import MAX_STRING_LENGTH, REPLY_KIND, V9FS_FD_VALID, MessageType, ReplyKind
 from .oslib import fchown_fd, open_own_fd_dir
 from .resolve import (
     MAX_EAGAIN_RETRIES,
@@ -77,6 +79,9 @@ from .resolve import (
     fstatfs,
     normalize_open_flags,
 )
+
+if TYPE_CHECKING:  # the serving path imports neither: see _fastpath_generated
+    from .. import messages as m
 
 #: ``_IOR('v', 1, long)`` (0x80087601 on x86-64, in the generic ioctl
 #: encoding); the kernel writes only a 32-bit int through it.
@@ -101,8 +106,18 @@ _LINK_PATH: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 #: procfs's magic link, which O_NOFOLLOW would refuse
 _REOPEN_DROPPED: Final = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 _O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0o20200000)
-#: the request whose handler answers with bare field values, and its reply
-_FIELDS_REPLY: Final[dict[type[Any], Callable[..., m.Reply]]] = {m.LstatRequest: m.StatReply}
+
+#: What a handler answers: the success reply's bytes, header included (built
+#: with the generated ``frame_*`` codecs), or for T_OPEN/T_CREATE the fd to
+#: pass. A failure is raised as OSError and answered by :meth:`Operations.answer`.
+Answer = bytes | int
+
+_T_SUCCESS: Final = wire.T_SUCCESS
+_STATUS_OK: Final = wire.frame_status(_T_SUCCESS, 0)
+_FD_VALID: Final = wire.FD_REPLY.pack(V9FS_FD_VALID)
+_STAT_FRAME_PACK: Final = wire.FRAME_STAT.pack
+_STAT_SIZE: Final = wire.FRAME_STAT.size - wire.HEADER.size
+_VERSION_ZERO: Final = wire.frame_version(_T_SUCCESS, 0)
 
 
 class _Timespec(ctypes.Structure):
@@ -132,17 +147,17 @@ def _id(value: int) -> int:
     return -1 if value == _U32 else value
 
 
-def stat_reply(st: os.stat_result) -> m.StatReply:
-    """ProxyStat from an ``os.stat_result`` (time_t goes on the wire as u64)."""
-    return m.StatReply(*stat_fields(st))
+def stat_frame(st: os.stat_result) -> bytes:
+    """The T_LSTAT success reply (ProxyStat) for an ``os.stat_result``.
 
-
-def stat_fields(st: os.stat_result) -> tuple[int, ...]:
-    """:func:`stat_reply`'s field values, in order, without the reply object."""
+    time_t goes on the wire as u64.
+    """
     a_sec, a_nsec = divmod(st.st_atime_ns, _NS)
     m_sec, m_nsec = divmod(st.st_mtime_ns, _NS)
     c_sec, c_nsec = divmod(st.st_ctime_ns, _NS)
-    return (
+    return _STAT_FRAME_PACK(
+        _T_SUCCESS,
+        _STAT_SIZE,
         st.st_dev,
         st.st_ino,
         st.st_nlink,
@@ -162,11 +177,22 @@ def stat_fields(st: os.stat_result) -> tuple[int, ...]:
     )
 
 
+def error_frame(message_type: int, errno: int) -> bytes:
+    """The reply that reports ``errno`` to a request of ``message_type``."""
+    if message_type in _FD_TYPES:
+        return wire.FD_REPLY.pack(-errno)
+    return wire.frame_error(wire.T_ERROR, -errno)
+
+
+_FD_TYPES: Final = frozenset(int(t) for t, kind in REPLY_KIND.items() if kind is ReplyKind.FD)
+
+
 class Operations:
     """The helper's request handlers over one :class:`Resolver`.
 
-    Each handler returns the reply or raises ``OSError``; :meth:`handle`
-    turns the latter into an :class:`~virtfs_proto.messages.ErrorReply`.
+    A handler takes the request's field values in the wire's order (as the
+    generated decoders give them) and returns its :data:`Answer` or raises
+    ``OSError``; :meth:`answer` turns either into the reply's bytes.
     ``get_version`` is decided once from the export root's file system;
     ``allow_device_nodes`` lets T_MKNOD make device nodes (the helper then
     keeps CAP_MKNOD).
@@ -192,50 +218,59 @@ class Operations:
         self._log = log
         self._warned_special = False
         self._have_fchmodat2 = True
-        #: request class -> handler; a handler returns a reply, or the field
-        #: values of the success reply (see :meth:`answer`)
-        self.handlers: dict[type[Any], Callable[[Any], m.Reply | tuple[Any, ...]]] = {
-            m.OpenRequest: self.open,
-            m.CreateRequest: self.create,
-            m.MknodRequest: self.mknod,
-            m.MkdirRequest: self.mkdir,
-            m.SymlinkRequest: self.symlink,
-            m.LinkRequest: self.link,
-            m.LstatRequest: self.lstat_fields,
-            m.ReadlinkRequest: self.readlink,
-            m.StatfsRequest: self.statfs,
-            m.ChmodRequest: self.chmod,
-            m.ChownRequest: self.chown,
-            m.TruncateRequest: self.truncate,
-            m.UtimeRequest: self.utime,
-            m.RenameRequest: self.rename,
-            m.RemoveRequest: self.remove,
-            m.LgetxattrRequest: self.lgetxattr,
-            m.LlistxattrRequest: self.llistxattr,
-            m.LsetxattrRequest: self.lsetxattr,
-            m.LremovexattrRequest: self.lremovexattr,
-            m.GetversionRequest: self.getversion,
+        T = MessageType
+        #: request type code -> handler
+        self.handlers: dict[int, Callable[..., Answer]] = {
+            T.T_OPEN: self.open,
+            T.T_CREATE: self.create,
+            T.T_MKNOD: self.mknod,
+            T.T_MKDIR: self.mkdir,
+            T.T_SYMLINK: self.symlink,
+            T.T_LINK: self.link,
+            T.T_LSTAT: self.lstat,
+            T.T_READLINK: self.readlink,
+            T.T_STATFS: self.statfs,
+            T.T_CHMOD: self.chmod,
+            T.T_CHOWN: self.chown,
+            T.T_TRUNCATE: self.truncate,
+            T.T_UTIME: self.utime,
+            T.T_RENAME: self.rename,
+            T.T_REMOVE: self.remove,
+            T.T_LGETXATTR: self.lgetxattr,
+            T.T_LLISTXATTR: self.llistxattr,
+            T.T_LSETXATTR: self.lsetxattr,
+            T.T_LREMOVEXATTR: self.lremovexattr,
+            T.T_GETVERSION: self.getversion,
         }
 
-    def handle(self, request: m.Request) -> m.Reply:
-        """Run one request; every failure becomes an ErrorReply."""
-        answer = self.answer(request)
-        if type(answer) is tuple:
-            return _FIELDS_REPLY[type(request)](*answer)
-        return answer  # type: ignore[return-value]
-
-    def answer(self, request: m.Request) -> m.Reply | tuple[Any, ...]:
-        """:meth:`handle` for the request loop: a T_LSTAT success is answered
-        with the reply's field values, in order, so that no reply object is
-        built (``ServerConnection.send_fields`` encodes them); any other
-        answer is a reply."""
+    def answer(self, message_type: int, values: tuple[Any, ...]) -> tuple[bytes, int]:
+        """Run one decoded request: the reply's bytes, and the fd to pass with
+        them (-1: none; the caller closes it once sent). Every failure is
+        answered."""
         try:
-            return self.handlers[type(request)](request)
+            result = self.handlers[message_type](*values)
         except OSError as exc:
-            return m.ErrorReply(exc.errno or EINVAL)
+            return error_frame(message_type, exc.errno or EINVAL), -1
         except (ValueError, OverflowError):
             # e.g. an id or device number out of the C type's range
-            return m.ErrorReply(EINVAL)
+            return error_frame(message_type, EINVAL), -1
+        except struct.error as exc:
+            # a reply our own code cannot encode: a bug, but not one that may
+            # cost the client its connection
+            self._log(f"cannot encode the reply to request type {message_type}: {exc}")
+            return error_frame(message_type, EIO), -1
+        if type(result) is int:
+            return _FD_VALID, result
+        return result, -1  # type: ignore[return-value]
+
+    def handle(self, request: m.Request) -> m.Reply:
+        """:meth:`answer` for a request object, decoded back into a reply object
+        (for tests and library users: the helper itself never builds either)."""
+        from ..codec import codecs_for, decode_reply
+
+        names = codecs_for().requests[request.TYPE].names
+        data, fd = self.answer(request.TYPE, tuple(getattr(request, n) for n in names))
+        return decode_reply(request, data, fds=[fd] if fd >= 0 else [])
 
     # -- opening -------------------------------------------------------------
     #
@@ -369,12 +404,12 @@ class Operations:
                 os.close(fd)
         raise _error(EAGAIN)
 
-    def open(self, req: m.OpenRequest) -> m.Reply:
+    def open(self, path: bytes, flags: int) -> int:
         # QEMU's T_OPEN with O_CREAT creates a 0000 file owned by root.
-        return m.FdReply(self._open_file(req.path, req.flags, 0, (0, 0)))
+        return self._open_file(path, flags, 0, (0, 0))
 
-    def create(self, req: m.CreateRequest) -> m.Reply:
-        return m.FdReply(self._open_file(req.path, req.flags, req.mode, (req.uid, req.gid)))
+    def create(self, path: bytes, flags: int, mode: int, uid: int, gid: int) -> int:
+        return self._open_file(path, flags, mode, (uid, gid))
 
     # -- creating named nodes --------------------------------------------------
 
@@ -396,15 +431,15 @@ class Operations:
         finally:
             os.close(fd)
 
-    def mknod(self, req: m.MknodRequest) -> m.Reply:
-        kind = stat.S_IFMT(req.mode)
+    def mknod(self, uid: int, gid: int, path: bytes, mode: int, rdev: int) -> bytes:
+        kind = stat.S_IFMT(mode)
         if kind in (stat.S_IFCHR, stat.S_IFBLK) and (
-            not self.allow_device_nodes or (req.uid, req.gid) != (0, 0)
+            not self.allow_device_nodes or (uid, gid) != (0, 0)
         ):
             # Refused before trying: by default we lack CAP_MKNOD. When allowed,
             # only for 0:0, as QEMU's helper (CAP_MKNOD effective only then).
             raise _error(EPERM)
-        dirfd, name = self.resolver.parent(req.path)
+        dirfd, name = self.resolver.parent(path)
         try:
             if name == b".":
                 raise _error(EEXIST)
@@ -413,44 +448,44 @@ class Operations:
                 fd = os.open(
                     name,
                     os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    req.mode & 0o1777,
+                    mode & 0o1777,
                     dir_fd=dirfd,
                 )
-                os.close(self._give_owner(fd, req.mode, (req.uid, req.gid)))
+                os.close(self._give_owner(fd, mode, (uid, gid)))
             else:
-                os.mknod(name, req.mode & ~0o6000, req.rdev, dir_fd=dirfd)
-                self._own_created(dirfd, name, kind, req.uid, req.gid)
+                os.mknod(name, mode & ~0o6000, rdev, dir_fd=dirfd)
+                self._own_created(dirfd, name, kind, uid, gid)
         finally:
             self.resolver.release(dirfd)
-        return m.StatusReply()
+        return _STATUS_OK
 
-    def mkdir(self, req: m.MkdirRequest) -> m.Reply:
-        dirfd, name = self.resolver.parent(req.path)
+    def mkdir(self, uid: int, gid: int, path: bytes, mode: int) -> bytes:
+        dirfd, name = self.resolver.parent(path)
         try:
             if name == b".":
                 raise _error(EEXIST)
-            os.mkdir(name, req.mode & 0o7777, dir_fd=dirfd)
-            self._own_created(dirfd, name, stat.S_IFDIR, req.uid, req.gid)
+            os.mkdir(name, mode & 0o7777, dir_fd=dirfd)
+            self._own_created(dirfd, name, stat.S_IFDIR, uid, gid)
         finally:
             self.resolver.release(dirfd)
-        return m.StatusReply()
+        return _STATUS_OK
 
-    def symlink(self, req: m.SymlinkRequest) -> m.Reply:
-        target = clean_name(req.target)
-        dirfd, name = self.resolver.parent(req.linkpath)
+    def symlink(self, uid: int, gid: int, target: bytes, linkpath: bytes) -> bytes:
+        target = clean_name(target)
+        dirfd, name = self.resolver.parent(linkpath)
         try:
             if name == b".":
                 raise _error(EEXIST)
             os.symlink(target, name, dir_fd=dirfd)
-            self._own_created(dirfd, name, stat.S_IFLNK, req.uid, req.gid)
+            self._own_created(dirfd, name, stat.S_IFLNK, uid, gid)
         finally:
             self.resolver.release(dirfd)
-        return m.StatusReply()
+        return _STATUS_OK
 
-    def link(self, req: m.LinkRequest) -> m.Reply:
-        old_dir, old_name = self.resolver.parent(req.oldpath)
+    def link(self, oldpath: bytes, newpath: bytes) -> bytes:
+        old_dir, old_name = self.resolver.parent(oldpath)
         try:
-            new_dir, new_name = self.resolver.parent(req.newpath)
+            new_dir, new_name = self.resolver.parent(newpath)
             try:
                 os.link(
                     old_name,
@@ -463,41 +498,39 @@ class Operations:
                 self.resolver.release(new_dir)
         finally:
             self.resolver.release(old_dir)
-        return m.StatusReply()
+        return _STATUS_OK
 
     # -- reading metadata ------------------------------------------------------
 
-    def lstat(self, req: m.LstatRequest) -> m.Reply:
-        return m.StatReply(*self.lstat_fields(req))
-
-    def lstat_fields(self, req: m.LstatRequest) -> tuple[int, ...]:
-        dirfd, name = self.resolver.parent(req.path)
+    def lstat(self, path: bytes) -> bytes:
+        dirfd, name = self.resolver.parent(path)
         try:
             st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
         finally:
             if dirfd != self._root_fd:
                 os.close(dirfd)
-        return stat_fields(st)
+        return stat_frame(st)
 
-    def readlink(self, req: m.ReadlinkRequest) -> m.Reply:
-        if req.bufsize <= 1:
+    def readlink(self, path: bytes, bufsize: int) -> bytes:
+        if bufsize <= 1:
             # QEMU: readlink(..., bufsize - 1) is EINVAL for 0 and 1 and a
             # fatal g_malloc of a negative size: we answer EINVAL for all.
             raise _error(EINVAL)
-        dirfd, name = self.resolver.parent(req.path)
+        dirfd, name = self.resolver.parent(path)
         try:
             target = os.readlink(name, dir_fd=dirfd)
         finally:
             self.resolver.release(dirfd)
-        return m.ReadlinkReply(target[: req.bufsize - 1])
+        return wire.frame_readlink(_T_SUCCESS, target[: bufsize - 1])
 
-    def statfs(self, req: m.StatfsRequest) -> m.Reply:
-        fd = self.resolver.open(req.path, _PROBE)
+    def statfs(self, path: bytes) -> bytes:
+        fd = self.resolver.open(path, _PROBE)
         try:
             sfs = fstatfs(fd)
         finally:
             os.close(fd)
-        return m.StatfsReply(
+        return wire.frame_statfs(
+            _T_SUCCESS,
             sfs.f_type & _U64,
             sfs.f_bsize & _U64,
             sfs.f_blocks,
@@ -531,34 +564,34 @@ class Operations:
         _check(rc)
         return True
 
-    def chmod(self, req: m.ChmodRequest) -> m.Reply:
-        fd = self.resolver.open(req.path, _PROBE)  # follows symlinks, inside the root
+    def chmod(self, path: bytes, mode: int) -> bytes:
+        fd = self.resolver.open(path, _PROBE)  # follows symlinks, inside the root
         try:
-            if self._fchmodat2(fd, b"", req.mode & 0o7777, AT_EMPTY_PATH):
-                return m.StatusReply()
+            if self._fchmodat2(fd, b"", mode & 0o7777, AT_EMPTY_PATH):
+                return _STATUS_OK
             # Linux < 6.6 cannot chmod an O_PATH fd: open that inode for real
             # (never a special file) and fchmod it.
             if stat.S_IFMT(os.fstat(fd).st_mode) not in _REGULAR_OR_DIR:
                 raise _error(ENOSYS)
             real = self._reopen(fd, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                os.fchmod(real, req.mode & 0o7777)
+                os.fchmod(real, mode & 0o7777)
             finally:
                 os.close(real)
         finally:
             os.close(fd)
-        return m.StatusReply()
+        return _STATUS_OK
 
-    def chown(self, req: m.ChownRequest) -> m.Reply:
-        dirfd, name = self.resolver.parent(req.path)
+    def chown(self, path: bytes, uid: int, gid: int) -> bytes:
+        dirfd, name = self.resolver.parent(path)
         try:
-            os.chown(name, _id(req.uid), _id(req.gid), dir_fd=dirfd, follow_symlinks=False)
+            os.chown(name, _id(uid), _id(gid), dir_fd=dirfd, follow_symlinks=False)
         finally:
             self.resolver.release(dirfd)
-        return m.StatusReply()
+        return _STATUS_OK
 
-    def truncate(self, req: m.TruncateRequest) -> m.Reply:
-        fd = self.resolver.open(req.path, _PROBE)
+    def truncate(self, path: bytes, length: int) -> bytes:
+        fd = self.resolver.open(path, _PROBE)
         try:
             kind = stat.S_IFMT(os.fstat(fd).st_mode)
             if kind == stat.S_IFDIR:
@@ -569,36 +602,36 @@ class Operations:
         finally:
             os.close(fd)
         try:
-            os.ftruncate(real, req.length)
+            os.ftruncate(real, length)
         finally:
             os.close(real)
-        return m.StatusReply()
+        return _STATUS_OK
 
-    def utime(self, req: m.UtimeRequest) -> m.Reply:
-        times = (_Timespec * 2)(
-            _Timespec(req.atime_sec, req.atime_nsec), _Timespec(req.mtime_sec, req.mtime_nsec)
-        )
-        dirfd, name = self.resolver.parent(req.path)
+    def utime(
+        self, path: bytes, atime_sec: int, atime_nsec: int, mtime_sec: int, mtime_nsec: int
+    ) -> bytes:
+        times = (_Timespec * 2)(_Timespec(atime_sec, atime_nsec), _Timespec(mtime_sec, mtime_nsec))
+        dirfd, name = self.resolver.parent(path)
         try:
             _check(_utimensat(dirfd, name, times, AT_SYMLINK_NOFOLLOW))
         finally:
             self.resolver.release(dirfd)
-        return m.StatusReply()
+        return _STATUS_OK
 
-    def rename(self, req: m.RenameRequest) -> m.Reply:
-        old_dir, old_name = self.resolver.parent(req.oldpath)
+    def rename(self, oldpath: bytes, newpath: bytes) -> bytes:
+        old_dir, old_name = self.resolver.parent(oldpath)
         try:
-            new_dir, new_name = self.resolver.parent(req.newpath)
+            new_dir, new_name = self.resolver.parent(newpath)
             try:
                 os.rename(old_name, new_name, src_dir_fd=old_dir, dst_dir_fd=new_dir)
             finally:
                 self.resolver.release(new_dir)
         finally:
             self.resolver.release(old_dir)
-        return m.StatusReply()
+        return _STATUS_OK
 
-    def remove(self, req: m.RemoveRequest) -> m.Reply:
-        dirfd, name = self.resolver.parent(req.path)
+    def remove(self, path: bytes) -> bytes:
+        dirfd, name = self.resolver.parent(path)
         try:
             try:
                 os.unlink(name, dir_fd=dirfd)
@@ -606,7 +639,7 @@ class Operations:
                 os.rmdir(name, dir_fd=dirfd)
         finally:
             self.resolver.release(dirfd)
-        return m.StatusReply()
+        return _STATUS_OK
 
     # -- extended attributes ---------------------------------------------------
     #
@@ -627,67 +660,67 @@ class Operations:
         return dirfd, name
 
     @staticmethod
-    def _sized(data: bytes, size: int) -> m.Reply:
+    def _sized(data: bytes, size: int) -> bytes:
         if size < 0:
             raise _error(EINVAL)  # QEMU: fatal g_malloc of a negative size
         if size == 0:
-            return m.XattrSizeReply(len(data))
+            return wire.frame_xattr_size(_T_SUCCESS, len(data))
         if len(data) > size:
             raise _error(ERANGE)
         if len(data) > MAX_STRING_LENGTH - 1:
             # The reply string's length is a u16 and the payload at most
             # 65536 bytes: 65535 and 65536 do not fit (QEMU wraps 65536 to 0).
             raise _error(ENOBUFS)
-        return m.XattrValueReply(data)
+        return wire.frame_xattr_value(_T_SUCCESS, data)
 
-    def lgetxattr(self, req: m.LgetxattrRequest) -> m.Reply:
-        if req.size < 0:
+    def lgetxattr(self, size: int, path: bytes, name: bytes) -> bytes:
+        if size < 0:
             raise _error(EINVAL)
-        attr = clean_name(req.name)
-        dirfd, name = self._at_parent(req.path)
+        attr = clean_name(name)
+        dirfd, last = self._at_parent(path)
         try:
-            value = os.getxattr(name, attr, follow_symlinks=False)
+            value = os.getxattr(last, attr, follow_symlinks=False)
         finally:
             self.resolver.release(dirfd)
-        return self._sized(value, req.size)
+        return self._sized(value, size)
 
-    def llistxattr(self, req: m.LlistxattrRequest) -> m.Reply:
-        if req.size < 0:
+    def llistxattr(self, size: int, path: bytes) -> bytes:
+        if size < 0:
             raise _error(EINVAL)
-        dirfd, name = self._at_parent(req.path)
+        dirfd, name = self._at_parent(path)
         try:
             names = os.listxattr(name, follow_symlinks=False)
         finally:
             self.resolver.release(dirfd)
-        return self._sized(b"".join(os.fsencode(n) + b"\0" for n in names), req.size)
+        return self._sized(b"".join(os.fsencode(n) + b"\0" for n in names), size)
 
-    def lsetxattr(self, req: m.LsetxattrRequest) -> m.Reply:
-        if not 0 <= req.size <= len(req.value):
+    def lsetxattr(self, path: bytes, name: bytes, value: bytes, size: int, flags: int) -> bytes:
+        if not 0 <= size <= len(value):
             # QEMU reads past the value's buffer when size is larger
             raise _error(EINVAL)
-        attr = clean_name(req.name)
-        dirfd, name = self._at_parent(req.path)
+        attr = clean_name(name)
+        dirfd, last = self._at_parent(path)
         try:
-            os.setxattr(name, attr, req.value[: req.size], req.flags, follow_symlinks=False)
+            os.setxattr(last, attr, value[:size], flags, follow_symlinks=False)
         finally:
             self.resolver.release(dirfd)
-        return m.StatusReply()
+        return _STATUS_OK
 
-    def lremovexattr(self, req: m.LremovexattrRequest) -> m.Reply:
-        attr = clean_name(req.name)
-        dirfd, name = self._at_parent(req.path)
+    def lremovexattr(self, path: bytes, name: bytes) -> bytes:
+        attr = clean_name(name)
+        dirfd, last = self._at_parent(path)
         try:
-            os.removexattr(name, attr, follow_symlinks=False)
+            os.removexattr(last, attr, follow_symlinks=False)
         finally:
             self.resolver.release(dirfd)
-        return m.StatusReply()
+        return _STATUS_OK
 
     # -- inode generation ------------------------------------------------------
 
-    def getversion(self, req: m.GetversionRequest) -> m.Reply:
+    def getversion(self, path: bytes) -> bytes:
         if not self.get_version:
-            return m.VersionReply(0)  # as QEMU: not even looked up
-        fd = self._open_checked(clean_path(req.path), 0)
+            return _VERSION_ZERO  # as QEMU: not even looked up
+        fd = self._open_checked(clean_path(path), 0)
         try:
             real = self._reopen(fd, os.O_RDONLY | os.O_CLOEXEC)
         finally:
@@ -697,7 +730,7 @@ class Operations:
             fcntl.ioctl(real, FS_IOC_GETVERSION, buf, True)
         finally:
             os.close(real)
-        return m.VersionReply(int.from_bytes(buf[:4], sys.byteorder))
+        return wire.frame_version(_T_SUCCESS, int.from_bytes(buf[:4], sys.byteorder))
 
 
 def export_supports_getversion(root_fd: int) -> bool:

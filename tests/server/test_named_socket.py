@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from virtfs_proto import messages as m
+from virtfs_proto.codec import encode_request
 from virtfs_proto.conformance.cases.commandline import SOCKET_OWNER, swap_when_bound
 from virtfs_proto.launcher import spawn_helper
 
@@ -277,3 +280,47 @@ def test_a_signal_while_waiting_for_the_client_removes_the_socket(
     assert not path.exists(), "the socket file was left behind"
     assert proc.stderr is not None and b"Traceback" not in proc.stderr.read()
     proc.stderr.close()
+
+
+@pytest.mark.root
+def test_root_clients_queued_before_the_chown_do_not_stop_the_start(tmp_path: Path) -> None:
+    """Root may connect between bind and chown (the file is root's, 0770). Clients
+    that fill the listen backlog then must not make the ownership probe fail: they
+    are taken off the queue, the probe goes through, the first client is served."""
+    export = tmp_path / "export"
+    export.mkdir()
+    path = tmp_path / "proxy.sock"
+    # listen() returns 0.5 s late: time for the clients to queue up first
+    delayed = [STRACE, "-f", "-qq", "-o", "/dev/null", "-e", "inject=listen:delay_exit=500000"]
+    proc = subprocess.Popen(
+        [*delayed, *OURS, "-p", str(export), "-s", str(path), "-u", "1000", "-g", "1000", "-n"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    clients: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(clients) < 3 and time.monotonic() < deadline:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(str(path))
+            except (FileNotFoundError, ConnectionRefusedError, BlockingIOError):
+                s.close()  # not bound or not listening yet, or the backlog is full
+                time.sleep(0.005)
+                continue
+            s.setblocking(True)
+            clients.append(s)
+        assert len(clients) >= 2, "no client got into the backlog before the chown"
+        first = clients[0]
+        first.settimeout(10)
+        first.sendall(encode_request(m.LstatRequest(b"/\0")))
+        assert len(first.recv(8 + 116)) > 8  # a T_SUCCESS header and a stat
+        assert proc.poll() is None
+    finally:
+        for s in clients:
+            s.close()
+        proc.terminate()
+        stderr = proc.communicate(timeout=10)[1]
+    assert b"tampered" not in stderr, stderr

@@ -379,15 +379,32 @@ def _accept_probe(listener: socket.socket, target: str) -> list[socket.socket] |
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.bind(b"")  # autobind: a unique abstract address tells the probe apart
         probe.setblocking(False)
-        try:
-            probe.connect(target)
-        except FileNotFoundError:  # the fd is held: only a missing /proc says this
-            raise OSError(f"cannot connect through {target}: is /proc mounted?") from None
-        except OSError:  # not listening, another socket type, a full backlog
-            return None
-        me = probe.getsockname()
         listener.setblocking(False)
         try:
+            connected = False
+            for _ in range(2):
+                try:
+                    probe.connect(target)
+                    connected = True
+                    break
+                except FileNotFoundError:  # the fd is held: only a missing /proc says so
+                    raise OSError(f"cannot connect through {target}: is /proc mounted?") from None
+                except BlockingIOError:
+                    # the backlog is full of early clients (root's, the file is
+                    # still root's): take them off the queue, then probe again
+                    while True:
+                        try:
+                            conn, _ = listener.accept()
+                        except BlockingIOError:
+                            break
+                        conn.setblocking(True)
+                        early.append(conn)
+                except OSError:  # not listening, another socket type
+                    break
+            if not connected:
+                _close_all(early)
+                return None
+            me = probe.getsockname()
             while True:
                 try:
                     conn, _ = listener.accept()
@@ -400,9 +417,13 @@ def _accept_probe(listener: socket.socket, target: str) -> list[socket.socket] |
                 early.append(conn)
         finally:
             listener.setblocking(True)
-    for conn in early:
-        conn.close()
+    _close_all(early)
     return None
+
+
+def _close_all(conns: list[socket.socket]) -> None:
+    for conn in conns:
+        conn.close()
 
 
 def _accept_one(

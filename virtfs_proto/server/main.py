@@ -52,10 +52,11 @@ from .. import messages as m
 from .. import procfs
 from ..connection import NEED_DATA, ConnectionState, MalformedRequest, ServerConnection
 from ..errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
-from . import privileges
+from . import inside, privileges, sandbox
 from .ops import Operations, export_supports_getversion
-from .oslib import fchown_fd, open_own_fd_dir
+from .oslib import fchown_fd, open_own_fd_dir, open_procfs
 from .resolve import Resolver
+from .sandbox import LAYERS, SANDBOXES, Layers, SandboxError
 
 PROG: Final = "virtfs-proxy-helper"
 
@@ -91,10 +92,14 @@ LONG_OPTIONS: Final = [
     "group=",
     "print-confinement",
     "allow-device-nodes",
-    "no-chroot",
-    "no-drop",
+    "sandbox=",
+    "test-disable=",
     "resolver=",
+    "test-inside=",
 ]
+
+#: ``--test-inside`` is refused unless this is set to 1 in the environment.
+TESTING_ENV: Final = "VIRTFS_PROTO_TESTING"
 
 #: one descriptor as SCM_RIGHTS data (a C int)
 _FD: Final = struct.Struct("i")
@@ -124,9 +129,10 @@ class Options:
     group: str | None = None
     print_confinement: bool = False
     allow_device_nodes: bool = False
-    chroot: bool = True
-    drop: bool = True
+    sandbox: str = "namespace"
+    test_disable: frozenset[str] = frozenset()
     resolver: str = "openat2"
+    test_inside: tuple[str, ...] = ()
 
 
 def _atoi(value: str, what: str) -> int:
@@ -173,16 +179,28 @@ def parse_args(argv: list[str]) -> Options:
             o.print_confinement = True
         elif opt == "--allow-device-nodes":
             o.allow_device_nodes = True
-        elif opt == "--no-chroot":
-            o.chroot = False
-        elif opt == "--no-drop":
-            o.drop = False
+        elif opt == "--sandbox":
+            if val not in SANDBOXES:
+                raise UsageError(f"--sandbox must be namespace, chroot or none, not {val!r}")
+            o.sandbox = val
+        elif opt == "--test-disable":
+            layers = frozenset(filter(None, val.split(",")))
+            if not layers <= set(LAYERS):
+                raise UsageError(
+                    f"--test-disable takes layers among {', '.join(LAYERS)}, not {val!r}"
+                )
+            o.test_disable |= layers
+        elif opt == "--test-inside":
+            if os.environ.get(TESTING_ENV) != "1":
+                raise UsageError(f"--test-inside is for tests only: it needs {TESTING_ENV}=1")
+            o.test_inside = tuple(filter(None, val.split(",")))
         elif opt == "--resolver":
             if val not in ("openat2", "walk", "none"):
                 raise UsageError(f"--resolver must be openat2, walk or none, not {val!r}")
             o.resolver = val
     # QEMU's checks, in QEMU's order and words
-    if (o.socket is None and o.fd is None and not o.print_confinement) or o.path is None:
+    without_client = o.print_confinement or bool(o.test_inside)
+    if (o.socket is None and o.fd is None and not without_client) or o.path is None:
         raise UsageError("socket, socket descriptor or path not specified", EXIT_USAGE)
     if o.socket is not None and o.fd is not None:
         raise UsageError("both named socket and socket descriptor specified")
@@ -518,23 +536,45 @@ def missing_mount_flags(root_fd: int) -> list[str]:
     ]
 
 
-def _report(log: Log, proc_fd: int | None, export: tuple[int, int]) -> list[str]:
+def _report(
+    log: Log,
+    proc_fd: int,
+    export: tuple[int, int],
+    root_fd: int,
+    host_namespaces: dict[str, int],
+) -> list[str]:
+    """The confinement as read back from /proc (through ``proc_fd``) and the
+    kernel, never as merely asked for; [] (and a logged reason) if unreadable."""
     lines: list[str] = []
     try:
         threads = procfs.confinement_report(proc_fd=proc_fd)
+        own_namespaces = sandbox.namespace_ids(proc_fd)
+        nspid = procfs.status_field("self", "NSpid", proc_fd=proc_fd).split()
     except (OSError, privileges.ConfinementError) as exc:
         log.error(f"confinement report unavailable: {exc}")
         return lines
     for t in threads:
         jailed = "jailed in export" if t.root_dev_ino == export else "NOT jailed in export"
         lines.append(f"confinement: {t.format()} ({jailed})")
+    lines.append(
+        f"confinement: {sandbox.describe_namespaces(host_namespaces, own_namespaces)}"
+        f" (pid {nspid[-1]} in its pid namespace)"
+    )
+    lacks = missing_mount_flags(root_fd)
+    lines.append(
+        "confinement: export mount: "
+        + ("nodev,nosuid" if not lacks else f"LACKS {','.join(lacks)}")
+        + " (fstatvfs of the resolver's root)"
+    )
     return lines
 
 
 def run(o: Options, log: Log) -> int:
+    """Check, start, fork the serving process (the process model) and wait for it."""
     assert o.path is not None
+    layers = Layers.from_options(o.sandbox, o.test_disable)
     uid = gid = 0
-    if o.drop:
+    if layers.drop:
         uid, gid = privileges.resolve_user(o.user, o.group)
     keep = {0, 1, 2} | ({o.fd} if o.fd is not None else set())
     privileges.close_inherited_fds(keep)
@@ -547,7 +587,7 @@ def run(o: Options, log: Log) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     if not o.nodaemon and not o.print_confinement:
         daemonize()
-        log.open_syslog()
+        log.open_syslog()  # LOG_NDELAY: connected before the namespaces and the chroot
     log("Started")
     unsafe = missing_mount_flags(root_fd)
     if unsafe:
@@ -559,31 +599,68 @@ def run(o: Options, log: Log) -> int:
     sock: socket.socket | None = None
     if o.socket is not None:
         assert o.uid is not None and o.gid is not None
+        # bound and accepted here, in the host's namespaces, before the fork
         sock = proxy_socket(o.socket, o.uid, o.gid, log.error)
     else:
         sock = inherited
-    # After any fork (daemonize): "self" is resolved when it is opened.
-    fd_dir, fd_dir_origin = open_own_fd_dir()
+    try:
+        host_namespaces = sandbox.namespace_ids()
+    except OSError:
+        host_namespaces = {}
+    child, alive = sandbox.fork_serving_process(new_pid_namespace=layers.namespaces)
+    if child:
+        # the parent keeps nothing but the child's pid (and the pipe that
+        # tells the child it is alive)
+        os.close(root_fd)
+        if sock is not None:
+            sock.close()
+        if layers.drop:
+            # it only waits and forwards signals: no capability at all (and
+            # it can still signal the child once that has become uid too)
+            privileges.drop_privileges(uid, gid, ())
+        return sandbox.wait_for_child(child)
+    sandbox.become_serving_process(alive)
+    return _serve_confined(o, layers, log, root_fd, sock, host_namespaces, uid, gid)
+
+
+def _serve_confined(
+    o: Options,
+    layers: Layers,
+    log: Log,
+    root_fd: int,
+    sock: socket.socket | None,
+    host_namespaces: dict[str, int],
+    uid: int,
+    gid: int,
+) -> int:
+    """In the serving process: build the sandbox, confine, report, serve."""
     export_st = os.fstat(root_fd)
     export = (export_st.st_dev, export_st.st_ino)
-    try:
-        proc_fd: int | None = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        proc_fd = None
-    try:
-        if o.chroot:
+    if layers.namespaces:
+        new_root, proc_fd = sandbox.enter_namespaces(root_fd, chroot=layers.chroot)
+        os.close(root_fd)
+        root_fd = new_root
+        proc_origin = "a detached procfs of its pid namespace"
+    else:
+        proc_fd, proc_origin = open_procfs()
+        if layers.chroot:
             privileges.enter_jail(root_fd)
         else:
             os.fchdir(root_fd)
+    try:
+        fd_dir, _ = open_own_fd_dir(proc_fd)
         get_version = export_supports_getversion(root_fd)
         os.umask(0)  # modes from the client are exact
-        if o.drop:
+        if layers.drop:
             kept = privileges.kept_capabilities(allow_device_nodes=o.allow_device_nodes)
             privileges.drop_privileges(uid, gid, kept, proc_fd=proc_fd)
-        lines = _report(log, proc_fd, export)
+        # H6B-LANDLOCK: landlock.restrict(root_fd, allow_device_nodes=...) goes here
+        # H6B-SECCOMP: seccomp.install(allow_device_nodes=...) goes here, last
+        lines = _report(log, proc_fd, export, root_fd, host_namespaces)
     finally:
-        if proc_fd is not None:
-            os.close(proc_fd)  # never reachable by a client request
+        os.close(proc_fd)  # never reachable by a client request
+    if o.test_inside:
+        return inside.run_actions(o.test_inside)
     if o.print_confinement:
         if not lines:
             return EXIT_FAILURE  # the reason was logged
@@ -591,7 +668,7 @@ def run(o: Options, log: Log) -> int:
         return 0
     for line in lines:
         log(line)
-    log(f"files are reopened through {fd_dir_origin}")
+    log(f"files are reopened through {proc_origin}")
     assert sock is not None
     resolver = Resolver(
         root_fd,
@@ -624,6 +701,6 @@ def main(argv: list[str]) -> int:
         return exc.status
     try:
         return run(o, log)
-    except (OSError, privileges.ConfinementError) as exc:
+    except (OSError, privileges.ConfinementError, SandboxError) as exc:
         log.error(f"{exc}")
         return EXIT_FAILURE

@@ -184,7 +184,7 @@ def _profile(ours_cmd: list[str], export: Path, base: Path, op_name: str) -> int
     out = base / "helper.prof"
     client = RawClient("ours", [sys.executable, "-m", "cProfile", "-o", str(out),
                                 "-m", "virtfs_proto.server"], export,
-                       "--no-chroot", "--no-drop")  # fmt: skip
+                       "--sandbox=none", "--test-disable=drop")  # fmt: skip
     try:
         _batch(client, OPS[op_name], 50_000 if op_name != "mkdir+remove" else 5_000)
     finally:

@@ -21,17 +21,23 @@ QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
 OURS = [sys.executable, "-m", "virtfs_proto.server"]
 SECRET = b"SECRET outside the export\n"
 
-#: The layer configurations: each containment layer alone, and both.
-LAYER_A_OPENAT2 = ("--no-chroot", "--resolver=openat2")
-LAYER_A_WALK = ("--no-chroot", "--resolver=walk")
-LAYER_B_CHROOT = ("--resolver=none",)
-BOTH_LAYERS: tuple[str, ...] = ()
+#: The path-containment layer configurations: each alone, and all together.
+#: (a) the resolver, (b) the chroot, (ns) the namespaces' view of the export
+#: (a tmpfs root holding only the export's bind mount), all: the default.
+LAYER_A_OPENAT2 = ("--sandbox=none", "--resolver=openat2")
+LAYER_A_WALK = ("--sandbox=none", "--resolver=walk")
+LAYER_B_CHROOT = ("--sandbox=chroot", "--resolver=none")
+LAYER_NS_VIEW = ("--test-disable=chroot", "--resolver=none")
+ALL_LAYERS: tuple[str, ...] = ()
 LAYERS = {
     "a-openat2": LAYER_A_OPENAT2,
     "a-walk": LAYER_A_WALK,
     "b-chroot": LAYER_B_CHROOT,
-    "a+b": BOTH_LAYERS,
+    "ns-view": LAYER_NS_VIEW,
+    "all": ALL_LAYERS,
 }
+#: every layer off: the escapes must then succeed (so the tests can fail)
+NO_LAYER = ("--sandbox=none", "--resolver=none")
 
 
 def qemu_helper() -> str:

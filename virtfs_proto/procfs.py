@@ -187,6 +187,23 @@ def status_field(pid: int | str, name: str, *, proc_fd: int | None = None) -> st
     return ""
 
 
+def object_id(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of what ``path`` names: how the suite tells objects apart."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def fd_objects(pid: int) -> dict[int, tuple[int, int, bool]]:
+    """Each open descriptor of ``pid`` as ``(st_dev, st_ino, is_directory)``,
+    by stat through ``/proc/<pid>/fd/N`` (not by the link's text)."""
+    out = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile, or not stat-able
+            st = os.stat(f"/proc/{pid}/fd/{name}")
+            out[int(name)] = (st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode))
+    return out
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -247,10 +264,9 @@ def serving_pid(pid: int) -> int:
     return kids[0] if len(kids) == 1 else pid
 
 
-def same_object(a: str | int, b: str | int) -> bool:
-    """Whether two paths (or fds) are the same file: ``(st_dev, st_ino)``."""
-    sa, sb = os.stat(a), os.stat(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+def same_object(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name the same file: ``(st_dev, st_ino)``."""
+    return object_id(a) == object_id(b)
 
 
 def rss_kib(pid: int) -> int:

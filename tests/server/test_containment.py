@@ -2,8 +2,9 @@
 
 Layer (a) is path resolution inside the export's root fd (openat2, or the
 user-space walk); layer (b) is the chroot; ``ns-view`` the namespace
-sandbox's root (a tmpfs holding only the export), without the chroot. Nothing a client sends may read,
-stat, create, change or link anything outside the export.
+sandbox's root (a tmpfs holding only the export), without the chroot.
+Nothing a client sends may read, stat, create, change or link anything
+outside the export.
 """
 
 from __future__ import annotations

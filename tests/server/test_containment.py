@@ -91,9 +91,7 @@ def test_reads_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...])
     # namespaces' view alone has the tmpfs holding the export as its root:
     # ".." there finds no file.txt)
     if layer != LAYER_NS_VIEW:
-        assert isinstance(
-            ours.client.request(m.LstatRequest(b"link_dotdot/file.txt")), m.StatReply
-        )
+        assert isinstance(ours.client.request(m.LstatRequest(b"link_dotdot/file.txt")), m.StatReply)
 
 
 def test_writes_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]) -> None:

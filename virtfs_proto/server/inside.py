@@ -73,6 +73,7 @@ def _kill(pid: str) -> None:
 
 def _ptrace(pid: str) -> None:
     _do("ptrace attach", lambda: oslib.ptrace(oslib.PTRACE_ATTACH, int(pid)))
+    os.waitpid(int(pid), os.WUNTRACED)  # a tracee detaches only once stopped
     oslib.ptrace(oslib.PTRACE_DETACH, int(pid))
 
 
@@ -91,14 +92,16 @@ def _mount(_: str) -> None:
 
 def _chroot_escape(_: str) -> None:
     _do("mkdir", lambda: os.mkdir(_CHROOT_DIR))
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _do("chroot x", lambda: os.chroot(_CHROOT_DIR))
         _do("chdir ../../..", lambda: os.chdir("../../.."))
         _do("chroot .", lambda: os.chroot("."))
     finally:
-        # the directory lies in the export, whatever the root is now
+        # through an fd: the root and the cwd may be elsewhere by now
         with contextlib.suppress(OSError):
-            os.rmdir(_CHROOT_DIR)
+            os.rmdir(_CHROOT_DIR, dir_fd=here)
+        os.close(here)
 
 
 def _open(path: str) -> None:

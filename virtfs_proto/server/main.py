@@ -15,7 +15,9 @@ Extra long options, not in QEMU's helper:
 
 ``--user NAME|UID``, ``--group NAME|GID``
     who the helper becomes after entering the jail (default ``nobody`` and
-    its primary group); never root.
+    its primary group); never root. Numbers need no passwd entry (one uid
+    per VM); a numeric ``--user`` without ``--group`` uses the same number
+    as the gid.
 ``--print-confinement``
     confine exactly as for serving, print the confinement of every thread
     (uid, gid, capability sets, no_new_privs, root), exit 0. ``-f``/``-s``
@@ -264,6 +266,7 @@ def peer_allowed(peer: tuple[int, int, int], uid: int, gid: int) -> bool:
 
 
 _UCRED: Final = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
+
 
 class SocketTampered(OSError):
     """The socket file could not be proved to be the one the helper bound."""
@@ -585,7 +588,7 @@ def run(o: Options, log: Log) -> int:
     # checked before "Started", so that a wrong -f is the only thing said
     inherited = socket_from_fd(o.fd) if o.fd is not None else None
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    if not o.nodaemon and not o.print_confinement:
+    if not o.nodaemon and not o.print_confinement and not o.test_inside:
         daemonize()
         log.open_syslog()  # LOG_NDELAY: connected before the namespaces and the chroot
     log("Started")
@@ -620,7 +623,7 @@ def run(o: Options, log: Log) -> int:
             privileges.drop_privileges(uid, gid, ())
         return sandbox.wait_for_child(child)
     sandbox.become_serving_process(alive)
-    return _serve_confined(o, layers, log, root_fd, sock, host_namespaces, uid, gid)
+    return _serve_confined(o, layers, log, root_fd, sock, host_namespaces, uid, gid, alive)
 
 
 def _serve_confined(
@@ -632,6 +635,7 @@ def _serve_confined(
     host_namespaces: dict[str, int],
     uid: int,
     gid: int,
+    parent_alive: int,
 ) -> int:
     """In the serving process: build the sandbox, confine, report, serve."""
     export_st = os.fstat(root_fd)
@@ -654,11 +658,13 @@ def _serve_confined(
         if layers.drop:
             kept = privileges.kept_capabilities(allow_device_nodes=o.allow_device_nodes)
             privileges.drop_privileges(uid, gid, kept, proc_fd=proc_fd)
+            sandbox.die_with_parent(parent_alive)  # the uid change cleared it
         # H6B-LANDLOCK: landlock.restrict(root_fd, allow_device_nodes=...) goes here
         # H6B-SECCOMP: seccomp.install(allow_device_nodes=...) goes here, last
         lines = _report(log, proc_fd, export, root_fd, host_namespaces)
     finally:
         os.close(proc_fd)  # never reachable by a client request
+    os.close(parent_alive)  # the death signal is set for good now
     if o.test_inside:
         return inside.run_actions(o.test_inside)
     if o.print_confinement:

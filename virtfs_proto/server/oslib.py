@@ -124,9 +124,7 @@ def umount2(target: str, flags: int) -> None:
 def pivot_root(new_root: str, put_old: str) -> None:
     if SYS_PIVOT_ROOT < 0:
         raise OSError(38, f"pivot_root: unknown system call number on {platform.machine()}")
-    _check(
-        _syscall(SYS_PIVOT_ROOT, os.fsencode(new_root), os.fsencode(put_old)), "pivot_root"
-    )
+    _check(_syscall(SYS_PIVOT_ROOT, os.fsencode(new_root), os.fsencode(put_old)), "pivot_root")
 
 
 def clone_tree(fd: int) -> int:

@@ -192,12 +192,14 @@ def capability_mask(caps: Iterable[int]) -> int:
 
 
 def resolve_user(user: str | None, group: str | None) -> tuple[int, int]:
-    """uid and gid for ``--user``/``--group`` (names or numbers; default ``nobody``
-    and that user's primary group)."""
+    """uid and gid for ``--user``/``--group`` (default ``nobody`` and its
+    primary group). A number needs no passwd or group entry, so a launcher
+    can give each VM a uid of its own; a numeric ``--user`` without
+    ``--group`` gets the gid of the same number."""
     user = user or "nobody"
     try:
         uid = int(user)
-        default_gid = None
+        default_gid = uid
     except ValueError:
         try:
             entry = pwd.getpwnam(user)
@@ -205,11 +207,6 @@ def resolve_user(user: str | None, group: str | None) -> tuple[int, int]:
             raise ConfinementError(f"unknown user {user!r}") from None
         uid, default_gid = entry.pw_uid, entry.pw_gid
     if group is None:
-        if default_gid is None:
-            try:
-                default_gid = pwd.getpwuid(uid).pw_gid
-            except KeyError:
-                raise ConfinementError(f"uid {uid} has no passwd entry: give --group") from None
         gid = default_gid
     else:
         try:

@@ -108,19 +108,24 @@ def fork_serving_process(*, new_pid_namespace: bool) -> tuple[int, int]:
 
 
 def become_serving_process(parent_alive: int) -> None:
-    """In the child: die with the parent, and end cleanly on SIGTERM/SIGINT.
+    """In the child: die with the parent, and end cleanly on SIGTERM/SIGINT."""
+    die_with_parent(parent_alive)
+    for signum in FORWARDED_SIGNALS:
+        signal.signal(signum, _terminate)
 
-    getppid() cannot tell whether the parent died before PR_SET_PDEATHSIG
-    took (from a new pid namespace the parent is always 0), so the parent
-    holds a pipe's write end: EOF on ``parent_alive`` means it is gone.
+
+def die_with_parent(parent_alive: int) -> None:
+    """PR_SET_PDEATHSIG(SIGKILL), then make sure the parent had not already gone.
+
+    getppid() cannot tell (from a new pid namespace the parent is always
+    0), so the parent holds a pipe's write end: EOF on ``parent_alive``
+    means it is gone. Call it again after any change of credentials: the
+    kernel clears the death signal then.
     """
     privileges.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     gone, _, _ = select.select([parent_alive], [], [], 0)
     if gone:
         os._exit(signal_exit_status(signal.SIGKILL))
-    os.close(parent_alive)
-    for signum in FORWARDED_SIGNALS:
-        signal.signal(signum, _terminate)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

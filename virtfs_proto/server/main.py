@@ -19,20 +19,28 @@ Extra long options, not in QEMU's helper:
     per VM); a numeric ``--user`` without ``--group`` uses the same number
     as the gid.
 ``--print-confinement``
-    confine exactly as for serving, print the confinement of every thread
-    (uid, gid, capability sets, no_new_privs, root), exit 0. ``-f``/``-s``
-    are not needed with it.
+    confine exactly as for serving (in the serving process: the process
+    model), print the confinement read back from /proc (every thread's
+    uid, gid, capability sets, no_new_privs, root; the namespaces compared
+    with the parent's; the mount flags of the export's view), exit 0.
+    ``-f``/``-s`` are not needed with it.
 ``--allow-device-nodes``
     keep CAP_MKNOD and let T_MKNOD make character and block devices (for
     uid == gid == 0 only, as QEMU's helper). Without it device nodes are
-    refused with EPERM. A risk until a later sandbox layer gives the helper a
-    ``nodev`` view of the export: until then QEMU can open any host device
-    through a node made this way and a directory fd the helper handed it.
+    refused with EPERM. With ``--sandbox=chroot`` a risk: QEMU can open any
+    host device through a node made this way and a directory fd the helper
+    handed it (the default sandbox's ``nodev`` view refuses that).
+``--sandbox=namespace|chroot|none``
+    how the serving process is contained (:mod:`.sandbox`); default
+    ``namespace``. ``none`` is for tests only. A sandbox that cannot be
+    built is an error (exit 1), never a fallback.
 
-Test-only options (they weaken the helper; each exists so one containment
-layer can be tested without the other): ``--no-chroot`` (layer b off),
+Test-only options (they weaken the helper; each exists so one layer can be
+tested without the others): ``--test-disable=LAYER[,LAYER]`` (layers
+:data:`.sandbox.LAYERS`: namespaces, chroot, drop, landlock, seccomp),
 ``--resolver=openat2|walk|none`` (``walk`` forces the user-space fallback of
-layer a, ``none`` turns layer a off), ``--no-drop`` (stay root).
+the resolver, ``none`` turns it off), and ``--test-inside=ACTION[,ACTION]``
+(:mod:`.inside`; refused unless ``VIRTFS_PROTO_TESTING=1``).
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ EXTRA_USAGE: Final = (
     " [--user <user>] [--group <group>] who to run as (default: nobody)\n"
     " [--print-confinement] confine, print uid/gid/capabilities of every thread, exit\n"
     " [--allow-device-nodes] let T_MKNOD make device nodes (keeps CAP_MKNOD; a risk)\n"
+    " [--sandbox=namespace|chroot|none] how to contain the helper (default: namespace)\n"
 )
 
 EXIT_USAGE: Final = 255

@@ -2,16 +2,15 @@
 
 The helper starts as root, then, before it reads a single request:
 
-1. :func:`enter_jail` chroots into the export. ``chroot`` rather than
-   ``pivot_root`` in a private mount namespace: the helper keeps no fd that
-   points outside the jail (the export fd is reopened inside it, and
-   :func:`close_inherited_fds` closes everything else but the socket), and
-   once CAP_SYS_CHROOT is gone and the uid is not 0 the process can neither
-   chroot again nor mount, so the classic chroot escapes are closed.
-   pivot_root would also hide the host's mounts from ``/proc/<pid>/root`` of
-   other processes, but only by unsharing the mount namespace and re-mounting
-   the export, which changes what an administrator sees of the export's
-   mounts; chroot keeps the drop-in behaviour of QEMU's helper.
+1. :func:`enter_jail` chroots into the export (``--sandbox=chroot``); with
+   the default ``--sandbox=namespace``, :mod:`.sandbox` has already made a
+   root of the helper's own (pivot_root into a tmpfs holding a ``nodev``
+   bind mount of the export) and chroots into the bind mount. Either way
+   the helper keeps no fd that points outside the jail (the export fd is
+   reopened inside it, and :func:`close_inherited_fds` closes everything
+   else but the socket), and once CAP_SYS_CHROOT is gone and the uid is not
+   0 the process can neither chroot again nor mount, so the classic chroot
+   escapes are closed.
 2. :func:`drop_privileges` removes every capability but :data:`KEPT_CAPABILITIES`
    (and :data:`DEVICE_NODE_CAPABILITIES` with ``--allow-device-nodes``)
    from the bounding set, clears the ambient set, sets PR_SET_KEEPCAPS,

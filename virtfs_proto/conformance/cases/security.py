@@ -1081,7 +1081,11 @@ def xattr_security_other(ctx: Context) -> None:
 
 
 def _big_xattr(ctx: Context, size: int) -> bytes:
-    """A tmpfs in the export (ext4 cannot hold 64 KiB values) with user.big of ``size`` bytes."""
+    """A tmpfs in the export (ext4 cannot hold 64 KiB values) with user.big of ``size`` bytes.
+
+    Mounted before the case's helper starts (the cases are ``fresh``): a
+    helper in a private mount namespace of its own sees no mount made
+    under the export after it started."""
     mnt = ctx.ws.mount_tmpfs("big")
     (mnt / "f").write_bytes(b"")
     value = bytes((i * 7) & 0xFF for i in range(size))
@@ -1095,7 +1099,7 @@ def _big_xattr(ctx: Context, size: int) -> bytes:
     return value
 
 
-@case("security", "xattr-abuse", name="xattr.get_65534_fits")
+@case("security", "xattr-abuse", name="xattr.get_65534_fits", fresh=True)
 def xattr_65534(ctx: Context) -> None:
     """A 65534-byte value is the largest that fits a reply: returned whole."""
     value = _big_xattr(ctx, 65534)
@@ -1103,14 +1107,14 @@ def xattr_65534(ctx: Context) -> None:
     ctx.expect(reply == m.XattrValueReply(value), "value not returned whole")
 
 
-@case("security", "xattr-abuse", name="xattr.get_65535_refused")
+@case("security", "xattr-abuse", name="xattr.get_65535_refused", fresh=True)
 def xattr_65535(ctx: Context) -> None:
     """A 65535-byte value does not fit a reply: ENOBUFS/E2BIG/ERANGE, never truncated."""
     _big_xattr(ctx, 65535)
     ctx.err(m.LgetxattrRequest(65535, vpath("big/f"), b"user.big"), *XATTR_SIZE_ERRNOS)
 
 
-@case("security", "xattr-abuse", name="xattr.get_65536_no_wrap")
+@case("security", "xattr-abuse", name="xattr.get_65536_no_wrap", fresh=True)
 def xattr_65536(ctx: Context) -> None:
     """A 65536-byte value with size 65536 must fail, not wrap to an empty string."""
     _big_xattr(ctx, 65536)

@@ -108,10 +108,16 @@ def fork_serving_process(*, new_pid_namespace: bool) -> tuple[int, int]:
 
 
 def become_serving_process(parent_alive: int) -> None:
-    """In the child: die with the parent, and end cleanly on SIGTERM/SIGINT."""
+    """In the child: die with the parent, and end cleanly on SIGTERM/SIGINT.
+
+    A handler the embedding program installed (``virtfs-proto``'s one-line
+    exit) is kept; Python's defaults are replaced.
+    """
     die_with_parent(parent_alive)
     for signum in FORWARDED_SIGNALS:
-        signal.signal(signum, _terminate)
+        current = signal.getsignal(signum)
+        if not callable(current) or current is signal.default_int_handler:
+            signal.signal(signum, _terminate)
 
 
 def die_with_parent(parent_alive: int) -> None:

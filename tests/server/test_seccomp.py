@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from virtfs_proto.client import ProxyClient
-from virtfs_proto.server import seccomp
+from virtfs_proto.server import landlock, seccomp
 from virtfs_proto.server.main import Log, serve
 from virtfs_proto.server.ops import FS_IOC_GETVERSION, Operations
 from virtfs_proto.server.oslib import open_own_fd_dir
@@ -246,8 +246,13 @@ def test_tsync_covers_threads_started_before() -> None:
     assert run_forked(body).result == "EPERM"
 
 
-def test_the_helper_serves_every_operation_under_the_filter(export: Export) -> None:
-    """The serving loop and the handlers, filtered: the allowlist suffices."""
+@pytest.mark.parametrize("with_landlock", [False, True], ids=["seccomp", "landlock+seccomp"])
+def test_the_helper_serves_every_operation_confined(export: Export, with_landlock: bool) -> None:
+    """The serving loop and the handlers, filtered (and fenced by Landlock, in
+    the order the helper applies them): the allowlist suffices, and Landlock
+    lets every operation beneath the export through, reopens included."""
+    if with_landlock and landlock.abi_version() == 0:
+        pytest.skip("this kernel has no Landlock")
     ours, theirs = socket.socketpair()
 
     def body() -> int:
@@ -255,7 +260,10 @@ def test_the_helper_serves_every_operation_under_the_filter(export: Export) -> N
         root = os.open(export.root, os.O_PATH | os.O_DIRECTORY)
         fd_dir, _ = open_own_fd_dir()  # in the serving process: "self" is resolved now
         ops = Operations(Resolver(root), get_version=True, log=lambda _: None, fd_dir=fd_dir)
-        _installed()
+        set_no_new_privs()
+        if with_landlock:
+            landlock.restrict(root)
+        seccomp.install()
         return serve(theirs, ops.answer, Log())
 
     results: dict[str, Any] = {}
@@ -297,3 +305,37 @@ def test_the_helper_serves_every_operation_under_the_filter(export: Export) -> N
     assert results["readlink"] == "new.txt"
     assert results["xattr"] == b"v"
     assert stat.S_ISFIFO(os.lstat(export.root / "newdir" / "fifo").st_mode)
+
+
+def test_extra_allow_adds_calls_and_cannot_override_the_kill_list(tmp_path: Path) -> None:
+    def body() -> dict[str, str]:
+        set_no_new_privs()
+        clash = "installed"
+        try:
+            seccomp.install(extra_allow=["getdents64", "unshare"])
+        except ValueError as exc:
+            clash = str(exc)
+        seccomp.install(extra_allow=["getdents64"])
+        return {"clash": clash, "listdir": oserror(lambda: os.listdir(tmp_path))}
+
+    got = run_forked(body).result
+    assert got == {"clash": "seccomp: cannot allow unshare outright", "listdir": "ok"}
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["status-fd", "no-proc"])
+def test_the_mode_is_read_through_a_status_fd_held_before_a_chroot(
+    tmp_path: Path, held: bool
+) -> None:
+    def body() -> dict[str, Any]:
+        status_fd = os.open("/proc/thread-self/status", os.O_RDONLY) if held else None
+        os.chroot(tmp_path)  # no /proc in here
+        report = _installed(status_fd=status_fd)
+        return {"mode": report.mode, "filters": report.filters, "line": report.lines()[0]}
+
+    got = run_forked(body).result
+    if held:
+        assert (got["mode"], got["filters"]) == (2, 1)
+        assert got["line"].startswith("seccomp: mode 2 (filter), 1 filter(s);")
+    else:
+        assert (got["mode"], got["filters"]) == (None, None)
+        assert got["line"].startswith("seccomp: mode unread (no /proc);")

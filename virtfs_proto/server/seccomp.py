@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import socket
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -229,10 +230,14 @@ class SeccompReport:
         )
 
     def lines(self) -> list[str]:
-        mode = {None: "unread", 0: "disabled", 1: "strict", 2: "filter"}.get(self.mode, "?")
+        if self.mode is None:
+            state = "mode unread (no /proc)"
+        else:
+            name = {0: "disabled", 1: "strict", 2: "filter"}.get(self.mode, "?")
+            state = f"mode {self.mode} ({name}), {self.filters} filter(s)"
         nodes = "any file type" if self.device_nodes else "no char/block devices"
         return [
-            f"seccomp: mode {self.mode} ({mode}), {self.filters} filter(s); {self.rules} rules:"
+            f"seccomp: {state}; {self.rules} rules:"
             f" {self.allowed} system calls allowed ({len(CONDITIONAL)} argument-checked),"
             f" {self.killed} kill the process,"
             " others fail with EPERM",
@@ -260,6 +265,9 @@ def install(
     if privileges.prctl(privileges.PR_GET_NO_NEW_PRIVS) != 1:
         raise privileges.ConfinementError("seccomp: NO_NEW_PRIVS must be set first")
     allow = tuple(dict.fromkeys((*ALLOW_LIST, *extra_allow)))
+    clash = sorted(set(allow) & {*KILL_LIST, *CONDITIONAL})
+    if clash:  # one action per call: an allow rule cannot override these
+        raise ValueError(f"seccomp: cannot allow {', '.join(clash)} outright")
     numbers: dict[str, int] = {}
     for name in (*allow, *KILL_LIST, *CONDITIONAL):
         nr = syscall_number(name)
@@ -293,9 +301,8 @@ def install(
             rule(SCMP_ACT_ALLOW, name)
         for name in KILL_LIST:
             rule(SCMP_ACT_KILL_PROCESS, name)
-        af_unix = (0, SCMP_CMP_EQ, 1, 0)
-        rule(SCMP_ACT_ALLOW, "socket", af_unix)
-        rule(SCMP_ACT_KILL_PROCESS, "socket", (0, SCMP_CMP_NE, 1, 0))
+        rule(SCMP_ACT_ALLOW, "socket", (0, SCMP_CMP_EQ, socket.AF_UNIX, 0))
+        rule(SCMP_ACT_KILL_PROCESS, "socket", (0, SCMP_CMP_NE, socket.AF_UNIX, 0))
         # the full 64-bit value: a sign-extended request number is refused too
         rule(SCMP_ACT_ALLOW, "ioctl", (1, SCMP_CMP_EQ, FS_IOC_GETVERSION, 0))
         rule(scmp_act_errno(IOCTL_DENIED_ERRNO), "ioctl", (1, SCMP_CMP_NE, FS_IOC_GETVERSION, 0))

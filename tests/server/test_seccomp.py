@@ -41,6 +41,34 @@ def test_every_table_name_is_a_system_call_libseccomp_knows() -> None:
     assert len(set(names)) == len(names), "a name is in two tables"
 
 
+def test_the_kill_list_is_the_issues_list() -> None:
+    named = [
+        "ptrace",
+        "mount",
+        "umount2",
+        "pivot_root",
+        "chroot",
+        "unshare",
+        "setns",
+        "clone",
+        "clone3",
+        "fork",
+        "vfork",
+        "bpf",
+        "perf_event_open",
+        "keyctl",
+        "kexec_load",
+        "kexec_file_load",
+        "init_module",
+        "finit_module",
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "open_by_handle_at",
+    ]
+    assert sorted(seccomp.KILL_LIST) == sorted(named)
+
+
 def test_the_report_counts_the_rules_and_reads_back_filter_mode() -> None:
     def body() -> dict[str, Any]:
         r = _installed()

@@ -27,6 +27,10 @@ FSOPEN_CLOEXEC: Final = 0x1
 FSCONFIG_SET_STRING: Final = 1
 FSCONFIG_CMD_CREATE: Final = 6
 FSMOUNT_CLOEXEC: Final = 0x1
+# Landlock (Linux >= 5.13) has one number on every architecture too.
+SYS_LANDLOCK_CREATE_RULESET: Final = 444
+SYS_LANDLOCK_ADD_RULE: Final = 445
+SYS_LANDLOCK_RESTRICT_SELF: Final = 446
 MOUNT_ATTR_RDONLY: Final = 0x1
 MOUNT_ATTR_NOSUID: Final = 0x2
 MOUNT_ATTR_NODEV: Final = 0x4
@@ -178,6 +182,35 @@ def new_mount(fstype: str, options: dict[str, str], attrs: int) -> int:
         return _check(_syscall(SYS_FSMOUNT, fs_fd, FSMOUNT_CLOEXEC, attrs), "fsmount")
     finally:
         os.close(fs_fd)
+
+
+def landlock_create_ruleset(attr: ctypes.Structure | None, flags: int = 0) -> int:
+    """landlock_create_ruleset(2): a ruleset fd, or the ABI version with
+    ``LANDLOCK_CREATE_RULESET_VERSION`` (then ``attr`` is None)."""
+    size = ctypes.sizeof(attr) if attr is not None else 0
+    ref = ctypes.byref(attr) if attr is not None else None
+    return _check(
+        _syscall(SYS_LANDLOCK_CREATE_RULESET, ref, ctypes.c_size_t(size), ctypes.c_uint32(flags)),
+        "landlock_create_ruleset",
+    )
+
+
+def landlock_add_rule(ruleset_fd: int, rule_type: int, attr: ctypes.Structure) -> None:
+    """landlock_add_rule(2); ``attr`` is the rule's struct."""
+    _check(
+        _syscall(
+            SYS_LANDLOCK_ADD_RULE, ruleset_fd, rule_type, ctypes.byref(attr), ctypes.c_uint32(0)
+        ),
+        "landlock_add_rule",
+    )
+
+
+def landlock_restrict_self(ruleset_fd: int, flags: int = 0) -> None:
+    """landlock_restrict_self(2): the calling thread enters the ruleset's domain."""
+    _check(
+        _syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, ctypes.c_uint32(flags)),
+        "landlock_restrict_self",
+    )
 
 
 def detached_procfs() -> int:

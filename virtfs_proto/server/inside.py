@@ -51,13 +51,20 @@ def _do(step: str, call: Callable[[], object]) -> object:
 
 
 def _devnode(_: str) -> None:
-    _do("mknod", lambda: os.mknod(_DEVICE, stat.S_IFCHR | 0o600, os.makedev(10, 232)))
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = _do("open", lambda: os.open(_DEVICE, os.O_RDWR | os.O_CLOEXEC))
-        assert isinstance(fd, int)
-        os.close(fd)
+        _do(
+            "mknod",
+            lambda: os.mknod(_DEVICE, stat.S_IFCHR | 0o600, os.makedev(10, 232), dir_fd=here),
+        )
+        try:
+            fd = _do("open", lambda: os.open(_DEVICE, os.O_RDWR | os.O_CLOEXEC, dir_fd=here))
+            assert isinstance(fd, int)
+            os.close(fd)
+        finally:
+            os.unlink(_DEVICE, dir_fd=here)
     finally:
-        os.unlink(_DEVICE)
+        os.close(here)
 
 
 def _tcp(port: str) -> None:
@@ -82,25 +89,33 @@ def _userns(_: str) -> None:
 
 
 def _mount(_: str) -> None:
-    _do("mkdir", lambda: os.mkdir(_MOUNT_POINT))
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _do("mount", lambda: oslib.mount("tmpfs", _MOUNT_POINT, "tmpfs", 0))
-        oslib.umount2(_MOUNT_POINT, oslib.MNT_DETACH)
+        # mkdirat, as the helper itself makes directories: the attempt must
+        # reach mount(2), not stop at a call the helper never makes
+        _do("mkdir", lambda: os.mkdir(_MOUNT_POINT, dir_fd=here))
+        try:
+            _do("mount", lambda: oslib.mount("tmpfs", _MOUNT_POINT, "tmpfs", 0))
+            oslib.umount2(_MOUNT_POINT, oslib.MNT_DETACH)
+        finally:
+            os.rmdir(_MOUNT_POINT, dir_fd=here)
     finally:
-        os.rmdir(_MOUNT_POINT)
+        os.close(here)
 
 
 def _chroot_escape(_: str) -> None:
-    _do("mkdir", lambda: os.mkdir(_CHROOT_DIR))
     here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _do("chroot x", lambda: os.chroot(_CHROOT_DIR))
-        _do("chdir ../../..", lambda: os.chdir("../../.."))
-        _do("chroot .", lambda: os.chroot("."))
+        _do("mkdir", lambda: os.mkdir(_CHROOT_DIR, dir_fd=here))
+        try:
+            _do("chroot x", lambda: os.chroot(_CHROOT_DIR))
+            _do("chdir ../../..", lambda: os.chdir("../../.."))
+            _do("chroot .", lambda: os.chroot("."))
+        finally:
+            # through an fd: the root and the cwd may be elsewhere by now
+            with contextlib.suppress(OSError):
+                os.rmdir(_CHROOT_DIR, dir_fd=here)
     finally:
-        # through an fd: the root and the cwd may be elsewhere by now
-        with contextlib.suppress(OSError):
-            os.rmdir(_CHROOT_DIR, dir_fd=here)
         os.close(here)
 
 
@@ -126,7 +141,7 @@ def run_actions(actions: tuple[str, ...]) -> int:
     """Run each ``name[:argument]`` action and print its outcome; 0."""
     for action in actions:
         name, _, argument = action.partition(":")
-        result: dict[str, str] = {"action": action}
+        result: dict[str, str] = {"action": action, "step": ""}
         try:
             ACTIONS[name](argument)
         except KeyError:

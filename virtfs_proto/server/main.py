@@ -62,7 +62,7 @@ from .. import messages as m
 from .. import procfs
 from ..connection import NEED_DATA, ConnectionState, MalformedRequest, ServerConnection
 from ..errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
-from . import inside, privileges, sandbox
+from . import inside, landlock, privileges, sandbox, seccomp
 from .ops import Operations, export_supports_getversion
 from .oslib import fchown_fd, open_own_fd_dir, open_procfs
 from .resolve import Resolver
@@ -567,18 +567,30 @@ def _report(
         return lines
     for t in threads:
         jailed = "jailed in export" if t.root_dev_ino == export else "NOT jailed in export"
-        lines.append(f"confinement: {t.format()} ({jailed})")
+        lines.append(f"{t.format()} ({jailed})")
     lines.append(
-        f"confinement: {sandbox.describe_namespaces(host_namespaces, own_namespaces)}"
+        f"{sandbox.describe_namespaces(host_namespaces, own_namespaces)}"
         f" (pid {nspid[-1]} in its pid namespace)"
     )
     lacks = missing_mount_flags(root_fd)
     lines.append(
-        "confinement: export mount: "
+        "export mount: "
         + ("nodev,nosuid" if not lacks else f"LACKS {','.join(lacks)}")
         + " (fstatvfs of the resolver's root)"
     )
     return lines
+
+
+def _observe_landlock(proc_fd: int) -> str:
+    """What Landlock does, observed: a file outside the export (this process's
+    own status in its procfs) can no longer be opened."""
+    try:
+        os.close(os.open("self/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd))
+    except PermissionError:
+        return "landlock: observed: a file outside the export cannot be opened (EACCES)"
+    except OSError as exc:
+        return f"landlock: NOT observed: opening a file outside the export failed otherwise ({exc})"
+    return "landlock: NOT observed: a file outside the export could still be opened"
 
 
 def run(o: Options, log: Log) -> int:
@@ -668,23 +680,22 @@ def _serve_confined(
             kept = privileges.kept_capabilities(allow_device_nodes=o.allow_device_nodes)
             privileges.drop_privileges(uid, gid, kept, proc_fd=proc_fd)
             sandbox.die_with_parent(parent_alive)  # the uid change cleared it
-        # H6B-LANDLOCK: landlock.restrict(root_fd, allow_device_nodes=...) goes here
-        # H6B-SECCOMP: seccomp.install(allow_device_nodes=...) goes here, last
+        else:
+            # Landlock and seccomp need it; the drop sets it otherwise
+            privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
+        # ids, capabilities, namespaces and the view are final now: read them
+        # back while /proc can still be opened (Landlock closes it)
         lines = _report(log, proc_fd, export, root_fd, host_namespaces)
+        # held open: seccomp's mode is read back through it after the filter
+        status_fd = os.open(f"{os.getpid()}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        if layers.landlock:
+            lines += landlock.restrict(root_fd, allow_device_nodes=o.allow_device_nodes).lines()
+            lines.append(_observe_landlock(proc_fd))
+        else:
+            lines.append("landlock: off (--test-disable=landlock)")
     finally:
         os.close(proc_fd)  # never reachable by a client request
     os.close(parent_alive)  # the death signal is set for good now
-    if o.test_inside:
-        return inside.run_actions(o.test_inside)
-    if o.print_confinement:
-        if not lines:
-            return EXIT_FAILURE  # the reason was logged
-        print("\n".join(lines), flush=True)
-        return 0
-    for line in lines:
-        log(line)
-    log(f"files are reopened through {proc_origin}")
-    assert sock is not None
     resolver = Resolver(
         root_fd,
         use_openat2={"openat2": None, "walk": False}.get(o.resolver),
@@ -697,6 +708,27 @@ def _serve_confined(
         fd_dir=fd_dir,
         allow_device_nodes=o.allow_device_nodes,
     )
+    try:
+        # last: every import done, everything set up (TSYNC: every thread)
+        if layers.seccomp:
+            lines += seccomp.install(
+                allow_device_nodes=o.allow_device_nodes, status_fd=status_fd
+            ).lines()
+        else:
+            lines.append("seccomp: off (--test-disable=seccomp)")
+    finally:
+        os.close(status_fd)
+    if o.test_inside:
+        return inside.run_actions(o.test_inside)
+    if o.print_confinement:
+        if not lines:
+            return EXIT_FAILURE  # the reason was logged
+        print("\n".join(f"confinement: {line}" for line in lines), flush=True)
+        return 0
+    for line in lines:
+        log(f"confinement: {line}")
+    log(f"files are reopened through {proc_origin}")
+    assert sock is not None
     rc = serve(sock, ops.answer, log)
     log("Done")
     return rc

@@ -158,6 +158,10 @@ def test_print_confinement(export: Export, flags: tuple[str, ...], kept: int) ->
     assert "confinement: namespaces: mnt=new pid=new net=new ipc=new uts=new" in out.stdout
     assert "(pid 1 in its pid namespace)" in out.stdout
     assert "confinement: export mount: nodev,nosuid" in out.stdout
+    assert "confinement: landlock: observed: a file outside the export cannot be opened" in (
+        out.stdout
+    )
+    assert "confinement: seccomp: mode 2 (filter), 1 filter(s)" in out.stdout
     for line in threads:
         assert f"uid={NOBODY.pw_uid}," in line
         assert f"CapEff={kept:016x}" in line and f"CapBnd={kept:016x}" in line

@@ -686,6 +686,7 @@ def _serve_confined(
         # ids, capabilities, namespaces and the view are final now: read them
         # back while /proc can still be opened (Landlock closes it)
         lines = _report(log, proc_fd, export, root_fd, host_namespaces)
+        reported = bool(lines)
         # held open: seccomp's mode is read back through it after the filter
         status_fd = os.open(f"{os.getpid()}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
         if layers.landlock:
@@ -721,7 +722,7 @@ def _serve_confined(
     if o.test_inside:
         return inside.run_actions(o.test_inside)
     if o.print_confinement:
-        if not lines:
+        if not reported:
             return EXIT_FAILURE  # the reason was logged
         print("\n".join(f"confinement: {line}" for line in lines), flush=True)
         return 0

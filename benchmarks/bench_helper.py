@@ -1,6 +1,7 @@
 """Round trips per second: QEMU 7.2's helper against ours, under two clients, interleaved.
 
-Not a test. Both helpers run as they would in production (ours chrooted, as
+Not a test. Both helpers run as they would in production (ours in its default
+sandbox: namespaces, chrooted into a nodev view, Landlock and seccomp, as
 ``nobody``, with openat2 resolution), each on its own copy of a small export,
 over a socketpair. Two clients drive each helper, on the same connection:
 
@@ -440,8 +441,9 @@ def _profile(ours_cmd: list[str], export: Path, base: Path, frames: list[Frame],
     CPU time, not wall time: pinned to one CPU with the client, a wall-clock
     profile of the ``sendmsg`` that wakes the client includes the client's
     own run time. The helper's modules are imported before the profile
-    starts. Without the chroot and the uid change, so the profile can be
-    written at exit; the request path is the same (openat2 resolution
+    starts. Without the sandbox, the uid change, Landlock and seccomp, so
+    that the serving process itself (not a waiting parent) writes the
+    profile at exit; the request path is the same (openat2 resolution
     inside the export).
     """
     out = base / "helper.prof"
@@ -454,7 +456,12 @@ def _profile(ours_cmd: list[str], export: Path, base: Path, frames: list[Frame],
         "finally:\n"
         f"    p.dump_stats({str(out)!r})\n"
     )
-    sock, proc = spawn([ours_cmd[0], "-c", profiled], export, "--no-chroot", "--no-drop")
+    sock, proc = spawn(
+        [ours_cmd[0], "-c", profiled],
+        export,
+        "--sandbox=none",
+        "--test-disable=drop,landlock,seccomp",
+    )
     client = StructClient(sock, "ours")
     try:
         client.run(frames, n)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Final, Literal
 
+from . import procfs
 from .client import PathStyle, ProxyClient
 from .errors import HelperStartError
 
@@ -127,8 +128,15 @@ class Helper:
 
     @property
     def pid(self) -> int:
-        """The helper's process id."""
+        """The helper's process id (the process this launcher started)."""
         return self.process.pid
+
+    @property
+    def serving_pid(self) -> int:
+        """The process that serves: the started one's only child if it has
+        one (ours: pid 1 of its own pid namespace), else the started one
+        (spec: the process model). Ask once a reply has come back."""
+        return procfs.serving_pid(self.process.pid)
 
     _stderr_text: str | None = field(default=None, repr=False)
 

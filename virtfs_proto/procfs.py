@@ -8,9 +8,10 @@ through an fd of ``/proc`` kept across the chroot) and the conformance suite
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
-import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,38 @@ def confinement_report(
         os.close(dirfd)
 
 
+def status_field(pid: int | str, name: str, *, proc_fd: int | None = None) -> str:
+    """The value of the ``name:`` line of ``/proc/<pid>/status`` ("" if absent);
+    through ``proc_fd``, a procfs root, if given."""
+    path = f"{pid}/status" if proc_fd is not None else f"/proc/{pid}/status"
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        text = os.read(fd, 1 << 16).decode()
+    finally:
+        os.close(fd)
+    for line in text.splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def object_id(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of what ``path`` names: how the suite tells objects apart."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def fd_objects(pid: int) -> dict[int, tuple[int, int, bool]]:
+    """Each open descriptor of ``pid`` as ``(st_dev, st_ino, is_directory)``,
+    by stat through ``/proc/<pid>/fd/N`` (not by the link's text)."""
+    out = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile, or not stat-able
+            st = os.stat(f"/proc/{pid}/fd/{name}")
+            out[int(name)] = (st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode))
+    return out
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -184,27 +217,56 @@ def fd_targets(pid: int) -> dict[int, str]:
     return out
 
 
-_FD_TABLE = re.compile(r"/\d+/fd")
-
-
 def is_own_fd_table(pid: int, fd: int) -> bool:
     """Whether ``pid``'s descriptor ``fd`` is a procfs view of ``pid``'s own fd table.
 
     That is the one descriptor outside its export a helper may hold (the
-    spec's reopen directory): its target reads ``/<pid>/fd`` (in a procfs
-    mounted nowhere, whose root is ``/``) and, followed, it lists exactly the
-    descriptors ``/proc/<pid>/fd`` lists.
+    spec's reopen directory). Told by the object, not by the link's text (a
+    helper in its own namespaces shows paths the reader cannot interpret):
+    a directory on a procfs (the superblock's magic number) that, followed,
+    lists exactly the descriptors ``/proc/<pid>/fd`` lists.
     """
     link = f"/proc/{pid}/fd/{fd}"
     for _ in range(3):  # the helper may open or close an fd between the two listings
         try:
-            if not _FD_TABLE.fullmatch(os.readlink(link)):
+            if not (stat.S_ISDIR(os.stat(link).st_mode) and _is_procfs(link)):
                 return False
             if sorted(os.listdir(link)) == sorted(os.listdir(f"/proc/{pid}/fd")):
                 return True
         except OSError:
             return False
     return False
+
+
+_PROC_SUPER_MAGIC: Final = 0x9FA0
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _is_procfs(path: str) -> bool:
+    # os.statvfs has no f_type, and a detached procfs has a device of its
+    # own: ask statfs(2), whose struct begins with the long f_type
+    buf = (ctypes.c_long * 32)()
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf[0] == _PROC_SUPER_MAGIC
+
+
+def serving_pid(pid: int) -> int:
+    """The process that serves for the helper started as ``pid``.
+
+    The process model (spec: the helper): a helper may fork one serving
+    process (ours: pid 1 of its own pid namespace) and wait for it; a helper
+    with exactly one child serves in that child, otherwise in ``pid``
+    itself (QEMU's helper).
+    """
+    kids = children(pid)
+    return kids[0] if len(kids) == 1 else pid
+
+
+def same_object(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name the same file: ``(st_dev, st_ino)``."""
+    return object_id(a) == object_id(b)
 
 
 def rss_kib(pid: int) -> int:

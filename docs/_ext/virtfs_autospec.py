@@ -673,6 +673,53 @@ def capabilities_rst() -> list[str]:
     return out
 
 
+def seccomp_rst() -> list[str]:
+    """The seccomp filter's tables: the allowlist by reason, and the kill list."""
+    from virtfs_proto.server import seccomp
+
+    allow = [
+        [" ".join(reason.split()), " ".join(_lit(n) for n in names)]
+        for reason, names in seccomp.ALLOW_GROUPS
+    ]
+    out = list_table(["why", "allowed system calls"], allow, [45, 55])
+    out += [
+        f"{len(seccomp.ALLOW_LIST)} system calls allowed outright, and "
+        f"{len(seccomp.CONDITIONAL)} after an argument check "
+        f"({', '.join(_lit(n) for n in seccomp.CONDITIONAL)}, below). "
+        f"These {len(seccomp.KILL_LIST)} kill the process (``SIGSYS``): "
+        + ", ".join(_lit(n) for n in seccomp.KILL_LIST)
+        + ", and ``socket`` of any family but ``AF_UNIX``.",
+        "",
+    ]
+    return out
+
+
+def landlock_rst() -> list[str]:
+    """Landlock's rights by ABI version, and what the helper does with each."""
+    from virtfs_proto.server import landlock
+
+    def fate(name: str) -> str:
+        if name in landlock.NEVER_ALLOWED:
+            return "handled, allowed nowhere"
+        if name in landlock.DEVICE_NODE_RIGHTS:
+            return "beneath the export only with ``--allow-device-nodes``; else nowhere"
+        return "beneath the export only"
+
+    body = [
+        [_lit(f"LANDLOCK_ACCESS_FS_{name}"), str(since), fate(name)]
+        for name, _, since in landlock.FS_RIGHTS
+    ]
+    body += [
+        [_lit(f"LANDLOCK_ACCESS_NET_{name}"), str(landlock.NET_ABI), "handled, allowed nowhere"]
+        for name, _ in landlock.NET_RIGHTS
+    ]
+    body += [
+        [_lit(f"LANDLOCK_SCOPE_{name}"), str(landlock.SCOPE_ABI), "scoped to the helper's domain"]
+        for name, _ in landlock.SCOPES
+    ]
+    return list_table(["right", "ABI", "the helper"], body, [40, 8, 52])
+
+
 # -- Sphinx glue ------------------------------------------------------------
 
 
@@ -759,6 +806,16 @@ class CapabilitiesDirective(_RstDirective):
         return capabilities_rst()
 
 
+class SeccompDirective(_RstDirective):
+    def lines(self) -> list[str]:
+        return seccomp_rst()
+
+
+class LandlockDirective(_RstDirective):
+    def lines(self) -> list[str]:
+        return landlock_rst()
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("virtfs_vectors_dir", "", "env", types=[str])
     app.add_directive("virtfs-layout", LayoutDirective)
@@ -770,4 +827,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("virtfs-vectors", VectorsDirective)
     app.add_directive("virtfs-cli", CliDirective)
     app.add_directive("virtfs-capabilities", CapabilitiesDirective)
+    app.add_directive("virtfs-seccomp", SeccompDirective)
+    app.add_directive("virtfs-landlock", LandlockDirective)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

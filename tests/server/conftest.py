@@ -21,17 +21,26 @@ QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
 OURS = [sys.executable, "-m", "virtfs_proto.server"]
 SECRET = b"SECRET outside the export\n"
 
-#: The layer configurations: each containment layer alone, and both.
-LAYER_A_OPENAT2 = ("--no-chroot", "--resolver=openat2")
-LAYER_A_WALK = ("--no-chroot", "--resolver=walk")
-LAYER_B_CHROOT = ("--resolver=none",)
-BOTH_LAYERS: tuple[str, ...] = ()
+#: The path-containment layer configurations: each alone, and all together.
+#: (a) the resolver, (b) the chroot, (ns) the namespaces' view of the export
+#: (a tmpfs root holding only the export's bind mount); all: the default.
+#: Landlock is off in each: it is not a path-containment layer on its own
+#: (it does not cover stat, chmod, chown, utimes or xattrs: Landlock ABI 7
+#: has no right for metadata), so "alone" means without it.
+LAYER_A_OPENAT2 = ("--sandbox=none", "--test-disable=landlock", "--resolver=openat2")
+LAYER_A_WALK = ("--sandbox=none", "--test-disable=landlock", "--resolver=walk")
+LAYER_B_CHROOT = ("--sandbox=chroot", "--test-disable=landlock", "--resolver=none")
+LAYER_NS_VIEW = ("--test-disable=chroot,landlock", "--resolver=none")
+ALL_LAYERS: tuple[str, ...] = ()
 LAYERS = {
     "a-openat2": LAYER_A_OPENAT2,
     "a-walk": LAYER_A_WALK,
     "b-chroot": LAYER_B_CHROOT,
-    "a+b": BOTH_LAYERS,
+    "ns-view": LAYER_NS_VIEW,
+    "all": ALL_LAYERS,
 }
+#: every layer off: the escapes must then succeed (so the tests can fail)
+NO_LAYER = ("--sandbox=none", "--test-disable=landlock", "--resolver=none")
 
 
 def qemu_helper() -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from virtfs_proto import messages as m
+from virtfs_proto import procfs
 from virtfs_proto.connection import ClientConnection
 from virtfs_proto.server.main import USAGE
 from virtfs_proto.transport import Transport
@@ -147,15 +148,29 @@ def test_inherited_descriptors_are_closed(export: Export) -> None:
         helper_end.close()
         t = Transport(ours_end, timeout=5)
         assert isinstance(t.exchange(ClientConnection(), m.LstatRequest(b"/\0")).reply, m.StatReply)
-        targets = [
-            os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")
-        ]
-        # the only directory it holds is the export (the jail's root)
-        assert [t for t in targets if os.path.isdir(t)] == [str(export.root)]
+        serving = procfs.serving_pid(proc.pid)
+        assert serving != proc.pid  # the process model: a serving child
+        # the parent holds no directory at all; the serving process only the
+        # export (the jail's root) and its own fd table (told by object, not
+        # by the link's text: its mounts are not ours)
+        assert _directory_fds(proc.pid) == []
+        dirs = _directory_fds(serving)
+        exports = [fd for fd in dirs if procfs.same_object(f"/proc/{serving}/fd/{fd}", export.root)]
+        assert len(exports) == 1
+        others = [fd for fd in dirs if fd not in exports]
+        assert others == [fd for fd in others if procfs.is_own_fd_table(serving, fd)]
         t.close()
         assert proc.wait(10) == 0
     finally:
         os.close(leaked)
+
+
+def _directory_fds(pid: int) -> list[int]:
+    return [
+        int(fd)
+        for fd in os.listdir(f"/proc/{pid}/fd")
+        if stat.S_ISDIR(os.stat(f"/proc/{pid}/fd/{fd}").st_mode)
+    ]
 
 
 @pytest.mark.parametrize(

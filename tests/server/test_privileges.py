@@ -38,7 +38,7 @@ NOBODY = pwd.getpwnam("nobody")
 def _running_report(h: Helper) -> list[procfs.ThreadConfinement]:
     # one answered request proves the helper finished confining itself
     assert isinstance(h.client.request(m.LstatRequest(b"/\0")), m.StatReply)
-    return procfs.confinement_report(h.process.pid)
+    return procfs.confinement_report(h.serving_pid)
 
 
 def test_kept_capabilities_are_the_justified_subset() -> None:
@@ -63,11 +63,12 @@ def test_every_thread_of_a_running_helper_is_confined(
         assert t.cap_eff == t.cap_prm == t.cap_bnd == KEPT
         assert t.cap_inh == 0 and t.cap_amb == 0
         assert t.no_new_privs == 1
-        assert t.root == str(export.root)
+        st = os.stat(export.root)
+        assert t.root_dev_ino == (st.st_dev, st.st_ino)
         for cap in (p.CAP_SYS_CHROOT, p.CAP_SETUID, p.CAP_SETGID, p.CAP_SYS_ADMIN,
                     p.CAP_SETPCAP, p.CAP_DAC_READ_SEARCH):  # fmt: skip
             assert not t.cap_bnd >> cap & 1
-    groups = _status_field(h.process.pid, "Groups")
+    groups = _status_field(h.serving_pid, "Groups")
     assert groups == ""
 
 
@@ -151,8 +152,17 @@ def test_print_confinement(export: Export, flags: tuple[str, ...], kept: int) ->
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines and all(line.startswith("confinement: tid=") for line in lines)
-    for line in lines:
+    assert lines and all(line.startswith("confinement: ") for line in lines)
+    threads = [line for line in lines if line.startswith("confinement: tid=")]
+    assert threads
+    assert "confinement: namespaces: mnt=new pid=new net=new ipc=new uts=new" in out.stdout
+    assert "(pid 1 in its pid namespace)" in out.stdout
+    assert "confinement: export mount: nodev,nosuid" in out.stdout
+    assert "confinement: landlock: observed: a file outside the export cannot be opened" in (
+        out.stdout
+    )
+    assert "confinement: seccomp: mode 2 (filter), 1 filter(s)" in out.stdout
+    for line in threads:
         assert f"uid={NOBODY.pw_uid}," in line
         assert f"CapEff={kept:016x}" in line and f"CapBnd={kept:016x}" in line
         assert "NoNewPrivs=1" in line and "(jailed in export)" in line

@@ -215,8 +215,14 @@ def qemu_script_replies(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]
     return _QEMU_REPLIES[0]
 
 
+#: The namespaces' view alone contains every path, but its root is the tmpfs
+#: that holds the export: absolute paths name other (missing) files there, so
+#: its answers are not QEMU's. Every layer that serves correctly on its own:
+SERVING_LAYERS = [layer for layer in LAYERS if layer != "ns-view"]
+
+
 @pytest.mark.qemu_helper
-@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("layer", SERVING_LAYERS)
 def test_script_replies_match_qemu(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, layer: str
 ) -> None:

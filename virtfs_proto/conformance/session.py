@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Final
 
 from .. import messages as m
+from .. import procfs
 from ..connection import ClientConnection
 from ..errors import ConnectionClosed, HelperStartError, ProxyProtocolError, TransportTimeout
 from ..transport import Transport, close_fds
@@ -87,6 +88,7 @@ class HelperSession:
         # owned by the session for its whole life, closed in close()
         self._log = tempfile.TemporaryFile(dir=rundir, prefix="helper-log-")  # noqa: SIM115
         self._closed = False
+        self._serving_pid: int | None = None
         self.final_log = ""
         try:
             sock = self._start(export, mode, rundir, extra_fds, socket_path, unlink_socket)
@@ -175,7 +177,15 @@ class HelperSession:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """The process that serves (spec: the process model): the started
+        process's only child once it has one (ours), else the started one
+        (QEMU's). Read /proc through this, never through ``proc.pid``."""
+        if self._serving_pid is None:
+            pid = procfs.serving_pid(self.proc.pid)
+            if pid == self.proc.pid:
+                return pid  # no child (yet): ask again next time
+            self._serving_pid = pid
+        return self._serving_pid
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -15,22 +15,32 @@ Extra long options, not in QEMU's helper:
 
 ``--user NAME|UID``, ``--group NAME|GID``
     who the helper becomes after entering the jail (default ``nobody`` and
-    its primary group); never root.
+    its primary group); never root. Numbers need no passwd entry (one uid
+    per VM); a numeric ``--user`` without ``--group`` uses the same number
+    as the gid.
 ``--print-confinement``
-    confine exactly as for serving, print the confinement of every thread
-    (uid, gid, capability sets, no_new_privs, root), exit 0. ``-f``/``-s``
-    are not needed with it.
+    confine exactly as for serving (in the serving process: the process
+    model), print the confinement read back from /proc (every thread's
+    uid, gid, capability sets, no_new_privs, root; the namespaces compared
+    with the parent's; the mount flags of the export's view), exit 0.
+    ``-f``/``-s`` are not needed with it.
 ``--allow-device-nodes``
     keep CAP_MKNOD and let T_MKNOD make character and block devices (for
     uid == gid == 0 only, as QEMU's helper). Without it device nodes are
-    refused with EPERM. A risk until a later sandbox layer gives the helper a
-    ``nodev`` view of the export: until then QEMU can open any host device
-    through a node made this way and a directory fd the helper handed it.
+    refused with EPERM. With ``--sandbox=chroot`` a risk: QEMU can open any
+    host device through a node made this way and a directory fd the helper
+    handed it (the default sandbox's ``nodev`` view refuses that).
+``--sandbox=namespace|chroot|none``
+    how the serving process is contained (:mod:`.sandbox`); default
+    ``namespace``. ``none`` is for tests only. A sandbox that cannot be
+    built is an error (exit 1), never a fallback.
 
-Test-only options (they weaken the helper; each exists so one containment
-layer can be tested without the other): ``--no-chroot`` (layer b off),
+Test-only options (they weaken the helper; each exists so one layer can be
+tested without the others): ``--test-disable=LAYER[,LAYER]`` (layers
+:data:`.sandbox.LAYERS`: namespaces, chroot, drop, landlock, seccomp),
 ``--resolver=openat2|walk|none`` (``walk`` forces the user-space fallback of
-layer a, ``none`` turns layer a off), ``--no-drop`` (stay root).
+the resolver, ``none`` turns it off), and ``--test-inside=ACTION[,ACTION]``
+(:mod:`.inside`; refused unless ``VIRTFS_PROTO_TESTING=1``).
 """
 
 from __future__ import annotations
@@ -52,10 +62,11 @@ from typing import Any, Final
 from .. import _fastpath_generated as wire
 from .. import procfs
 from ..constants import HEADER_SIZE, PROXY_MAX_IO_SZ
-from . import privileges
+from . import inside, landlock, privileges, sandbox, seccomp
 from .ops import Operations, error_frame, export_supports_getversion
-from .oslib import fchown_fd, open_own_fd_dir
+from .oslib import fchown_fd, open_own_fd_dir, open_procfs
 from .resolve import Resolver
+from .sandbox import LAYERS, SANDBOXES, Layers, SandboxError
 
 PROG: Final = "virtfs-proxy-helper"
 
@@ -73,6 +84,7 @@ EXTRA_USAGE: Final = (
     " [--user <user>] [--group <group>] who to run as (default: nobody)\n"
     " [--print-confinement] confine, print uid/gid/capabilities of every thread, exit\n"
     " [--allow-device-nodes] let T_MKNOD make device nodes (keeps CAP_MKNOD; a risk)\n"
+    " [--sandbox=namespace|chroot|none] how to contain the helper (default: namespace)\n"
 )
 
 EXIT_USAGE: Final = 255
@@ -91,10 +103,14 @@ LONG_OPTIONS: Final = [
     "group=",
     "print-confinement",
     "allow-device-nodes",
-    "no-chroot",
-    "no-drop",
+    "sandbox=",
+    "test-disable=",
     "resolver=",
+    "test-inside=",
 ]
+
+#: ``--test-inside`` is refused unless this is set to 1 in the environment.
+TESTING_ENV: Final = "VIRTFS_PROTO_TESTING"
 
 #: one descriptor as SCM_RIGHTS data (a C int)
 _FD: Final = struct.Struct("i")
@@ -124,9 +140,10 @@ class Options:
     group: str | None = None
     print_confinement: bool = False
     allow_device_nodes: bool = False
-    chroot: bool = True
-    drop: bool = True
+    sandbox: str = "namespace"
+    test_disable: frozenset[str] = frozenset()
     resolver: str = "openat2"
+    test_inside: tuple[str, ...] = ()
 
 
 def _atoi(value: str, what: str) -> int:
@@ -173,16 +190,28 @@ def parse_args(argv: list[str]) -> Options:
             o.print_confinement = True
         elif opt == "--allow-device-nodes":
             o.allow_device_nodes = True
-        elif opt == "--no-chroot":
-            o.chroot = False
-        elif opt == "--no-drop":
-            o.drop = False
+        elif opt == "--sandbox":
+            if val not in SANDBOXES:
+                raise UsageError(f"--sandbox must be namespace, chroot or none, not {val!r}")
+            o.sandbox = val
+        elif opt == "--test-disable":
+            layers = frozenset(filter(None, val.split(",")))
+            if not layers <= set(LAYERS):
+                raise UsageError(
+                    f"--test-disable takes layers among {', '.join(LAYERS)}, not {val!r}"
+                )
+            o.test_disable |= layers
+        elif opt == "--test-inside":
+            if os.environ.get(TESTING_ENV) != "1":
+                raise UsageError(f"--test-inside is for tests only: it needs {TESTING_ENV}=1")
+            o.test_inside = tuple(filter(None, val.split(",")))
         elif opt == "--resolver":
             if val not in ("openat2", "walk", "none"):
                 raise UsageError(f"--resolver must be openat2, walk or none, not {val!r}")
             o.resolver = val
     # QEMU's checks, in QEMU's order and words
-    if (o.socket is None and o.fd is None and not o.print_confinement) or o.path is None:
+    without_client = o.print_confinement or bool(o.test_inside)
+    if (o.socket is None and o.fd is None and not without_client) or o.path is None:
         raise UsageError("socket, socket descriptor or path not specified", EXIT_USAGE)
     if o.socket is not None and o.fd is not None:
         raise UsageError("both named socket and socket descriptor specified")
@@ -556,23 +585,57 @@ def missing_mount_flags(root_fd: int) -> list[str]:
     ]
 
 
-def _report(log: Log, proc_fd: int | None, export: tuple[int, int]) -> list[str]:
+def _report(
+    log: Log,
+    proc_fd: int,
+    export: tuple[int, int],
+    root_fd: int,
+    host_namespaces: dict[str, int],
+) -> list[str]:
+    """The confinement as read back from /proc (through ``proc_fd``) and the
+    kernel, never as merely asked for; [] (and a logged reason) if unreadable."""
     lines: list[str] = []
     try:
         threads = procfs.confinement_report(proc_fd=proc_fd)
+        own_namespaces = sandbox.namespace_ids(proc_fd)
+        nspid = procfs.status_field("self", "NSpid", proc_fd=proc_fd).split()
     except (OSError, privileges.ConfinementError) as exc:
         log.error(f"confinement report unavailable: {exc}")
         return lines
     for t in threads:
         jailed = "jailed in export" if t.root_dev_ino == export else "NOT jailed in export"
-        lines.append(f"confinement: {t.format()} ({jailed})")
+        lines.append(f"{t.format()} ({jailed})")
+    lines.append(
+        f"{sandbox.describe_namespaces(host_namespaces, own_namespaces)}"
+        f" (pid {nspid[-1]} in its pid namespace)"
+    )
+    lacks = missing_mount_flags(root_fd)
+    lines.append(
+        "export mount: "
+        + ("nodev,nosuid" if not lacks else f"LACKS {','.join(lacks)}")
+        + " (fstatvfs of the resolver's root)"
+    )
     return lines
 
 
+def _observe_landlock(proc_fd: int) -> str:
+    """What Landlock does, observed: a file outside the export (this process's
+    own status in its procfs) can no longer be opened."""
+    try:
+        os.close(os.open("self/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd))
+    except PermissionError:
+        return "landlock: observed: a file outside the export cannot be opened (EACCES)"
+    except OSError as exc:
+        return f"landlock: NOT observed: opening a file outside the export failed otherwise ({exc})"
+    return "landlock: NOT observed: a file outside the export could still be opened"
+
+
 def run(o: Options, log: Log) -> int:
+    """Check, start, fork the serving process (the process model) and wait for it."""
     assert o.path is not None
+    layers = Layers.from_options(o.sandbox, o.test_disable)
     uid = gid = 0
-    if o.drop:
+    if layers.drop:
         uid, gid = privileges.resolve_user(o.user, o.group)
     keep = {0, 1, 2} | ({o.fd} if o.fd is not None else set())
     privileges.close_inherited_fds(keep)
@@ -583,9 +646,9 @@ def run(o: Options, log: Log) -> int:
     # checked before "Started", so that a wrong -f is the only thing said
     inherited = socket_from_fd(o.fd) if o.fd is not None else None
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    if not o.nodaemon and not o.print_confinement:
+    if not o.nodaemon and not o.print_confinement and not o.test_inside:
         daemonize()
-        log.open_syslog()
+        log.open_syslog()  # LOG_NDELAY: connected before the namespaces and the chroot
     log("Started")
     unsafe = missing_mount_flags(root_fd)
     if unsafe:
@@ -597,40 +660,80 @@ def run(o: Options, log: Log) -> int:
     sock: socket.socket | None = None
     if o.socket is not None:
         assert o.uid is not None and o.gid is not None
+        # bound and accepted here, in the host's namespaces, before the fork
         sock = proxy_socket(o.socket, o.uid, o.gid, log.error)
     else:
         sock = inherited
-    # After any fork (daemonize): "self" is resolved when it is opened.
-    fd_dir, fd_dir_origin = open_own_fd_dir()
+    try:
+        host_namespaces = sandbox.namespace_ids()
+    except OSError:
+        host_namespaces = {}
+    child, alive = sandbox.fork_serving_process(new_pid_namespace=layers.namespaces)
+    if child:
+        # the parent keeps nothing but the child's pid (and the pipe that
+        # tells the child it is alive)
+        os.close(root_fd)
+        if sock is not None:
+            sock.close()
+        if layers.drop:
+            # it only waits and forwards signals: no capability at all (and
+            # it can still signal the child once that has become uid too)
+            privileges.drop_privileges(uid, gid, ())
+        return sandbox.wait_for_child(child)
+    sandbox.become_serving_process(alive)
+    return _serve_confined(o, layers, log, root_fd, sock, host_namespaces, uid, gid, alive)
+
+
+def _serve_confined(
+    o: Options,
+    layers: Layers,
+    log: Log,
+    root_fd: int,
+    sock: socket.socket | None,
+    host_namespaces: dict[str, int],
+    uid: int,
+    gid: int,
+    parent_alive: int,
+) -> int:
+    """In the serving process: build the sandbox, confine, report, serve."""
     export_st = os.fstat(root_fd)
     export = (export_st.st_dev, export_st.st_ino)
-    try:
-        proc_fd: int | None = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        proc_fd = None
-    try:
-        if o.chroot:
+    if layers.namespaces:
+        new_root, proc_fd = sandbox.enter_namespaces(root_fd, chroot=layers.chroot)
+        os.close(root_fd)
+        root_fd = new_root
+        proc_origin = "a detached procfs of its pid namespace"
+    else:
+        proc_fd, proc_origin = open_procfs()
+        if layers.chroot:
             privileges.enter_jail(root_fd)
         else:
             os.fchdir(root_fd)
+    try:
+        fd_dir, _ = open_own_fd_dir(proc_fd)
         get_version = export_supports_getversion(root_fd)
         os.umask(0)  # modes from the client are exact
-        if o.drop:
+        if layers.drop:
             kept = privileges.kept_capabilities(allow_device_nodes=o.allow_device_nodes)
             privileges.drop_privileges(uid, gid, kept, proc_fd=proc_fd)
-        lines = _report(log, proc_fd, export)
+            sandbox.die_with_parent(parent_alive)  # the uid change cleared it
+        else:
+            # Landlock and seccomp need it; the drop sets it otherwise
+            privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
+        # ids, capabilities, namespaces and the view are final now: read them
+        # back while /proc can still be opened (Landlock closes it)
+        lines = _report(log, proc_fd, export, root_fd, host_namespaces)
+        reported = bool(lines)
+        # held open: seccomp's mode is read back through it after the filter
+        status_fd = os.open(f"{os.getpid()}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        if layers.landlock:
+            lines += landlock.restrict(root_fd, allow_device_nodes=o.allow_device_nodes).lines()
+            lines.append(_observe_landlock(proc_fd))
+        else:
+            lines.append("landlock: off (--test-disable=landlock)")
     finally:
-        if proc_fd is not None:
-            os.close(proc_fd)  # never reachable by a client request
-    if o.print_confinement:
-        if not lines:
-            return EXIT_FAILURE  # the reason was logged
-        print("\n".join(lines), flush=True)
-        return 0
-    for line in lines:
-        log(line)
-    log(f"files are reopened through {fd_dir_origin}")
-    assert sock is not None
+        os.close(proc_fd)  # never reachable by a client request
+    os.close(parent_alive)  # the death signal is set for good now
     resolver = Resolver(
         root_fd,
         use_openat2={"openat2": None, "walk": False}.get(o.resolver),
@@ -643,6 +746,27 @@ def run(o: Options, log: Log) -> int:
         fd_dir=fd_dir,
         allow_device_nodes=o.allow_device_nodes,
     )
+    try:
+        # last: every import done, everything set up (TSYNC: every thread)
+        if layers.seccomp:
+            lines += seccomp.install(
+                allow_device_nodes=o.allow_device_nodes, status_fd=status_fd
+            ).lines()
+        else:
+            lines.append("seccomp: off (--test-disable=seccomp)")
+    finally:
+        os.close(status_fd)
+    if o.test_inside:
+        return inside.run_actions(o.test_inside)
+    if o.print_confinement:
+        if not reported:
+            return EXIT_FAILURE  # the reason was logged
+        print("\n".join(f"confinement: {line}" for line in lines), flush=True)
+        return 0
+    for line in lines:
+        log(f"confinement: {line}")
+    log(f"files are reopened through {proc_origin}")
+    assert sock is not None
     rc = serve(sock, ops.answer, log)
     log("Done")
     return rc
@@ -662,6 +786,6 @@ def main(argv: list[str]) -> int:
         return exc.status
     try:
         return run(o, log)
-    except (OSError, privileges.ConfinementError) as exc:
+    except (OSError, privileges.ConfinementError, SandboxError) as exc:
         log.error(f"{exc}")
         return EXIT_FAILURE

@@ -8,24 +8,51 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 from typing import Final
 
 # The new mount API has one number on every architecture (Linux >= 5.2).
+SYS_OPEN_TREE: Final = 428
+SYS_MOVE_MOUNT: Final = 429
 SYS_FSOPEN: Final = 430
 SYS_FSCONFIG: Final = 431
 SYS_FSMOUNT: Final = 432
+SYS_MOUNT_SETATTR: Final = 442
+#: pivot_root has no libc wrapper, and a number per architecture
+SYS_PIVOT_ROOT: Final = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203}.get(
+    platform.machine(), -1
+)
 
 FSOPEN_CLOEXEC: Final = 0x1
 FSCONFIG_SET_STRING: Final = 1
 FSCONFIG_CMD_CREATE: Final = 6
 FSMOUNT_CLOEXEC: Final = 0x1
+# Landlock (Linux >= 5.13) has one number on every architecture too.
+SYS_LANDLOCK_CREATE_RULESET: Final = 444
+SYS_LANDLOCK_ADD_RULE: Final = 445
+SYS_LANDLOCK_RESTRICT_SELF: Final = 446
 MOUNT_ATTR_RDONLY: Final = 0x1
 MOUNT_ATTR_NOSUID: Final = 0x2
 MOUNT_ATTR_NODEV: Final = 0x4
 MOUNT_ATTR_NOEXEC: Final = 0x8
+OPEN_TREE_CLONE: Final = 0x1
+AT_RECURSIVE: Final = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH: Final = 0x4
+MOVE_MOUNT_T_EMPTY_PATH: Final = 0x40
+MS_REC: Final = 0x4000
+MS_PRIVATE: Final = 1 << 18
+MNT_DETACH: Final = 0x2
+
+CLONE_NEWNS: Final = 0x00020000
+CLONE_NEWUTS: Final = 0x04000000
+CLONE_NEWIPC: Final = 0x08000000
+CLONE_NEWUSER: Final = 0x10000000
+CLONE_NEWPID: Final = 0x20000000
+CLONE_NEWNET: Final = 0x40000000
 
 AT_SYMLINK_NOFOLLOW: Final = 0x100
 AT_EMPTY_PATH: Final = 0x1000
+AT_FDCWD: Final = -100
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -33,6 +60,28 @@ _syscall.restype = ctypes.c_long
 _fchownat = _libc.fchownat
 _fchownat.restype = ctypes.c_int
 _fchownat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
+_unshare = _libc.unshare
+_unshare.restype = ctypes.c_int
+_unshare.argtypes = (ctypes.c_int,)
+_mount = _libc.mount
+_mount.restype = ctypes.c_int
+_mount.argtypes = (
+    ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p
+)  # fmt: skip
+_umount2 = _libc.umount2
+_umount2.restype = ctypes.c_int
+_umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+
+
+class _MountAttr(ctypes.Structure):
+    """struct mount_attr (linux/mount.h)"""
+
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
 
 
 def _check(rc: int, what: str) -> int:
@@ -55,6 +104,115 @@ def fchown_fd(fd: int, uid: int, gid: int) -> None:
     )
 
 
+def unshare(flags: int) -> None:
+    """unshare(2): ``CLONE_NEW*`` flags."""
+    _check(_unshare(flags), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
+    """The classic mount(2) (no data): a propagation change, or a plain mount."""
+    _check(
+        _mount(_optional(source), os.fsencode(target), _optional(fstype), flags, None),
+        f"mount({target})",
+    )
+
+
+def _optional(text: str | None) -> bytes | None:
+    return None if text is None else os.fsencode(text)
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_umount2(os.fsencode(target), flags), f"umount2({target})")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    if SYS_PIVOT_ROOT < 0:
+        raise OSError(38, f"pivot_root: unknown system call number on {platform.machine()}")
+    _check(_syscall(SYS_PIVOT_ROOT, os.fsencode(new_root), os.fsencode(put_old)), "pivot_root")
+
+
+def clone_tree(fd: int) -> int:
+    """A detached copy of the mount tree at ``fd`` (``open_tree(OPEN_TREE_CLONE |
+    AT_RECURSIVE)``, the mount API's bind mount): an fd of its root."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH
+    return _check(_syscall(SYS_OPEN_TREE, fd, b"", flags), "open_tree")
+
+
+def set_mount_attrs(fd: int, attrs: int, *, recursive: bool = True) -> None:
+    """Set ``MOUNT_ATTR_*`` on the mount at ``fd`` (on every mount of its tree
+    if ``recursive``) and make them private: nothing mounted there propagates
+    anywhere (mount_setattr)."""
+    attr = _MountAttr(attrs, 0, MS_PRIVATE, 0)
+    _check(
+        _syscall(
+            SYS_MOUNT_SETATTR,
+            fd,
+            b"",
+            AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        "mount_setattr",
+    )
+
+
+def move_mount(from_fd: int, to_dirfd: int, to_path: str) -> None:
+    """Attach the mount ``from_fd`` at ``to_path`` under ``to_dirfd`` ("" = on it)."""
+    flags = MOVE_MOUNT_F_EMPTY_PATH | (MOVE_MOUNT_T_EMPTY_PATH if to_path == "" else 0)
+    _check(
+        _syscall(SYS_MOVE_MOUNT, from_fd, b"", to_dirfd, os.fsencode(to_path), flags),
+        "move_mount",
+    )
+
+
+def new_mount(fstype: str, options: dict[str, str], attrs: int) -> int:
+    """A new ``fstype`` mount, attached nowhere (fsopen + fsconfig + fsmount):
+    its root's fd. ``attrs`` are ``MOUNT_ATTR_*``."""
+    fs_fd = _check(_syscall(SYS_FSOPEN, fstype.encode(), FSOPEN_CLOEXEC), f"fsopen({fstype})")
+    try:
+        for key, value in options.items():
+            _check(
+                _syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_SET_STRING, key.encode(), value.encode(), 0),
+                f"fsconfig({key}={value})",
+            )
+        _check(
+            _syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_CMD_CREATE, None, None, 0),
+            f"fsconfig({fstype}: create)",
+        )
+        return _check(_syscall(SYS_FSMOUNT, fs_fd, FSMOUNT_CLOEXEC, attrs), "fsmount")
+    finally:
+        os.close(fs_fd)
+
+
+def landlock_create_ruleset(attr: ctypes.Structure | None, flags: int = 0) -> int:
+    """landlock_create_ruleset(2): a ruleset fd, or the ABI version with
+    ``LANDLOCK_CREATE_RULESET_VERSION`` (then ``attr`` is None)."""
+    size = ctypes.sizeof(attr) if attr is not None else 0
+    ref = ctypes.byref(attr) if attr is not None else None
+    return _check(
+        _syscall(SYS_LANDLOCK_CREATE_RULESET, ref, ctypes.c_size_t(size), ctypes.c_uint32(flags)),
+        "landlock_create_ruleset",
+    )
+
+
+def landlock_add_rule(ruleset_fd: int, rule_type: int, attr: ctypes.Structure) -> None:
+    """landlock_add_rule(2); ``attr`` is the rule's struct."""
+    _check(
+        _syscall(
+            SYS_LANDLOCK_ADD_RULE, ruleset_fd, rule_type, ctypes.byref(attr), ctypes.c_uint32(0)
+        ),
+        "landlock_add_rule",
+    )
+
+
+def landlock_restrict_self(ruleset_fd: int, flags: int = 0) -> None:
+    """landlock_restrict_self(2): the calling thread enters the ruleset's domain."""
+    _check(
+        _syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, ctypes.c_uint32(flags)),
+        "landlock_restrict_self",
+    )
+
+
 def detached_procfs() -> int:
     """A private procfs mounted nowhere: the mount's fd only.
 
@@ -65,42 +223,57 @@ def detached_procfs() -> int:
     it, leads to it: it is reachable only through this fd. Needs
     CAP_SYS_ADMIN over the current pid namespace (root, before the drop).
     """
-    fs_fd = _check(_syscall(SYS_FSOPEN, b"proc", FSOPEN_CLOEXEC), "fsopen(proc)")
+    attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
+    return new_mount("proc", {"subset": "pid", "hidepid": "ptraceable"}, attrs)
+
+
+def open_procfs(*, private_only: bool = False) -> tuple[int, str]:
+    """An fd of a procfs root that no client path reaches, and what it is.
+
+    Prefers :func:`detached_procfs` (of the caller's pid namespace); falls
+    back to the host's ``/proc`` (an fd opened before the chroot, reachable
+    through no client path either) where the new mount API is missing,
+    unless ``private_only`` (in a new pid namespace the host's /proc would
+    show the wrong processes: refuse instead).
+    """
     try:
-        for key, value in ((b"subset", b"pid"), (b"hidepid", b"ptraceable")):
-            _check(
-                _syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_SET_STRING, key, value, 0),
-                f"fsconfig({key.decode()}={value.decode()})",
-            )
-        _check(
-            _syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_CMD_CREATE, None, None, 0),
-            "fsconfig(create)",
-        )
-        attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
-        return _check(_syscall(SYS_FSMOUNT, fs_fd, FSMOUNT_CLOEXEC, attrs), "fsmount")
-    finally:
-        os.close(fs_fd)
+        return detached_procfs(), "detached procfs"
+    except OSError as exc:
+        if private_only:
+            raise
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        return os.open("/proc", flags), f"host /proc ({exc})"
 
 
-def open_own_fd_dir() -> tuple[int, str]:
+def open_own_fd_dir(proc_fd: int | None = None) -> tuple[int, str]:
     """An fd of this process's ``fd`` directory in a procfs no client path reaches.
 
     ``openat(fd_dir, "<n>", flags)`` then opens again the very object the
     helper's own fd ``n`` holds (procfs's magic link), with new flags: that
     is how an O_PATH fd whose type has been checked becomes an fd for I/O
-    without looking up a name twice. Prefers :func:`detached_procfs`; falls
-    back to the host's ``/proc`` (an fd opened before the chroot, reachable
-    through no client path either) where the new mount API is missing.
-    Returns the fd and where it came from, for the start-up log. Open it in
-    the process that will serve: ``self`` is resolved now, and a fork later
-    would leave the fd naming its parent's table.
+    without looking up a name twice. ``proc_fd`` is a procfs root from
+    :func:`open_procfs` (made and closed here if not given). Returns the fd
+    and where it came from, for the start-up log. Open it in the process
+    that will serve: ``self`` is resolved now, and a fork later would leave
+    the fd naming its parent's table.
     """
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    if proc_fd is not None:
+        return os.open("self/fd", flags, dir_fd=proc_fd), "the given procfs"
+    mount_fd, origin = open_procfs()
     try:
-        mount_fd = detached_procfs()
-    except OSError as exc:
-        return os.open("/proc/self/fd", flags), f"host /proc ({exc})"
-    try:
-        return os.open("self/fd", flags, dir_fd=mount_fd), "detached procfs"
+        return os.open("self/fd", flags, dir_fd=mount_fd), origin
     finally:
         os.close(mount_fd)
+
+
+PTRACE_ATTACH: Final = 16
+PTRACE_DETACH: Final = 17
+_ptrace = _libc.ptrace
+_ptrace.restype = ctypes.c_long
+_ptrace.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def ptrace(request: int, pid: int) -> None:
+    """ptrace(2) for a request with no address or data (attach, detach)."""
+    _check(_ptrace(request, pid, None, None), "ptrace")

@@ -2,16 +2,15 @@
 
 The helper starts as root, then, before it reads a single request:
 
-1. :func:`enter_jail` chroots into the export. ``chroot`` rather than
-   ``pivot_root`` in a private mount namespace: the helper keeps no fd that
-   points outside the jail (the export fd is reopened inside it, and
-   :func:`close_inherited_fds` closes everything else but the socket), and
-   once CAP_SYS_CHROOT is gone and the uid is not 0 the process can neither
-   chroot again nor mount, so the classic chroot escapes are closed.
-   pivot_root would also hide the host's mounts from ``/proc/<pid>/root`` of
-   other processes, but only by unsharing the mount namespace and re-mounting
-   the export, which changes what an administrator sees of the export's
-   mounts; chroot keeps the drop-in behaviour of QEMU's helper.
+1. :func:`enter_jail` chroots into the export (``--sandbox=chroot``); with
+   the default ``--sandbox=namespace``, :mod:`.sandbox` has already made a
+   root of the helper's own (pivot_root into a tmpfs holding a ``nodev``
+   bind mount of the export) and chroots into the bind mount. Either way
+   the helper keeps no fd that points outside the jail (the export fd is
+   reopened inside it, and :func:`close_inherited_fds` closes everything
+   else but the socket), and once CAP_SYS_CHROOT is gone and the uid is not
+   0 the process can neither chroot again nor mount, so the classic chroot
+   escapes are closed.
 2. :func:`drop_privileges` removes every capability but :data:`KEPT_CAPABILITIES`
    (and :data:`DEVICE_NODE_CAPABILITIES` with ``--allow-device-nodes``)
    from the bounding set, clears the ambient set, sets PR_SET_KEEPCAPS,
@@ -192,12 +191,14 @@ def capability_mask(caps: Iterable[int]) -> int:
 
 
 def resolve_user(user: str | None, group: str | None) -> tuple[int, int]:
-    """uid and gid for ``--user``/``--group`` (names or numbers; default ``nobody``
-    and that user's primary group)."""
+    """uid and gid for ``--user``/``--group`` (default ``nobody`` and its
+    primary group). A number needs no passwd or group entry, so a launcher
+    can give each VM a uid of its own; a numeric ``--user`` without
+    ``--group`` gets the gid of the same number."""
     user = user or "nobody"
     try:
         uid = int(user)
-        default_gid = None
+        default_gid = uid
     except ValueError:
         try:
             entry = pwd.getpwnam(user)
@@ -205,11 +206,6 @@ def resolve_user(user: str | None, group: str | None) -> tuple[int, int]:
             raise ConfinementError(f"unknown user {user!r}") from None
         uid, default_gid = entry.pw_uid, entry.pw_gid
     if group is None:
-        if default_gid is None:
-            try:
-                default_gid = pwd.getpwuid(uid).pw_gid
-            except KeyError:
-                raise ConfinementError(f"uid {uid} has no passwd entry: give --group") from None
         gid = default_gid
     else:
         try:

@@ -1082,7 +1082,11 @@ def xattr_security_other(ctx: Context) -> None:
 
 
 def _big_xattr(ctx: Context, size: int) -> bytes:
-    """A tmpfs in the export (ext4 cannot hold 64 KiB values) with user.big of ``size`` bytes."""
+    """A tmpfs in the export (ext4 cannot hold 64 KiB values) with user.big of ``size`` bytes.
+
+    Mounted before the case's helper starts (the cases are ``fresh``): a
+    helper in a private mount namespace of its own sees no mount made
+    under the export after it started."""
     mnt = ctx.ws.mount_tmpfs("big")
     (mnt / "f").write_bytes(b"")
     value = bytes((i * 7) & 0xFF for i in range(size))
@@ -1096,7 +1100,7 @@ def _big_xattr(ctx: Context, size: int) -> bytes:
     return value
 
 
-@case("security", "xattr-abuse", name="xattr.get_65534_fits")
+@case("security", "xattr-abuse", name="xattr.get_65534_fits", fresh=True)
 def xattr_65534(ctx: Context) -> None:
     """A 65534-byte value is the largest that fits a reply: returned whole."""
     value = _big_xattr(ctx, 65534)
@@ -1104,14 +1108,14 @@ def xattr_65534(ctx: Context) -> None:
     ctx.expect(reply == m.XattrValueReply(value), "value not returned whole")
 
 
-@case("security", "xattr-abuse", name="xattr.get_65535_refused")
+@case("security", "xattr-abuse", name="xattr.get_65535_refused", fresh=True)
 def xattr_65535(ctx: Context) -> None:
     """A 65535-byte value does not fit a reply: ENOBUFS/E2BIG/ERANGE, never truncated."""
     _big_xattr(ctx, 65535)
     ctx.err(m.LgetxattrRequest(65535, vpath("big/f"), b"user.big"), *XATTR_SIZE_ERRNOS)
 
 
-@case("security", "xattr-abuse", name="xattr.get_65536_no_wrap")
+@case("security", "xattr-abuse", name="xattr.get_65536_no_wrap", fresh=True)
 def xattr_65536(ctx: Context) -> None:
     """A 65536-byte value with size 65536 must fail, not wrap to an empty string."""
     _big_xattr(ctx, 65536)
@@ -1417,8 +1421,9 @@ def frame_unsolicited_fds(ctx: Context) -> None:
     _in_sync(ctx)
     after = procfs.settled_fd_count(ctx.helper.pid)
     ctx.expect(after <= base, f"the helper holds {after - base} more fds")
-    targets = procfs.fd_targets(ctx.helper.pid).values()
-    ctx.expect(str(ctx.ws.outside) not in targets, "the helper kept a passed fd to outside")
+    outside_id = procfs.object_id(ctx.ws.outside)
+    kept = [fd for fd, obj in procfs.fd_objects(ctx.helper.pid).items() if obj[:2] == outside_id]
+    ctx.expect(not kept, f"the helper kept a passed fd to outside as fd {kept}")
 
 
 def _close_before_reply(ctx: Context, request: m.Request) -> None:
@@ -1583,10 +1588,11 @@ def confine_nnp(ctx: Context) -> None:
 
 @case("security", "confinement", name="confine.root_is_export")
 def confine_root(ctx: Context) -> None:
-    """Every thread's root directory is the export (chroot), not the host's /."""
-    export = os.path.realpath(ctx.ws.export)
+    """Every thread's root directory is the export (chroot), not the host's /
+    (the same object: ``(st_dev, st_ino)`` through /proc/<pid>/task/<tid>/root)."""
+    export = procfs.object_id(ctx.ws.export)
     for t in _threads(ctx):
-        ctx.expect(t.root == export, f"thread {t.tid}: root is {t.root}")
+        ctx.expect(t.root_dev_ino == export, f"thread {t.tid}: root is {t.root}")
 
 
 @case("security", "confinement", name="confine.inherited_fds_closed", fresh=True)
@@ -1602,13 +1608,17 @@ def confine_inherited(ctx: Context) -> None:
     if helper is None:
         raise CheckFailed("the helper did not start")
     try:
-        export = os.path.realpath(ctx.ws.export)
+        # told by object, not by the link's text (a helper in namespaces of
+        # its own shows paths the reader cannot interpret): no fd is the
+        # outside directory, and every other directory fd but the helper's
+        # own fd table lies on the export's file system
+        outside_id = procfs.object_id(ctx.ws.outside)
+        export_dev = procfs.object_id(ctx.ws.export)[0]
         leaks = [
-            f"{fd} -> {target}"
-            for fd, target in procfs.fd_targets(helper.pid).items()
+            f"fd {fd}"
+            for fd, obj in procfs.fd_objects(helper.pid).items()
             if fd > 2
-            and target.startswith("/")
-            and not target.startswith(export)
+            and (obj[:2] == outside_id or (obj[2] and obj[0] != export_dev))
             and not procfs.is_own_fd_table(helper.pid, fd)
         ]
         ctx.expect(not leaks, "the helper holds fds outside the export: " + ", ".join(leaks))

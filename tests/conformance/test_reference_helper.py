@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from virtfs_proto.conformance import Verdict, format_table, run
+from virtfs_proto.kit.conformance import Verdict, format_table, run
 
 OUR_HELPER = [sys.executable, "-m", "virtfs_proto.server"]
 

@@ -14,9 +14,9 @@ import pytest
 
 import virtfs_proto
 from virtfs_proto.capture import main as capture_main
-from virtfs_proto.conformance import main as conformance_main
-from virtfs_proto.conformance.cases import wire
 from virtfs_proto.kit import vectors_dir
+from virtfs_proto.kit.conformance import main as conformance_main
+from virtfs_proto.kit.conformance.cases import wire
 
 OUR_HELPER = f"{sys.executable} -m virtfs_proto.server"
 

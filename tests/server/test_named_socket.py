@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from virtfs_proto.conformance.cases.commandline import SOCKET_OWNER, swap_when_bound
+from virtfs_proto.kit.conformance.cases.commandline import SOCKET_OWNER, swap_when_bound
 from virtfs_proto.launcher import spawn_helper
 
 from .conftest import OURS, qemu_helper

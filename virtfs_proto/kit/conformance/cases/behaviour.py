@@ -9,8 +9,8 @@ import stat
 import struct
 import time
 
-from ... import messages as m
-from ...constants import UTIME_NOW, UTIME_OMIT
+from .... import messages as m
+from ....constants import UTIME_NOW, UTIME_OMIT
 from ..fixture import COMMENT, FILE_CONTENT, NESTED_CONTENT
 from ..model import CheckFailed, Context, case, spath, vpath
 

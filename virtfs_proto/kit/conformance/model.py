@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from .. import messages as m
-from ..errnos import errno_name
+from ... import messages as m
+from ...errnos import errno_name
 from .fixture import Workspace
 from .session import DEFAULT_TIMEOUT, HelperSession
 

@@ -30,14 +30,14 @@ import stat
 import tempfile
 from pathlib import Path
 
-from ... import messages as m
-from ...codec import codecs_for, decode_request
-from ...constants import HEADER_SIZE
-from ...errors import ProxyProtocolError
-from ...fixture import build_fixture
-from ...kit import vectors_dir
-from ...launcher import Mode
-from ...vectors import Vector, compare, load_vectors, run_steps
+from .... import messages as m
+from ....codec import codecs_for, decode_request
+from ....constants import HEADER_SIZE
+from ....errors import ProxyProtocolError
+from ....fixture import build_fixture
+from ....kit import vectors_dir
+from ....launcher import Mode
+from ....vectors import Vector, compare, load_vectors, run_steps
 from ..model import CASES, CheckFailed, Context, case
 from ..session import HelperSession
 

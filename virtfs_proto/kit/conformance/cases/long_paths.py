@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ... import messages as m
+from .... import messages as m
 from ..fixture import COMMENT, FILE_CONTENT, deep_dir
 from ..model import CheckFailed, Context, case, spath, vpath
 from .behaviour import check_generation, read_all

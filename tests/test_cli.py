@@ -16,7 +16,7 @@ from virtfs_proto import messages as m
 from virtfs_proto.codec import encode_reply, encode_request
 from virtfs_proto.jsonform import request_from_json
 from virtfs_proto.kit import vectors_dir
-from virtfs_proto.vectors import load_vectors
+from virtfs_proto.kit.recording import load_vectors
 
 VECTORS = load_vectors(vectors_dir())
 

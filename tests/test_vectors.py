@@ -23,8 +23,8 @@ from virtfs_proto.connection import (
 from virtfs_proto.constants import REQUEST_TYPES, MessageType
 from virtfs_proto.errors import RemoteProtocolError
 from virtfs_proto.kit import vectors_dir
+from virtfs_proto.kit.recording import Vector, compare, load_vectors, masked, run_steps
 from virtfs_proto.messages import FdReply
-from virtfs_proto.vectors import Vector, compare, load_vectors, masked, run_steps
 
 VECTOR_DIR = vectors_dir()
 VECTORS = load_vectors(VECTOR_DIR)

@@ -33,7 +33,7 @@ from .jsonform import decode_exchange, encode_exchange
 DELEGATED: dict[str, tuple[str, str]] = {
     "helper": ("virtfs_proto.server.main", "run the reference virtfs-proxy-helper"),
     "conformance": ("virtfs_proto.kit.conformance", "check a helper binary against the spec"),
-    "capture": ("virtfs_proto.capture", "record golden vectors from a real helper"),
+    "capture": ("virtfs_proto.kit.capture", "record golden vectors from a real helper"),
     "trace": ("virtfs_proto.trace", "man-in-the-middle tracer between QEMU and a helper"),
 }
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import virtfs_proto
-from virtfs_proto.capture import main as capture_main
 from virtfs_proto.kit import vectors_dir
+from virtfs_proto.kit.capture import main as capture_main
 from virtfs_proto.kit.conformance import main as conformance_main
 from virtfs_proto.kit.conformance.cases import wire
 

@@ -16,7 +16,7 @@ import pytest
 from virtfs_proto.codec import codecs_for
 from virtfs_proto.constants import MessageType
 from virtfs_proto.kit import vectors_dir
-from virtfs_proto.vectors import Outcome, Vector, compare, load_vectors, run_steps
+from virtfs_proto.kit.recording import Outcome, Vector, compare, load_vectors, run_steps
 
 from .conftest import OURS
 

@@ -3,9 +3,9 @@
 The vectors are the packaged ones (:func:`virtfs_proto.kit.vectors_dir`) or,
 with ``virtfs-proto conformance --vectors DIR``, those ``virtfs-proto capture
 --out DIR`` recorded. Each vector becomes one case. It is replayed with
-:func:`virtfs_proto.vectors.run_steps` (a fresh fixture export and a fresh
+:func:`virtfs_proto.kit.recording.run_steps` (a fresh fixture export and a fresh
 helper, as it was recorded) and compared with
-:func:`virtfs_proto.vectors.compare`: replies byte for byte outside the
+:func:`virtfs_proto.kit.recording.compare`: replies byte for byte outside the
 machine-dependent ranges, the type of every passed descriptor (``fstat`` of
 the fd received), how the helper ended, and the sentinel outside the export.
 
@@ -34,10 +34,10 @@ from .... import messages as m
 from ....codec import codecs_for, decode_request
 from ....constants import HEADER_SIZE
 from ....errors import ProxyProtocolError
-from ....fixture import build_fixture
 from ....kit import vectors_dir
 from ....launcher import Mode
-from ....vectors import Vector, compare, load_vectors, run_steps
+from ...fixture import build_fixture
+from ...recording import Vector, compare, load_vectors, run_steps
 from ..model import CASES, CheckFailed, Context, case
 from ..session import HelperSession
 

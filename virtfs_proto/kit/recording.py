@@ -1,6 +1,6 @@
 """Golden vectors: the data form, and the runner that records or replays them.
 
-A vector is one scenario against a fresh :mod:`~virtfs_proto.fixture`
+A vector is one scenario against a fresh :mod:`~virtfs_proto.kit.fixture`
 export: a list of exchanges (request bytes out, the helper's raw reply
 bytes and passed descriptors back) and how the helper ended. The same
 runner captures vectors from QEMU's helper and replays them against any
@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from . import messages as m
-from .codec import codecs_for, decode_request, encode_request, success_layout
-from .constants import HEADER_SIZE, REPLY_KIND, ByteOrder, MessageType, ReplyKind
-from .errors import ProxyProtocolError, TransportTimeout
+from .. import messages as m
+from ..codec import codecs_for, decode_request, encode_request, success_layout
+from ..constants import HEADER_SIZE, REPLY_KIND, ByteOrder, MessageType, ReplyKind
+from ..errors import ProxyProtocolError, TransportTimeout
+from ..jsonform import decode_exchange
+from ..launcher import Mode, spawn_helper
+from ..layouts import layouts_for
+from ..transport import RawReply
 from .fixture import Fixture, build_fixture, sentinel_state
-from .jsonform import decode_exchange
-from .launcher import Mode, spawn_helper
-from .layouts import layouts_for
-from .transport import RawReply
 
 #: How long one reply may take before the helper counts as hung.
 REPLY_TIMEOUT: Final = 3.0

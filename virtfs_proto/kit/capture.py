@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import messages as m
-from .codec import codecs_for, encode_request
-from .constants import (
+from .. import messages as m
+from ..codec import codecs_for, encode_request
+from ..constants import (
     HOST_BYTE_ORDER,
     PROXY_MAX_IO_SZ,
     UTIME_NOW,
@@ -33,9 +33,9 @@ from .constants import (
     MessageType,
     ReplyKind,
 )
-from .errors import HelperStartError
-from .launcher import Mode, check_helper_command
-from .vectors import Step, raw_step, record, run_steps, step
+from ..errors import HelperStartError
+from ..launcher import Mode, check_helper_command
+from .recording import Step, raw_step, record, run_steps, step
 
 QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
 ERRNO_ENOBUFS_NOTE = "QEMU answers a payload too short for its fields with -ENOBUFS"

@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import OUR_HELPER
 
 from virtfs_proto.errors import HelperStartError
 from virtfs_proto.launcher import describe_exit, helper_args, spawn_helper
-
-OUR_HELPER = [sys.executable, "-m", "virtfs_proto.server"]
 
 
 def test_helper_args() -> None:

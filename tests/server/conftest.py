@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import OUR_HELPER, require_qemu_helper
 
 from virtfs_proto.launcher import Helper, spawn_helper
 
-QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
-OURS = [sys.executable, "-m", "virtfs_proto.server"]
 SECRET = b"SECRET outside the export\n"
 
 #: The layer configurations: each containment layer alone, and both.
@@ -34,13 +32,6 @@ LAYERS = {
 }
 
 
-def qemu_helper() -> str:
-    """QEMU's helper, or a failure (never a silent skip) when it is missing."""
-    if not os.access(QEMU_HELPER, os.X_OK):
-        pytest.fail("install it: apt-get install -y qemu-system-common")
-    return QEMU_HELPER
-
-
 def spawn(command: list[str], export: Path | str, *extra: str) -> Helper:
     """``command`` (plus ``extra`` options) on one end of a socketpair, as libvirt
     starts it (:func:`~virtfs_proto.launcher.spawn_helper`). Its client waits
@@ -49,11 +40,11 @@ def spawn(command: list[str], export: Path | str, *extra: str) -> Helper:
 
 
 def spawn_ours(export: Path | str, *extra: str) -> Helper:
-    return spawn(OURS, export, *extra)
+    return spawn(OUR_HELPER, export, *extra)
 
 
 def spawn_qemu(export: Path | str) -> Helper:
-    return spawn([qemu_helper()], export)
+    return spawn([require_qemu_helper()], export)
 
 
 @dataclass

@@ -34,10 +34,9 @@ from ..constants import (
     ReplyKind,
 )
 from ..errors import HelperStartError
-from ..launcher import Mode, check_helper_command
+from ..launcher import QEMU_HELPER, Mode, check_helper_command
 from .recording import Step, raw_step, record, run_steps, step
 
-QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
 ERRNO_ENOBUFS_NOTE = "QEMU answers a payload too short for its fields with -ENOBUFS"
 
 

@@ -58,6 +58,8 @@ from .codec import (
     decode_reply,
     decode_request,
     reply_bytes_missing,
+    request_bytes_missing,
+    request_frame_length,
 )
 from .constants import HEADER_SIZE, PROXY_MAX_IO_SZ, REPLY_KIND, ByteOrder, MessageType
 from .errors import (
@@ -259,9 +261,9 @@ class Tracer:
                 self.stats.undecoded += 1
                 buf.clear()
                 return
-            end = HEADER_SIZE + size
-            if len(buf) < end:
+            if request_bytes_missing(buf, byteorder=self.byteorder):
                 return
+            end = request_frame_length(buf, byteorder=self.byteorder)
             frame = bytes(buf[:end])
             del buf[:end]
             request: m.Request | None = None

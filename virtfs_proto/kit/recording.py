@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from .. import messages as m
-from ..codec import codecs_for, decode_request, encode_request, success_layout
+from ..codec import (
+    codecs_for,
+    decode_request,
+    encode_request,
+    request_bytes_missing,
+    request_frame_length,
+    success_layout,
+)
 from ..constants import HEADER_SIZE, REPLY_KIND, ByteOrder, MessageType, ReplyKind
 from ..errors import ProxyProtocolError, TransportTimeout
 from ..jsonform import decode_exchange
@@ -330,12 +337,10 @@ def _next_frame(stream: bytes, byteorder: ByteOrder) -> tuple[bytes, bytes]:
     Pipelined steps send several frames at once and then read one reply per
     frame; each reply is decoded against the frame it answers.
     """
-    if len(stream) >= HEADER_SIZE:
-        size = codecs_for(byteorder).header_struct.unpack_from(stream, 0)[1]
-        end = HEADER_SIZE + size
-        if len(stream) >= end:
-            return stream[:end], stream[end:]
-    return stream, b""
+    if request_bytes_missing(stream, byteorder=byteorder):
+        return stream, b""
+    end = request_frame_length(stream, byteorder=byteorder)
+    return stream[:end], stream[end:]
 
 
 def load_vectors(directory: Path) -> list[Vector]:

@@ -31,8 +31,7 @@ import tempfile
 from pathlib import Path
 
 from .... import messages as m
-from ....codec import codecs_for, decode_request
-from ....constants import HEADER_SIZE
+from ....codec import decode_request, request_bytes_missing, request_frame_length
 from ....errors import ProxyProtocolError
 from ....kit import vectors_dir
 from ....launcher import Mode
@@ -68,11 +67,10 @@ def _replay(vector: Vector, ctx: Context) -> None:
 def _frames(stream: bytes) -> list[tuple[bytes, m.Request]] | None:
     """Split a request stream into decoded frames (None if any frame is malformed)."""
     out = []
-    header = codecs_for().header_struct
     while stream:
-        if len(stream) < HEADER_SIZE:
+        if request_bytes_missing(stream):
             return None
-        end = HEADER_SIZE + header.unpack_from(stream, 0)[1]
+        end = request_frame_length(stream)
         try:
             out.append((stream[:end], decode_request(stream[:end], lenient=True)))
         except ProxyProtocolError:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from virtfs_proto.kit.conformance import CASES, main
-from virtfs_proto.kit.conformance.fixture import SECRET_CONTENT, Workspace
 from virtfs_proto.kit.conformance.model import select
+from virtfs_proto.kit.conformance.workspace import SECRET_CONTENT, Workspace
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from virtfs_proto.kit.conformance.fixture import deep_dir
+from virtfs_proto.kit.conformance.workspace import deep_dir
 from virtfs_proto.server import resolve
 from virtfs_proto.server.resolve import (
     MAX_SYMLINKS,

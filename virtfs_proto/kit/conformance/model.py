@@ -14,8 +14,8 @@ from typing import Any, Final
 
 from ... import messages as m
 from ...errnos import errno_name
-from .fixture import Workspace
 from .session import DEFAULT_TIMEOUT, HelperSession
+from .workspace import Workspace
 
 GROUPS: Final = ("wire", "behaviour", "security")
 

@@ -20,7 +20,6 @@ from ...messages import LstatRequest
 from . import cases as _cases  # noqa: F401  (registers every case)
 from .cases import wire
 from .expect import Expectations, Judgement, judge
-from .fixture import Workspace
 from .junit import junit_xml
 from .model import (
     CASES,
@@ -45,6 +44,7 @@ from .session import (
     HelperSession,
     describe_status,
 )
+from .workspace import Workspace
 
 MODES = ("fd", "socket")
 

@@ -21,9 +21,9 @@ from .... import messages as m
 from .... import procfs
 from ....codec import codecs_for, encode_request
 from ....constants import HEADER_SIZE, UTIME_NOW, MessageType
-from ..fixture import DECOY_CONTENT, FILE_CONTENT
 from ..model import CheckFailed, Context, Deviation, case, errname, show, spath, vpath
 from ..session import HelperSession
+from ..workspace import DECOY_CONTENT, FILE_CONTENT
 from .behaviour import read_all
 
 #: Errors that correctly refuse a path leaving the export: ENOENT under a chroot

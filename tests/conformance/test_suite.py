@@ -11,7 +11,8 @@ import pytest
 
 from virtfs_proto.kit.conformance import CASES, main
 from virtfs_proto.kit.conformance.model import select
-from virtfs_proto.kit.conformance.workspace import SECRET_CONTENT, Workspace
+from virtfs_proto.kit.conformance.workspace import Workspace
+from virtfs_proto.kit.fixture import SENTINEL_CONTENT
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_snapshot_is_stable(ws: Workspace) -> None:
 @pytest.mark.root
 def test_a_plain_read_of_a_sentinel_is_detected(ws: Workspace) -> None:
     before = ws.snapshot()
-    assert ws.secret.read_bytes() == SECRET_CONTENT  # moves atime (relatime, old atime)
+    assert ws.secret.read_bytes() == SENTINEL_CONTENT  # moves atime (relatime, old atime)
     problems = ws.differences(before, ws.snapshot())
     assert any("secret.txt" in p and "atime" in p for p in problems), problems
 

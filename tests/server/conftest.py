@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import OUR_HELPER, require_qemu_helper
 
+from virtfs_proto.kit.fixture import Fixture, Node, build_fixture
 from virtfs_proto.launcher import Helper, spawn_helper
-
-SECRET = b"SECRET outside the export\n"
 
 #: The layer configurations: each containment layer alone, and both.
 LAYER_A_OPENAT2 = ("--no-chroot", "--resolver=openat2")
@@ -56,26 +55,30 @@ class Export:
     secret: Path
 
 
-def build_export(base: Path) -> Export:
+def server_tree(fixture: Fixture) -> list[Node]:
     """The same tree for every helper: files, dirs, symlinks that try to escape, a FIFO."""
-    root = base / "export"
-    root.mkdir()
+    return [
+        Node("file.txt", "file", b"hello\n", 0o644),
+        Node("dir", "dir"),
+        Node("dir/sub.txt", "file", b"sub\n"),
+        Node("a", "dir"),
+        Node("a/b", "dir"),
+        Node("a/b/c", "dir"),
+        Node("link_abs", "symlink", "/file.txt"),
+        Node("link_rel_escape", "symlink", "../outside/secret.txt"),
+        Node("link_abs_host", "symlink", str(fixture.sentinel)),
+        Node("link_dotdot", "symlink", ".."),
+        Node("link_host_dir", "symlink", str(fixture.root)),
+        Node("link_dir", "symlink", "dir"),
+        Node("fifo", "fifo"),
+    ]
+
+
+def build_export(base: Path) -> Export:
+    """:func:`server_tree` in ``base/export``, the sentinel in ``base/outside``."""
     os.chmod(base, 0o755)
-    secret = base / "outside_secret.txt"
-    secret.write_bytes(SECRET)
-    (root / "file.txt").write_bytes(b"hello\n")
-    os.chmod(root / "file.txt", 0o644)
-    (root / "dir").mkdir()
-    (root / "dir" / "sub.txt").write_bytes(b"sub\n")
-    (root / "a" / "b" / "c").mkdir(parents=True)
-    os.symlink("/file.txt", root / "link_abs")
-    os.symlink("../outside_secret.txt", root / "link_rel_escape")
-    os.symlink(str(secret), root / "link_abs_host")
-    os.symlink("..", root / "link_dotdot")
-    os.symlink(str(base), root / "link_host_dir")
-    os.symlink("dir", root / "link_dir")
-    os.mkfifo(root / "fifo")
-    return Export(base, root, secret)
+    fixture = build_fixture(base, tree=server_tree, pinned_time=None)
+    return Export(base, fixture.export, fixture.sentinel)
 
 
 @pytest.fixture

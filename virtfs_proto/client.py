@@ -338,7 +338,7 @@ class ProxyClient:
 
     def close(self) -> None:
         """Close the socket; the helper sees EOF and exits. Idempotent."""
-        self.transport.close()
+        self.transport.close(self._conn)
 
     @property
     def closed(self) -> bool:
@@ -377,8 +377,7 @@ class ProxyClient:
         # Anything but a fully consumed reply leaves the stream out of step
         # (or the helper gone): stop using it, as QEMU does.
         self.failure = exc
-        close_fds(self._conn.discard_fds())
-        self.transport.close()
+        self.transport.close(self._conn)
         if isinstance(exc, ConnectionClosed) and self.peer_status is not None:
             status = self.peer_status()
             if status:
@@ -439,7 +438,7 @@ class ProxyClient:
                         sent += 1
                     replies.append(transport.read_event(conn, timeout=timeout).reply)
             except BaseException as exc:
-                close_fds([r.fd for r in replies if isinstance(r, m.FdReply)])
+                close_replies(replies)
                 self._fail(
                     exc
                     if isinstance(exc, ProxyProtocolError)
@@ -469,8 +468,7 @@ class ProxyClient:
                 exc.filename2 = os.fspath(filename2)
             raise exc
         if not isinstance(reply, expect):  # pragma: no cover - the codec decodes by request
-            if isinstance(reply, m.FdReply):
-                close_fds([reply.fd])
+            close_replies([reply])
             raise UnexpectedReply(f"{type(reply).__name__} answering {request.TYPE.name}")
         return reply
 

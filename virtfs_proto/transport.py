@@ -147,8 +147,16 @@ class Transport:
         """Whether :meth:`close` was called."""
         return self.sock.fileno() < 0
 
-    def close(self) -> None:
-        """Close the socket. The helper sees EOF and exits. Idempotent."""
+    def close(self, conn: ClientConnection | None = None) -> None:
+        """Close the socket (the helper sees EOF and exits) and every descriptor
+        ``conn`` received that no reply delivered. Idempotent.
+
+        The transport owns a received descriptor until a reply hands it over
+        (then its receiver does): this and :meth:`read_event` are the only
+        places that close undelivered ones.
+        """
+        if conn is not None:
+            close_fds(conn.discard_fds())
         self.sock.close()
 
     def shutdown_write(self) -> None:

@@ -281,3 +281,20 @@ def test_send_passes_fds(fds_before, pair, tmp_path) -> None:
 def test_transport_needs_a_unix_stream_socket() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, pytest.raises(LocalProtocolError):
         Transport(s)
+
+
+def test_closing_with_the_connection_closes_undelivered_fds(fds_before, pair, tmp_path) -> None:
+    """A reply cut short by a timeout leaves its fd with the connection; the transport owns
+    it and closes it with the socket."""
+    transport, peer = pair
+    fd = a_file(tmp_path, b"x")
+    # The first byte of a STATUS reply, with a descriptor riding on it: not a whole reply.
+    socket.send_fds(peer, [STATUS_OK[:1]], [fd])
+    os.close(fd)
+    conn = ClientConnection()
+    transport.send(conn.send_request(m.ChmodRequest(b"/x\0", 0o644)))
+    with pytest.raises(TransportTimeout):
+        transport.read_event(conn, timeout=0.2)
+    held = open_fds()
+    transport.close(conn)
+    assert open_fds() == held - 2  # the socket and the undelivered descriptor

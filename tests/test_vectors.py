@@ -3,6 +3,7 @@ describe QEMU's helper (a fresh replay agrees outside machine-dependent ranges).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -20,9 +21,10 @@ from virtfs_proto.connection import (
     ReplyReceived,
     ServerConnection,
 )
-from virtfs_proto.constants import REQUEST_TYPES, MessageType
+from virtfs_proto.constants import COUNTED_NUL_FIELDS, REQUEST_TYPES, MessageType
 from virtfs_proto.errors import RemoteProtocolError
 from virtfs_proto.kit import vectors_dir
+from virtfs_proto.kit.capture import scenarios
 from virtfs_proto.kit.recording import Vector, compare, masked, run_steps
 from virtfs_proto.messages import FdReply
 
@@ -245,3 +247,26 @@ def test_the_capture_command_reproduces_the_committed_files(
             ra, rb = bytes.fromhex(a["reply"]), bytes.fromhex(b["reply"])
             assert len(ra) == len(rb), name
             assert masked(ra, ranges) == masked(rb, ranges), name
+
+
+def test_capture_scenarios_send_paths_by_the_counted_nul_table() -> None:
+    """Every path a scenario sends carries QEMU's counted NUL exactly where
+    ``COUNTED_NUL_FIELDS`` says, but for the scenario that tests its absence."""
+    deliberate = {("lstat-no-nul", "path")}
+    checked = 0
+    for sc in scenarios():
+        for st in sc.steps:
+            try:
+                request = decode_request(st.request)
+            except RemoteProtocolError:
+                continue  # a framing scenario's garbage
+            for f in dataclasses.fields(request):
+                value = getattr(request, f.name)
+                if f.name in ("name", "value", "target") or not isinstance(value, bytes):
+                    continue  # xattr names and values, symlink targets: never paths
+                checked += 1
+                counted = (request.TYPE, f.name) in COUNTED_NUL_FIELDS
+                if (sc.name, f.name) in deliberate:
+                    counted = not counted
+                assert value.endswith(b"\0") == counted, (sc.name, f.name, value)
+    assert checked > 100

@@ -26,6 +26,7 @@ from virtfs_proto import messages as m
 from virtfs_proto.codec import encode_reply, encode_request
 from virtfs_proto.connection import ClientConnection
 from virtfs_proto.constants import V9FS_FD_VALID, MessageType
+from virtfs_proto.kit.raw import recv_exact
 from virtfs_proto.trace import Tracer, TraceStats
 from virtfs_proto.transport import Transport
 
@@ -143,7 +144,7 @@ def test_malformed_request_and_its_error_reply_are_logged(rig: Rig) -> None:
     rig.client.send(frame)
     assert rig.peer.recv(100) == frame
     rig.peer.send(struct.pack("=IIi", MessageType.T_ERROR, 4, -105))
-    assert rig.client.recv_exact(12).data == struct.pack("=IIi", MessageType.T_ERROR, 4, -105)
+    assert recv_exact(rig.client, 12).data == struct.pack("=IIi", MessageType.T_ERROR, 4, -105)
     stats = rig.finish()
     assert stats.undecoded == 1 and not stats.clean
     (rec,) = rig.records()
@@ -153,7 +154,7 @@ def test_malformed_request_and_its_error_reply_are_logged(rig: Rig) -> None:
 
 def test_unanswered_request_and_stray_bytes(no_fd_leak: None, rig: Rig) -> None:
     rig.peer.send(b"\x00" * 12)  # nothing asked for this
-    assert rig.client.recv_exact(12).data == b"\x00" * 12
+    assert recv_exact(rig.client, 12).data == b"\x00" * 12
     rig.client.send(encode_request(m.StatfsRequest(b"/\0")))
     recv_frame(rig.peer)
     rig.peer.close()  # the helper dies without answering

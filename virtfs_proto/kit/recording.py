@@ -38,8 +38,8 @@ from ..errors import ProxyProtocolError, TransportTimeout
 from ..jsonform import decode_exchange
 from ..launcher import Mode, spawn_helper
 from ..layouts import layouts_for
-from ..transport import RawReply
 from .fixture import Fixture, build_fixture, sentinel_state
+from .raw import RawReply, read_until_eof, recv_reply_raw
 
 #: How long one reply may take before the helper counts as hung.
 REPLY_TIMEOUT: Final = 3.0
@@ -163,9 +163,9 @@ def _run_steps_in(
                 break
             try:
                 raw: RawReply = (
-                    transport.recv_reply_raw(s.expect)
+                    recv_reply_raw(transport, s.expect)
                     if s.expect is not None
-                    else transport.read_until_eof()
+                    else read_until_eof(transport)
                 )
             except TransportTimeout:
                 ex.timed_out = True

@@ -43,7 +43,6 @@ from typing import Any
 
 from helperproc import (
     CONTROL_SPACE,
-    QEMU_HELPER,
     Frame,
     HelperFailed,
     ProcessTree,
@@ -55,6 +54,7 @@ from helperproc import (
 from virtfs_proto import messages as m
 from virtfs_proto.connection import NEED_DATA, ClientConnection, ReplyReceived
 from virtfs_proto.constants import MessageType
+from virtfs_proto.launcher import QEMU_HELPER
 
 #: The mix's name in the table, where it is counted per request, not per cycle.
 MIX = "mix, per request"

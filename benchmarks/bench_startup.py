@@ -35,9 +35,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helperproc import QEMU_HELPER, Frame, ProcessTree, StructClient, spawn
+from helperproc import Frame, ProcessTree, StructClient, spawn
 
 from virtfs_proto import messages as m
+from virtfs_proto.launcher import QEMU_HELPER
 from virtfs_proto.procfs import rss_kib
 
 #: The issue's targets for ours against the bare interpreter (issue 13).

@@ -35,8 +35,6 @@ from virtfs_proto.constants import (
 )
 from virtfs_proto.procfs import children, rss_kib
 
-QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
-
 #: Room for more descriptors than a reply may carry, so a helper that sends
 #: two is caught rather than truncated away.
 CONTROL_SPACE = socket.CMSG_SPACE(4 * 4)

@@ -24,9 +24,9 @@ from collections import Counter
 
 from virtfs_proto import messages as m
 from virtfs_proto import procfs
-from virtfs_proto.conformance.fixture import Workspace
-from virtfs_proto.conformance.model import spath, vpath
-from virtfs_proto.conformance.session import HelperSession
+from virtfs_proto.kit.conformance.model import spath, vpath
+from virtfs_proto.kit.conformance.session import HelperSession
+from virtfs_proto.kit.conformance.workspace import Workspace
 
 #: (weight, name) of each operation in the mix
 MIX = [

@@ -32,7 +32,7 @@ import atheris
 from seeds import main, vectors
 
 with atheris.instrument_imports():
-    from virtfs_proto.conformance.fixture import Workspace
+    from virtfs_proto.kit.conformance.workspace import Workspace
     from virtfs_proto.server.main import Log, serve
     from virtfs_proto.server.ops import Operations
     from virtfs_proto.server.resolve import Resolver

@@ -1,26 +1,20 @@
-"""Fixtures shared across the test suites. Append-only: several suites add here."""
+"""Fixtures shared across the test suites; what they are built on is in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from helpers import VECTORS, require_qemu_helper
 
-#: QEMU 7.2's helper, from Debian bookworm's qemu-system-common.
-QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
+from virtfs_proto.kit.recording import Vector
 
 
 @pytest.fixture(scope="session")
 def qemu_helper() -> str:
-    """Path of QEMU's virtfs-proxy-helper; a missing helper FAILS the test, never skips it.
+    """Path of QEMU's virtfs-proxy-helper; a missing helper FAILS the test, never skips it."""
+    return require_qemu_helper()
 
-    ``VIRTFS_QEMU_HELPER`` overrides the path (the suite uses it to check
-    this very failure).
-    """
-    path = os.environ.get("VIRTFS_QEMU_HELPER", QEMU_HELPER)
-    if not os.access(path, os.X_OK):
-        pytest.fail(
-            f"{path} is missing: install it: apt-get install -y qemu-system-common",
-            pytrace=False,
-        )
-    return path
+
+@pytest.fixture(scope="session")
+def vectors() -> list[Vector]:
+    """The packaged golden vectors (the same list ``helpers.VECTORS`` parametrizes with)."""
+    return VECTORS

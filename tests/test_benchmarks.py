@@ -22,7 +22,9 @@ BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import bench_helper  # noqa: E402
-from helperproc import QEMU_HELPER, Frame, StructClient, spawn  # noqa: E402
+from helperproc import Frame, StructClient, spawn  # noqa: E402
+
+from virtfs_proto.launcher import QEMU_HELPER  # noqa: E402
 
 NUMBER = r"\d+(?:\.\d+)?"
 

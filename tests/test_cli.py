@@ -10,15 +10,13 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from helpers import VECTORS
 
 import virtfs_proto
 from virtfs_proto import messages as m
 from virtfs_proto.codec import encode_reply, encode_request
 from virtfs_proto.jsonform import request_from_json
 from virtfs_proto.kit import vectors_dir
-from virtfs_proto.vectors import load_vectors
-
-VECTORS = load_vectors(vectors_dir())
 
 
 def run(args: list[str], stdin: str) -> subprocess.CompletedProcess[str]:

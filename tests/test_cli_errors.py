@@ -25,7 +25,6 @@ from virtfs_proto.errors import LocalProtocolError, NotAProxySocket
 from virtfs_proto.transport import Transport
 
 SCRIPT = str(Path(sys.executable).with_name("virtfs-proto"))
-QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
 #: a descriptor number no test process has open (subprocess closes inherited fds)
 CLOSED_FD = "57"
 

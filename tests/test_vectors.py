@@ -3,13 +3,14 @@ describe QEMU's helper (a fresh replay agrees outside machine-dependent ranges).
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import VECTORS
 
 from virtfs_proto import jsonform
 from virtfs_proto.codec import decode_request, encode_request
@@ -20,15 +21,14 @@ from virtfs_proto.connection import (
     ReplyReceived,
     ServerConnection,
 )
-from virtfs_proto.constants import REQUEST_TYPES, MessageType
+from virtfs_proto.constants import COUNTED_NUL_FIELDS, REQUEST_TYPES, MessageType
 from virtfs_proto.errors import RemoteProtocolError
 from virtfs_proto.kit import vectors_dir
+from virtfs_proto.kit.capture import scenarios
+from virtfs_proto.kit.recording import Vector, compare, masked, run_steps
 from virtfs_proto.messages import FdReply
-from virtfs_proto.vectors import Vector, compare, load_vectors, masked, run_steps
 
 VECTOR_DIR = vectors_dir()
-VECTORS = load_vectors(VECTOR_DIR)
-QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
 
 
 def _exchanges() -> list[tuple[str, dict]]:  # type: ignore[type-arg]
@@ -189,16 +189,12 @@ def test_negative_vectors_name_their_error_kind() -> None:
         }, name
 
 
-def _qemu_helper() -> list[str]:
-    if not os.access(QEMU_HELPER, os.X_OK):
-        pytest.fail(f"{QEMU_HELPER} is missing: install it: apt-get install -y qemu-system-common")
-    return [QEMU_HELPER]
-
-
 @pytest.mark.qemu_helper
 @pytest.mark.parametrize("vector", VECTORS, ids=[v.name for v in VECTORS])
-def test_a_fresh_capture_agrees_with_the_committed_vector(vector: Vector) -> None:
-    outcome, _ = run_steps(_qemu_helper(), vector.steps(), mode=vector.mode)
+def test_a_fresh_capture_agrees_with_the_committed_vector(
+    qemu_helper: str, vector: Vector
+) -> None:
+    outcome, _ = run_steps([qemu_helper], vector.steps(), mode=vector.mode)
     assert compare(vector, outcome) == []
 
 
@@ -211,10 +207,11 @@ def test_message_types_in_vectors_are_known() -> None:
 
 
 @pytest.mark.qemu_helper
-def test_the_capture_command_reproduces_the_committed_files(tmp_path: Path) -> None:
+def test_the_capture_command_reproduces_the_committed_files(
+    qemu_helper: str, tmp_path: Path
+) -> None:
     """``virtfs-proto capture`` itself, end to end: same files, same bytes outside
     the machine-dependent ranges, same decoded forms there."""
-    helper = _qemu_helper()[0]
     out = subprocess.run(
         [
             sys.executable,
@@ -222,7 +219,7 @@ def test_the_capture_command_reproduces_the_committed_files(tmp_path: Path) -> N
             "virtfs_proto.cli",
             "capture",
             "--helper",
-            helper,
+            qemu_helper,
             "--out",
             str(tmp_path),
         ],
@@ -250,3 +247,26 @@ def test_the_capture_command_reproduces_the_committed_files(tmp_path: Path) -> N
             ra, rb = bytes.fromhex(a["reply"]), bytes.fromhex(b["reply"])
             assert len(ra) == len(rb), name
             assert masked(ra, ranges) == masked(rb, ranges), name
+
+
+def test_capture_scenarios_send_paths_by_the_counted_nul_table() -> None:
+    """Every path a scenario sends carries QEMU's counted NUL exactly where
+    ``COUNTED_NUL_FIELDS`` says, but for the scenario that tests its absence."""
+    deliberate = {("lstat-no-nul", "path")}
+    checked = 0
+    for sc in scenarios():
+        for st in sc.steps:
+            try:
+                request = decode_request(st.request)
+            except RemoteProtocolError:
+                continue  # a framing scenario's garbage
+            for f in dataclasses.fields(request):
+                value = getattr(request, f.name)
+                if f.name in ("name", "value", "target") or not isinstance(value, bytes):
+                    continue  # xattr names and values, symlink targets: never paths
+                checked += 1
+                counted = (request.TYPE, f.name) in COUNTED_NUL_FIELDS
+                if (sc.name, f.name) in deliberate:
+                    counted = not counted
+                assert value.endswith(b"\0") == counted, (sc.name, f.name, value)
+    assert checked > 100

@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 #: ``main(argv: list[str]) -> int`` and parses its own options.
 DELEGATED: dict[str, tuple[str, str]] = {
     "helper": ("virtfs_proto.server.main", "run the reference virtfs-proxy-helper"),
-    "conformance": ("virtfs_proto.conformance", "check a helper binary against the spec"),
-    "capture": ("virtfs_proto.capture", "record golden vectors from a real helper"),
+    "conformance": ("virtfs_proto.kit.conformance", "check a helper binary against the spec"),
+    "capture": ("virtfs_proto.kit.capture", "record golden vectors from a real helper"),
     "trace": ("virtfs_proto.trace", "man-in-the-middle tracer between QEMU and a helper"),
 }
 

@@ -41,7 +41,7 @@ from typing import Final, Literal, TypeVar, overload
 from . import messages as m
 from .codec import encode_request
 from .connection import ClientConnection
-from .constants import MAX_STRING_LENGTH, UTIME_NOW, UTIME_OMIT, ByteOrder
+from .constants import COUNTED_NUL_FIELDS, MAX_STRING_LENGTH, UTIME_NOW, UTIME_OMIT, ByteOrder
 from .errnos import oserror_for
 from .errors import (
     AncillaryTruncated,
@@ -338,7 +338,7 @@ class ProxyClient:
 
     def close(self) -> None:
         """Close the socket; the helper sees EOF and exits. Idempotent."""
-        self.transport.close()
+        self.transport.close(self._conn)
 
     @property
     def closed(self) -> bool:
@@ -358,8 +358,11 @@ class ProxyClient:
 
     # -- requests --------------------------------------------------------------
 
-    def _path(self, path: PathArg, qemu_nul: bool) -> bytes:
+    def _path(self, path: PathArg, request: type[m.Request], field: str = "path") -> bytes:
+        """``path`` as ``request``'s ``field``: with QEMU's counted NUL where it sends one
+        (:data:`~virtfs_proto.constants.COUNTED_NUL_FIELDS`), unless ``path_style`` says."""
         style = self.path_style
+        qemu_nul = (request.TYPE, field) in COUNTED_NUL_FIELDS
         return encode_path(path, nul=qemu_nul if style == "qemu" else style == "nul")
 
     def _check_open(self) -> None:
@@ -374,8 +377,7 @@ class ProxyClient:
         # Anything but a fully consumed reply leaves the stream out of step
         # (or the helper gone): stop using it, as QEMU does.
         self.failure = exc
-        close_fds(self._conn.discard_fds())
-        self.transport.close()
+        self.transport.close(self._conn)
         if isinstance(exc, ConnectionClosed) and self.peer_status is not None:
             status = self.peer_status()
             if status:
@@ -436,7 +438,7 @@ class ProxyClient:
                         sent += 1
                     replies.append(transport.read_event(conn, timeout=timeout).reply)
             except BaseException as exc:
-                close_fds([r.fd for r in replies if isinstance(r, m.FdReply)])
+                close_replies(replies)
                 self._fail(
                     exc
                     if isinstance(exc, ProxyProtocolError)
@@ -466,8 +468,7 @@ class ProxyClient:
                 exc.filename2 = os.fspath(filename2)
             raise exc
         if not isinstance(reply, expect):  # pragma: no cover - the codec decodes by request
-            if isinstance(reply, m.FdReply):
-                close_fds([reply.fd])
+            close_replies([reply])
             raise UnexpectedReply(f"{type(reply).__name__} answering {request.TYPE.name}")
         return reply
 
@@ -480,7 +481,7 @@ class ProxyClient:
         but regular files and directories with ``ENXIO``. ``O_CREAT`` here
         would create a mode-0000 file: use :meth:`create`.
         """
-        return self._call(m.OpenRequest(self._path(path, True), flags), m.FdReply, path).fd
+        return self._call(m.OpenRequest(self._path(path, m.OpenRequest), flags), m.FdReply, path).fd
 
     def create(
         self,
@@ -498,34 +499,46 @@ class ProxyClient:
         QEMU 7.2's helper mishandles ``uid == 0`` with ``gid != 0`` (it is
         left without most capabilities; notes §8): avoid it against that helper.
         """
-        request = m.CreateRequest(self._path(path, False), flags | os.O_CREAT, mode, uid, gid)
+        request = m.CreateRequest(
+            self._path(path, m.CreateRequest), flags | os.O_CREAT, mode, uid, gid
+        )
         return self._call(request, m.FdReply, path).fd
 
     def mknod(self, path: PathArg, mode: int, rdev: int = 0, uid: int = 0, gid: int = 0) -> None:
         """``T_MKNOD``: ``mode`` includes the file type (``stat.S_IFIFO | 0o644``...)."""
-        request = m.MknodRequest(uid, gid, self._path(path, False), mode, rdev)
+        request = m.MknodRequest(uid, gid, self._path(path, m.MknodRequest), mode, rdev)
         self._call(request, m.StatusReply, path)
 
     def mkdir(self, path: PathArg, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
         """``T_MKDIR``: make a directory owned by ``uid:gid`` with exactly ``mode``."""
-        self._call(m.MkdirRequest(uid, gid, self._path(path, False), mode), m.StatusReply, path)
+        self._call(
+            m.MkdirRequest(uid, gid, self._path(path, m.MkdirRequest), mode), m.StatusReply, path
+        )
 
     def symlink(self, target: PathArg, linkpath: PathArg, uid: int = 0, gid: int = 0) -> None:
         """``T_SYMLINK``: make ``linkpath`` point to ``target`` (as :func:`os.symlink`)."""
         # The target is stored verbatim: never NUL-terminated, whatever the style.
         request = m.SymlinkRequest(
-            uid, gid, encode_path(target, nul=False), self._path(linkpath, False)
+            uid,
+            gid,
+            encode_path(target, nul=False),
+            self._path(linkpath, m.SymlinkRequest, "linkpath"),
         )
         self._call(request, m.StatusReply, linkpath, target)
 
     def link(self, oldpath: PathArg, newpath: PathArg) -> None:
         """``T_LINK``: hard link ``newpath`` to ``oldpath`` (done as root by QEMU's helper)."""
-        request = m.LinkRequest(self._path(oldpath, True), self._path(newpath, False))
+        request = m.LinkRequest(
+            self._path(oldpath, m.LinkRequest, "oldpath"),
+            self._path(newpath, m.LinkRequest, "newpath"),
+        )
         self._call(request, m.StatusReply, oldpath, newpath)
 
     def lstat(self, path: PathArg) -> StatResult:
         """``T_LSTAT``: stat without following a final symlink."""
-        return StatResult(self._call(m.LstatRequest(self._path(path, True)), m.StatReply, path))
+        return StatResult(
+            self._call(m.LstatRequest(self._path(path, m.LstatRequest)), m.StatReply, path)
+        )
 
     @overload
     def readlink(self, path: str | os.PathLike[str], bufsize: int = ...) -> str: ...
@@ -537,27 +550,29 @@ class ProxyClient:
 
         The helper silently truncates to ``bufsize - 1`` bytes; QEMU sends 4096.
         """
-        request = m.ReadlinkRequest(self._path(path, True), bufsize)
+        request = m.ReadlinkRequest(self._path(path, m.ReadlinkRequest), bufsize)
         return _decode_like(path, self._call(request, m.ReadlinkReply, path).target)
 
     def statfs(self, path: PathArg = "/") -> StatfsResult:
         """``T_STATFS``: statistics of the file system holding ``path``."""
         return StatfsResult(
-            self._call(m.StatfsRequest(self._path(path, True)), m.StatfsReply, path)
+            self._call(m.StatfsRequest(self._path(path, m.StatfsRequest)), m.StatfsReply, path)
         )
 
     def chmod(self, path: PathArg, mode: int) -> None:
         """``T_CHMOD``: follows symlinks (contained by the helper's chroot)."""
-        self._call(m.ChmodRequest(self._path(path, True), mode), m.StatusReply, path)
+        self._call(m.ChmodRequest(self._path(path, m.ChmodRequest), mode), m.StatusReply, path)
 
     def chown(self, path: PathArg, uid: int = -1, gid: int = -1) -> None:
         """``T_CHOWN``: ``lchown``; -1 leaves an id unchanged."""
-        request = m.ChownRequest(self._path(path, True), _owner_id(uid), _owner_id(gid))
+        request = m.ChownRequest(self._path(path, m.ChownRequest), _owner_id(uid), _owner_id(gid))
         self._call(request, m.StatusReply, path)
 
     def truncate(self, path: PathArg, length: int) -> None:
         """``T_TRUNCATE``: set the file's length."""
-        self._call(m.TruncateRequest(self._path(path, True), length), m.StatusReply, path)
+        self._call(
+            m.TruncateRequest(self._path(path, m.TruncateRequest), length), m.StatusReply, path
+        )
 
     def utime(
         self, path: PathArg, atime: TimeSpec = Utime.NOW, mtime: TimeSpec = Utime.NOW
@@ -571,21 +586,26 @@ class ProxyClient:
         carries its own value.
         """
         (asec, ansec), (msec, mnsec) = _timespec(atime), _timespec(mtime)
-        request = m.UtimeRequest(self._path(path, True), asec, ansec, msec, mnsec)
+        request = m.UtimeRequest(self._path(path, m.UtimeRequest), asec, ansec, msec, mnsec)
         self._call(request, m.StatusReply, path)
 
     def rename(self, oldpath: PathArg, newpath: PathArg) -> None:
         """``T_RENAME``: rename, replacing ``newpath`` if it exists."""
-        request = m.RenameRequest(self._path(oldpath, False), self._path(newpath, False))
+        request = m.RenameRequest(
+            self._path(oldpath, m.RenameRequest, "oldpath"),
+            self._path(newpath, m.RenameRequest, "newpath"),
+        )
         self._call(request, m.StatusReply, oldpath, newpath)
 
     def remove(self, path: PathArg) -> None:
         """``T_REMOVE``: unlink a file or remove an empty directory (``remove(3)``)."""
-        self._call(m.RemoveRequest(self._path(path, False)), m.StatusReply, path)
+        self._call(m.RemoveRequest(self._path(path, m.RemoveRequest)), m.StatusReply, path)
 
     def lgetxattr_size(self, path: PathArg, name: str | bytes) -> int:
         """``T_LGETXATTR`` with size 0: the length of the attribute's value."""
-        request = m.LgetxattrRequest(0, self._path(path, True), encode_path(name, nul=False))
+        request = m.LgetxattrRequest(
+            0, self._path(path, m.LgetxattrRequest), encode_path(name, nul=False)
+        )
         return self._call(request, m.XattrSizeReply, path).size
 
     def lgetxattr(self, path: PathArg, name: str | bytes, size: int | None = None) -> bytes:
@@ -596,7 +616,7 @@ class ProxyClient:
         once with that buffer (``OSError(ERANGE)`` if too small).
         """
         wire_name = encode_path(name, nul=False)
-        wire_path = self._path(path, True)
+        wire_path = self._path(path, m.LgetxattrRequest)
         if size is not None:
             if size <= 0:
                 raise LocalProtocolError("size must be positive (0 is the probe: lgetxattr_size)")
@@ -624,7 +644,7 @@ class ProxyClient:
 
     def llistxattr_size(self, path: PathArg) -> int:
         """``T_LLISTXATTR`` with size 0: the length of the NUL-separated name list."""
-        request = m.LlistxattrRequest(0, self._path(path, True))
+        request = m.LlistxattrRequest(0, self._path(path, m.LlistxattrRequest))
         return self._call(request, m.XattrSizeReply, path).size
 
     @overload
@@ -640,7 +660,7 @@ class ProxyClient:
         ``str`` names for a ``str`` path, as :func:`os.listxattr`. Probes the
         length then fetches, like :meth:`lgetxattr`.
         """
-        wire_path = self._path(path, True)
+        wire_path = self._path(path, m.LlistxattrRequest)
         if size is not None:
             if size <= 0:
                 raise LocalProtocolError("size must be positive (0 is the probe: llistxattr_size)")
@@ -669,7 +689,7 @@ class ProxyClient:
         if len(value) > MAX_STRING_LENGTH:
             raise LocalProtocolError(f"a {len(value)}-byte value does not fit a V9fsString")
         request = m.LsetxattrRequest(
-            self._path(path, True),
+            self._path(path, m.LsetxattrRequest),
             encode_path(name, nul=False),
             bytes(value),
             len(value) if size is None else size,
@@ -679,7 +699,9 @@ class ProxyClient:
 
     def lremovexattr(self, path: PathArg, name: str | bytes) -> None:
         """``T_LREMOVEXATTR``: remove an attribute (``ENODATA`` if it is not set)."""
-        request = m.LremovexattrRequest(self._path(path, True), encode_path(name, nul=False))
+        request = m.LremovexattrRequest(
+            self._path(path, m.LremovexattrRequest), encode_path(name, nul=False)
+        )
         self._call(request, m.StatusReply, path)
 
     def getversion(self, path: PathArg, *, raw: bool = False) -> int:
@@ -690,7 +712,9 @@ class ProxyClient:
         unless ``raw``. On exports that are not ext2/3/4, btrfs, reiserfs or
         xfs, QEMU's helper answers 0 without looking at ``path``.
         """
-        version = self._call(m.GetversionRequest(self._path(path, True)), m.VersionReply, path)
+        version = self._call(
+            m.GetversionRequest(self._path(path, m.GetversionRequest)), m.VersionReply, path
+        )
         return version.version if raw else version.version & _U32
 
 

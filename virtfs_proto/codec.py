@@ -349,6 +349,33 @@ def reply_header(request: m.Request, message_type: int, size: int) -> None:
         )
 
 
+def request_frame_length(
+    buffered: bytes | bytearray | memoryview, *, byteorder: ByteOrder | None = None
+) -> int:
+    """The length of the request frame that starts ``buffered``.
+
+    The one framing rule every splitter of request streams follows
+    (connection, tracer, vector runner, suite): the header while it is
+    incomplete, then the header plus the ``size`` it announces. The frame is
+    whole once ``len(buffered)`` reaches it. The size is not judged here:
+    :func:`check_request_header` says whether it may be waited for.
+    """
+    if len(buffered) < HEADER_SIZE:
+        return HEADER_SIZE
+    size: int = codecs_for(byteorder).header_struct.unpack_from(buffered, 0)[1]
+    return HEADER_SIZE + size
+
+
+def request_bytes_missing(
+    buffered: bytes | bytearray | memoryview, *, byteorder: ByteOrder | None = None
+) -> int:
+    """How many more bytes the request that starts ``buffered`` needs; 0 when whole.
+
+    The twin of :func:`reply_bytes_missing`, by :func:`request_frame_length`.
+    """
+    return max(0, request_frame_length(buffered, byteorder=byteorder) - len(buffered))
+
+
 def reply_bytes_missing(
     kind: ReplyKind,
     buffered: bytes | bytearray | memoryview,

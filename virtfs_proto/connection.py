@@ -30,6 +30,7 @@ from .codec import (
     reply_bytes_missing,
     reply_encoder,
     reply_header,
+    request_frame_length,
 )
 from .constants import (
     HEADER_SIZE,
@@ -172,7 +173,7 @@ class ServerConnection(_Base):
             except RemoteProtocolError as exc:
                 raise self._fail(exc) from None
             raise AssertionError("check_request_header accepted a frame we cannot decode")
-        end = HEADER_SIZE + size
+        end = request_frame_length(buf, byteorder=self.byteorder)
         if len(buf) < end:
             return self._at_eof(NEED_DATA)
         mtype, decode, cls = entry

@@ -105,3 +105,29 @@ REPLY_KIND: Final[dict[MessageType, ReplyKind]] = {
 
 #: The request types (everything but the two reply codes).
 REQUEST_TYPES: Final[tuple[MessageType, ...]] = tuple(REPLY_KIND)
+
+
+#: The string fields QEMU 7.2 sends as a V9fsPath, whose length counts a
+#: trailing NUL (research notes §2): (request type, field name). Every other
+#: string (create/mknod/mkdir/symlink paths, link's new path, both rename
+#: paths, remove, the symlink target, xattr names) is built with
+#: ``v9fs_string_sprintf`` and has none. The client, the capture scenarios and
+#: the suite send paths by this table.
+COUNTED_NUL_FIELDS: Final[frozenset[tuple[MessageType, str]]] = frozenset(
+    {
+        (MessageType.T_OPEN, "path"),
+        (MessageType.T_LINK, "oldpath"),
+        (MessageType.T_LSTAT, "path"),
+        (MessageType.T_READLINK, "path"),
+        (MessageType.T_STATFS, "path"),
+        (MessageType.T_CHMOD, "path"),
+        (MessageType.T_CHOWN, "path"),
+        (MessageType.T_TRUNCATE, "path"),
+        (MessageType.T_UTIME, "path"),
+        (MessageType.T_LGETXATTR, "path"),
+        (MessageType.T_LLISTXATTR, "path"),
+        (MessageType.T_LSETXATTR, "path"),
+        (MessageType.T_LREMOVEXATTR, "path"),
+        (MessageType.T_GETVERSION, "path"),
+    }
+)

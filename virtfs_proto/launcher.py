@@ -29,7 +29,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Final, Literal
@@ -122,9 +122,11 @@ class Helper:
     process: subprocess.Popen[bytes]
     argv: tuple[str, ...]
     mode: Mode
-    #: the named socket's path (already unlinked), in ``"socket"`` mode
+    #: the named socket's path (unlinked unless ``keep_socket``), in ``"socket"`` mode
     socket_path: str | None = None
     _stderr: IO[bytes] | None = field(default=None, repr=False)
+    #: the helper leads its own session and process group (``new_session``)
+    own_group: bool = False
 
     @property
     def pid(self) -> int:
@@ -171,15 +173,17 @@ class Helper:
         captured stderr stays readable through :attr:`stderr`.
         """
         self.client.close()
-        try:
-            returncode = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            returncode = self.process.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+        returncode = self.kill()
         if self._stderr is not None and not self._stderr.closed:
             self._stderr_text = _read_all(self._stderr).decode(errors="replace")
             self._stderr.close()
         return returncode
+
+    def kill(self) -> int:
+        """SIGKILL the helper's whole process tree (see :func:`stop_process_tree`) and reap it."""
+        return stop_process_tree(self.process, own_group=self.own_group)
 
     def __enter__(self) -> Helper:
         return self
@@ -191,6 +195,30 @@ class Helper:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def stop_process_tree(process: subprocess.Popen[bytes], *, own_group: bool = False) -> int:
+    """SIGKILL ``process`` and every process it started; reap it; its exit status.
+
+    A helper may fork (a serving child): with ``own_group`` (it was started
+    with ``new_session``) its process group goes, even after the leader has
+    exited; otherwise its descendants found in /proc while it still runs.
+    """
+    if own_group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+    elif process.poll() is None:
+        from .procfs import children  # /proc: only needed here
+
+        tree, todo = [], [process.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo += children(pid)
+        for pid in reversed(tree):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return process.wait()
 
 
 def describe_exit(returncode: int) -> str:
@@ -212,16 +240,31 @@ def _read_all(f: IO[bytes] | None) -> bytes:
 
 
 def _failed(
-    what: str, process: subprocess.Popen[bytes], stderr: IO[bytes] | None, argv: Sequence[str]
+    what: str,
+    process: subprocess.Popen[bytes],
+    stderr: IO[bytes] | None,
+    argv: Sequence[str],
+    own_group: bool,
 ) -> HelperStartError:
     """Reap (killing if need be) a helper that did not start, and describe why."""
-    if process.poll() is None:
-        process.kill()
-    returncode = process.wait()
+    returncode = stop_process_tree(process, own_group=own_group)
     text = _read_all(stderr).decode(errors="replace")
-    if stderr is not None:
-        stderr.close()
     return HelperStartError(what, returncode=returncode, stderr=text, argv=tuple(argv))
+
+
+@dataclass(frozen=True)
+class _Start:
+    """How to start a helper: what :func:`spawn_helper` was given."""
+
+    argv: list[str]
+    export: str | os.PathLike[str]
+    stderr: IO[bytes]
+    timeout: float | None
+    start_timeout: float
+    path_style: PathStyle
+    env: Mapping[str, str] | None
+    extra_fds: Sequence[int]
+    new_session: bool
 
 
 def spawn_helper(
@@ -237,6 +280,11 @@ def spawn_helper(
     socket_path: str | None = None,
     path_style: PathStyle = "qemu",
     env: Mapping[str, str] | None = None,
+    extra_fds: Sequence[int] = (),
+    new_session: bool = False,
+    keep_socket: bool = False,
+    before_unlink: Callable[[str], None] | None = None,
+    log: IO[bytes] | None = None,
 ) -> Helper:
     """Start the helper ``argv`` on ``export`` and return it with a connected client.
 
@@ -249,7 +297,15 @@ def spawn_helper(
     until it logs ``Started`` (QEMU's helper does), exits, or ``settle``
     seconds pass; a helper that exits raises :class:`HelperStartError`. In
     socket mode the wait ends when the connection is accepted (or
-    ``start_timeout`` passes). The helper's stderr is captured either way.
+    ``start_timeout`` passes). The helper's stderr is captured either way
+    (into ``log`` if given, which the caller then owns).
+
+    For a test suite: ``extra_fds`` are inherited besides the socket;
+    ``new_session`` starts the helper in its own session and process group,
+    so that stopping it stops every process it forked; in socket mode
+    ``before_unlink(path)`` runs once connected, before the socket file is
+    unlinked as QEMU does (or kept, with ``keep_socket`` and a
+    ``socket_path`` of the caller's).
     """
     argv = [os.fspath(a) for a in argv]
     if not argv:
@@ -258,87 +314,81 @@ def spawn_helper(
         raise ValueError(f"mode must be 'fd' or 'socket', not {mode!r}")
     # A file, not a pipe: a chatty helper can never block on a full pipe
     # that nobody reads.
-    stderr: IO[bytes] = tempfile.TemporaryFile(prefix="virtfs-helper-stderr-")  # noqa: SIM115
+    stderr: IO[bytes] = log or tempfile.TemporaryFile(prefix="virtfs-helper-stderr-")  # noqa: SIM115
+    start = _Start(
+        argv, export, stderr, timeout, start_timeout, path_style, env, extra_fds, new_session
+    )
     try:
         if mode == "fd":
-            return _spawn_fd(argv, export, stderr, timeout, start_timeout, settle, path_style, env)
-        return _spawn_socket(
-            argv, export, uid, gid, socket_path, stderr, timeout, start_timeout, path_style, env
-        )
+            return _spawn_fd(start, settle)
+        return _spawn_socket(start, uid, gid, socket_path, keep_socket, before_unlink)
     except BaseException:
-        if not stderr.closed:
+        if log is None and not stderr.closed:
             stderr.close()
         raise
 
 
-def _popen(
-    argv: list[str], stderr: IO[bytes], pass_fds: Sequence[int], env: Mapping[str, str] | None
-) -> subprocess.Popen[bytes]:
+def _popen(start: _Start, full: list[str], pass_fds: Sequence[int]) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
-            argv,
+            full,
             stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            pass_fds=tuple(pass_fds),
-            env=None if env is None else dict(env),
+            stdout=start.stderr,
+            stderr=start.stderr,
+            pass_fds=(*pass_fds, *start.extra_fds),
+            env=None if start.env is None else dict(start.env),
+            start_new_session=start.new_session,
         )
     except OSError as exc:
-        raise HelperStartError(f"cannot run {argv[0]}: {exc}", argv=tuple(argv)) from exc
+        raise HelperStartError(f"cannot run {full[0]}: {exc}", argv=tuple(full)) from exc
 
 
-def _spawn_fd(
-    argv: list[str],
-    export: str | os.PathLike[str],
-    stderr: IO[bytes],
-    timeout: float | None,
-    start_timeout: float,
-    settle: float,
-    path_style: PathStyle,
-    env: Mapping[str, str] | None,
-) -> Helper:
+def _spawn_fd(start: _Start, settle: float) -> Helper:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with theirs:
-        full = argv + helper_args(export, fd=theirs.fileno())
+        full = start.argv + helper_args(start.export, fd=theirs.fileno())
         try:
-            process = _popen(full, stderr, [theirs.fileno()], env)
+            process = _popen(start, full, [theirs.fileno()])
         except BaseException:
             ours.close()
             raise
     # Only the helper holds its end now, so its exit is our EOF.
-    start = time.monotonic()
+    began = time.monotonic()
     while True:
         if process.poll() is not None:
             ours.close()
-            raise _failed("the helper exited instead of serving", process, stderr, full)
-        elapsed = time.monotonic() - start
-        if _STARTED in _read_all(stderr) or elapsed >= min(settle, start_timeout):
+            raise _failed(
+                "the helper exited instead of serving",
+                process,
+                start.stderr,
+                full,
+                start.new_session,
+            )
+        elapsed = time.monotonic() - began
+        if _STARTED in _read_all(start.stderr) or elapsed >= min(settle, start.start_timeout):
             break
         time.sleep(0.005)
-    client = ProxyClient(ours, timeout=timeout, path_style=path_style)
-    return Helper(client, process, tuple(full), "fd", None, stderr)
+    client = ProxyClient(ours, timeout=start.timeout, path_style=start.path_style)
+    return Helper(client, process, tuple(full), "fd", None, start.stderr, start.new_session)
 
 
 def _spawn_socket(
-    argv: list[str],
-    export: str | os.PathLike[str],
+    start: _Start,
     uid: int | None,
     gid: int | None,
     socket_path: str | None,
-    stderr: IO[bytes],
-    timeout: float | None,
-    start_timeout: float,
-    path_style: PathStyle,
-    env: Mapping[str, str] | None,
+    keep_socket: bool,
+    before_unlink: Callable[[str], None] | None,
 ) -> Helper:
     tmpdir = None
     if socket_path is None:
         tmpdir = tempfile.mkdtemp(prefix="virtfs-proxy-")
         socket_path = os.path.join(tmpdir, "proxy.sock")
+    process: subprocess.Popen[bytes] | None = None
     try:
-        full = argv + helper_args(export, socket_path=socket_path, uid=uid, gid=gid)
-        process = _popen(full, stderr, (), env)
-        deadline = time.monotonic() + start_timeout
+        full = start.argv + helper_args(start.export, socket_path=socket_path, uid=uid, gid=gid)
+        process = _popen(start, full, ())
+        deadline = time.monotonic() + start.start_timeout
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -351,20 +401,41 @@ def _spawn_socket(
                 sock.close()
                 raise
             if process.poll() is not None:
-                raise _failed("the helper exited instead of listening", process, stderr, full)
+                raise _failed(
+                    "the helper exited instead of listening",
+                    process,
+                    start.stderr,
+                    full,
+                    start.new_session,
+                )
             if time.monotonic() >= deadline:
                 raise _failed(
-                    f"the helper did not listen on {socket_path} within {start_timeout} s",
+                    f"the helper did not listen on {socket_path} within {start.start_timeout} s",
                     process,
-                    stderr,
+                    start.stderr,
                     full,
+                    start.new_session,
                 )
             time.sleep(0.005)
+        try:
+            if before_unlink is not None:
+                before_unlink(socket_path)
+        except BaseException:
+            sock.close()
+            raise
         # The helper accepts one client and never unlinks the path: QEMU does.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(socket_path)
+        if not keep_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(socket_path)
+    except BaseException:
+        # e.g. Ctrl-C while waiting for its socket: never leave it running
+        if process is not None and process.returncode is None:
+            stop_process_tree(process, own_group=start.new_session)
+        raise
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    client = ProxyClient(sock, timeout=timeout, path_style=path_style)
-    return Helper(client, process, tuple(full), "socket", socket_path, stderr)
+    client = ProxyClient(sock, timeout=start.timeout, path_style=start.path_style)
+    return Helper(
+        client, process, tuple(full), "socket", socket_path, start.stderr, start.new_session
+    )

@@ -58,6 +58,8 @@ from .codec import (
     decode_reply,
     decode_request,
     reply_bytes_missing,
+    request_bytes_missing,
+    request_frame_length,
 )
 from .constants import HEADER_SIZE, PROXY_MAX_IO_SZ, REPLY_KIND, ByteOrder, MessageType
 from .errors import (
@@ -68,7 +70,7 @@ from .errors import (
     RemoteProtocolError,
 )
 from .jsonform import error_to_json, reply_to_json, request_to_json
-from .launcher import check_helper_command
+from .launcher import check_helper_command, stop_process_tree
 from .transport import Transport, close_fds
 
 _CHUNK: Final = HEADER_SIZE + PROXY_MAX_IO_SZ
@@ -259,9 +261,9 @@ class Tracer:
                 self.stats.undecoded += 1
                 buf.clear()
                 return
-            end = HEADER_SIZE + size
-            if len(buf) < end:
+            if request_bytes_missing(buf, byteorder=self.byteorder):
                 return
+            end = request_frame_length(buf, byteorder=self.byteorder)
             frame = bytes(buf[:end])
             del buf[:end]
             request: m.Request | None = None
@@ -460,11 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stats = Tracer(client, helper, out, byteorder=args.byteorder, lenient=args.lenient).run()
     rc = None
     if proc is not None:
-        try:
-            rc = proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        rc = stop_process_tree(proc)
     print(
         f"trace: {stats.exchanges} exchanges, {stats.undecoded} did not decode, "
         f"{stats.unanswered} unanswered, {stats.stray_bytes} stray reply bytes, "

@@ -22,9 +22,8 @@ Errors are typed: EOF or a reset is
 :class:`~virtfs_proto.errors.ConnectionClosed`, a timeout
 :class:`~virtfs_proto.errors.TransportTimeout`.
 
-The raw helpers (:meth:`Transport.send`, :meth:`Transport.recv_reply_raw`,
-:meth:`Transport.read_until_eof`) bypass the codec, for test suites that send
-malformed traffic and look at exactly what comes back.
+:meth:`Transport.send` and :meth:`Transport.recv` bypass the codec; the raw
+reply readers a test suite uses (:mod:`virtfs_proto.kit.raw`) build on them.
 """
 
 from __future__ import annotations
@@ -35,21 +34,11 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final
 
 from . import messages as m
-from .codec import reply_bytes_missing
 from .connection import NEED_DATA, ClientConnection, ConnectionState, ReplyReceived
-from .constants import (
-    HOST_BYTE_ORDER,
-    PROXY_MAX_IO_SZ,
-    REPLY_KIND,
-    ByteOrder,
-    MessageType,
-    ReplyKind,
-)
 from .errors import (
     AncillaryTruncated,
     BadFdCount,
@@ -84,32 +73,6 @@ def close_fds(fds: Sequence[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-@dataclass(slots=True)
-class RawReply:
-    """Bytes and descriptors read for one reply, without decoding them.
-
-    ``complete`` is False when the peer closed the connection (``eof``) before
-    the whole reply arrived; ``data`` then holds what did arrive.
-    """
-
-    data: bytes
-    fds: list[int] = field(default_factory=list)
-    eof: bool = False
-    #: MSG_CTRUNC was set on some read: descriptors were lost (and those that
-    #: arrived are still in ``fds``, for the caller to close)
-    fds_truncated: bool = False
-
-    @property
-    def complete(self) -> bool:
-        """Whether the whole reply (as announced by its shape) arrived."""
-        return not self.eof
-
-    def close_fds(self) -> None:
-        """Close the received descriptors (and forget them)."""
-        close_fds(self.fds)
-        self.fds = []
 
 
 class Transport:
@@ -147,8 +110,16 @@ class Transport:
         """Whether :meth:`close` was called."""
         return self.sock.fileno() < 0
 
-    def close(self) -> None:
-        """Close the socket. The helper sees EOF and exits. Idempotent."""
+    def close(self, conn: ClientConnection | None = None) -> None:
+        """Close the socket (the helper sees EOF and exits) and every descriptor
+        ``conn`` received that no reply delivered. Idempotent.
+
+        The transport owns a received descriptor until a reply hands it over
+        (then its receiver does): this and :meth:`read_event` are the only
+        places that close undelivered ones.
+        """
+        if conn is not None:
+            close_fds(conn.discard_fds())
         self.sock.close()
 
     def shutdown_write(self) -> None:
@@ -166,7 +137,7 @@ class Transport:
     ) -> None:
         self.close()
 
-    def _deadline(self, timeout: Timeout) -> float | None:
+    def deadline(self, timeout: Timeout) -> float | None:
         if isinstance(timeout, _Default):
             timeout = self.timeout
         return None if timeout is None else time.monotonic() + timeout
@@ -192,7 +163,7 @@ class Transport:
         suites can send anything. A peer that went away raises
         :class:`ConnectionClosed`.
         """
-        deadline = self._deadline(timeout)
+        deadline = self.deadline(timeout)
         view = memoryview(data)
         try:
             if fds:
@@ -216,8 +187,9 @@ class Transport:
 
     # -- receiving -----------------------------------------------------------
 
-    def _recvmsg(self, max_bytes: int, deadline: float | None) -> tuple[bytes, list[int], bool]:
-        """One ``recvmsg()``: (data, fds, MSG_CTRUNC was set). b"" is EOF."""
+    def recvmsg(self, max_bytes: int, deadline: float | None) -> tuple[bytes, list[int], bool]:
+        """One ``recvmsg()`` by ``deadline`` (see :meth:`deadline`): (data, fds, MSG_CTRUNC
+        was set). b"" is EOF. The caller owns the descriptors."""
         self._arm(deadline, "waiting for the helper")
         try:
             data, ancdata, flags, _ = self.sock.recvmsg(
@@ -243,7 +215,7 @@ class Transport:
         closed and :class:`AncillaryTruncated` (carrying the bytes) is raised.
         The caller owns the returned descriptors.
         """
-        data, fds, truncated = self._recvmsg(max_bytes, self._deadline(timeout))
+        data, fds, truncated = self.recvmsg(max_bytes, self.deadline(timeout))
         if truncated:
             close_fds(fds)
             raise AncillaryTruncated(
@@ -251,74 +223,6 @@ class Transport:
                 data=data,
             )
         return data, fds
-
-    def recv_exact(self, n: int, *, timeout: Timeout = DEFAULT_TIMEOUT) -> RawReply:
-        """Read exactly ``n`` bytes (fewer only at EOF), keeping every descriptor."""
-        return self._read_raw(n, self._deadline(timeout), RawReply(b""))
-
-    def _read_raw(self, n: int, deadline: float | None, into: RawReply) -> RawReply:
-        chunks = [into.data]
-        have = len(into.data)
-        goal = have + n
-        try:
-            while have < goal:
-                data, fds, truncated = self._recvmsg(goal - have, deadline)
-                into.fds.extend(fds)
-                into.fds_truncated |= truncated
-                if not data:
-                    into.eof = True
-                    break
-                chunks.append(data)
-                have += len(data)
-        except BaseException:
-            # Descriptors gathered so far would leak with the exception.
-            into.close_fds()
-            raise
-        into.data = b"".join(chunks)
-        return into
-
-    def recv_reply_raw(
-        self,
-        kind: ReplyKind | MessageType,
-        *,
-        timeout: Timeout = DEFAULT_TIMEOUT,
-        byteorder: ByteOrder = HOST_BYTE_ORDER,
-        max_payload: int = PROXY_MAX_IO_SZ,
-    ) -> RawReply:
-        """Read one reply of the given shape (or the shape answering a request type), raw.
-
-        An FD reply is exactly 4 bytes; a STATUS or RESPONSE reply is the
-        8-byte header and then the ``size`` it announces (at most
-        ``max_payload`` of it is read, so a hostile size cannot make us wait
-        for or buffer gigabytes: the rest stays unread on the socket). EOF is
-        reported in the result (``eof``, ``complete``), not raised; a timeout
-        raises :class:`TransportTimeout`. The caller owns (closes) ``fds``.
-        """
-        if isinstance(kind, MessageType):
-            kind = REPLY_KIND[kind]
-        deadline = self._deadline(timeout)
-        reply = RawReply(b"")
-        while not reply.eof and (
-            missing := reply_bytes_missing(
-                kind, reply.data, byteorder=byteorder, max_payload=max_payload
-            )
-        ):
-            self._read_raw(missing, deadline, reply)
-        return reply
-
-    def read_until_eof(
-        self, *, timeout: Timeout = DEFAULT_TIMEOUT, limit: int = 1 << 20
-    ) -> RawReply:
-        """Read everything until the peer closes (at most ``limit`` bytes).
-
-        For checking that a helper disconnects (and says nothing) after a
-        fatal request. Raises :class:`TransportTimeout` if it stays open.
-        """
-        deadline = self._deadline(timeout)
-        reply = RawReply(b"")
-        while not reply.eof and len(reply.data) < limit:
-            self._read_raw(min(65536, limit - len(reply.data)), deadline, reply)
-        return reply
 
     # -- driving a ClientConnection -------------------------------------------
 
@@ -334,7 +238,7 @@ class Transport:
             raise LocalProtocolError(
                 f"exchange() with {conn.outstanding} replies outstanding: use read_event()"
             )
-        deadline = self._deadline(timeout)
+        deadline = self.deadline(timeout)
         self.send(conn.send_request(request), timeout=self._left(deadline))
         return self.read_event(conn, timeout=self._left(deadline))
 
@@ -360,7 +264,7 @@ class Transport:
         """
         if not conn.outstanding:
             raise LocalProtocolError("read_event() with no request outstanding")
-        deadline = self._deadline(timeout)
+        deadline = self.deadline(timeout)
         truncated = False
         while True:
             try:
@@ -386,7 +290,7 @@ class Transport:
             want = conn.bytes_wanted()
             if want <= 0:  # pragma: no cover - NEED_DATA with a request outstanding wants bytes
                 raise LocalProtocolError("the connection needs data but wants no bytes")
-            data, fds, trunc = self._recvmsg(want, deadline)
+            data, fds, trunc = self.recvmsg(want, deadline)
             if trunc:
                 close_fds(fds)
                 fds = []

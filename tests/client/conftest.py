@@ -9,19 +9,22 @@ from pathlib import Path
 import pytest
 
 from virtfs_proto.client import ProxyClient
+from virtfs_proto.kit.fixture import Node, build_fixture
 from virtfs_proto.launcher import Helper, spawn_helper
+
+#: The client tests' export: a file and a subdirectory.
+CLIENT_TREE = [
+    Node("file.txt", "file", b"hello from the export\n"),
+    Node("sub", "dir"),
+    Node("sub/inner.txt", "file", b"inner\n"),
+]
 
 
 @pytest.fixture
 def export(tmp_path: Path) -> Path:
-    """An export with a file, a subdirectory and a secret *outside* it."""
-    root = tmp_path / "export"
-    root.mkdir()
-    (root / "file.txt").write_bytes(b"hello from the export\n")
-    (root / "sub").mkdir()
-    (root / "sub" / "inner.txt").write_bytes(b"inner\n")
-    (tmp_path / "outside_secret.txt").write_bytes(b"SECRET\n")
-    return root
+    """:data:`CLIENT_TREE` in ``tmp_path/export``, the sentinel *outside* it in
+    ``tmp_path/outside/secret.txt``."""
+    return build_fixture(tmp_path, tree=lambda _: CLIENT_TREE, pinned_time=None).export
 
 
 @pytest.fixture

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from helpers import OUR_HELPER
 
 from virtfs_proto.errors import HelperStartError
 from virtfs_proto.launcher import describe_exit, helper_args, spawn_helper
-
-OUR_HELPER = [sys.executable, "-m", "virtfs_proto.server"]
+from virtfs_proto.procfs import children
 
 
 def test_helper_args() -> None:
@@ -135,3 +137,73 @@ def test_missing_qemu_helper_fails_the_tests_loudly() -> None:
     assert result.returncode == 1, result.stdout
     assert "install it: apt-get install -y qemu-system-common" in result.stdout
     assert "1 error" in result.stdout or "1 failed" in result.stdout
+
+
+FORKER = """
+import os, sys, time
+if os.fork() == 0:
+    time.sleep(60)  # a serving child the helper leaves behind
+    os._exit(0)
+sys.stderr.write("Started\\n"); sys.stderr.flush()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("new_session", [False, True])
+def test_stopping_a_helper_stops_the_child_it_forked(tmp_path: Path, new_session: bool) -> None:
+    """A stand-in helper that forks: closing it leaves neither it nor its child running."""
+    helper = spawn_helper(
+        [sys.executable, "-c", FORKER], tmp_path, "fd", settle=5, new_session=new_session
+    )
+    deadline = time.monotonic() + 5
+    while not (forked := children(helper.pid)):
+        assert time.monotonic() < deadline, "the stand-in never forked"
+        time.sleep(0.01)
+    helper.close(timeout=0.1)
+    (child,) = forked
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{child}") and _state(child) != "Z":
+        assert time.monotonic() < deadline, f"the forked child {child} survived close()"
+        time.sleep(0.01)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_extra_fds_reach_the_helper(tmp_path: Path) -> None:
+    r, w = os.pipe()
+    stand_in = "import os, time; os.write(int(os.environ['EXTRA_FD']), b'inherited'); time.sleep(9)"
+    try:
+        env = dict(os.environ, EXTRA_FD=str(w))
+        with spawn_helper([sys.executable, "-c", stand_in], tmp_path, "fd", env=env, extra_fds=[w]):
+            os.close(w)
+            w = -1
+            assert os.read(r, 100) == b"inherited"
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_the_hook_before_unlink_and_keep_socket(tmp_path: Path) -> None:
+    """``before_unlink`` sees the socket file; ``keep_socket`` leaves it; by default it goes."""
+    seen: list[int] = []
+    with spawn_helper(
+        OUR_HELPER,
+        tmp_path,
+        "socket",
+        socket_path=str(tmp_path / "kept.sock"),
+        keep_socket=True,
+        before_unlink=lambda path: seen.append(os.lstat(path).st_mode),
+        timeout=10,
+    ) as helper:
+        assert helper.socket_path is not None
+        assert len(seen) == 1 and stat.S_ISSOCK(seen[0])
+        assert os.path.exists(helper.socket_path)
+    with spawn_helper(OUR_HELPER, tmp_path, "socket", timeout=10) as helper:
+        assert helper.socket_path is not None
+        assert not os.path.exists(helper.socket_path)

@@ -83,23 +83,23 @@ def test_open_follows_symlinks_inside_the_export(client: ProxyClient, export: Pa
 
 
 @pytest.mark.parametrize(
-    "target", ["../outside_secret.txt", "../../outside_secret.txt", "ABSOLUTE"]
+    "target", ["../outside/secret.txt", "../../outside/secret.txt", "ABSOLUTE"]
 )
 def test_symlink_escapes_are_contained(
     client: ProxyClient, export: Path, tmp_path: Path, target: str
 ) -> None:
     if target == "ABSOLUTE":
-        target = str(tmp_path / "outside_secret.txt")
+        target = str(tmp_path / "outside" / "secret.txt")
     (export / "escape").symlink_to(target)
     with pytest.raises(FileNotFoundError):
         client.open("escape")
     with pytest.raises(FileNotFoundError):
         client.chmod("escape", 0o777)
-    assert stat.S_IMODE((tmp_path / "outside_secret.txt").stat().st_mode) != 0o777
+    assert stat.S_IMODE((tmp_path / "outside" / "secret.txt").stat().st_mode) != 0o777
 
 
 @pytest.mark.parametrize(
-    "path", ["../outside_secret.txt", "/../outside_secret.txt", "sub/../../outside_secret.txt"]
+    "path", ["../outside/secret.txt", "/../outside/secret.txt", "sub/../../outside/secret.txt"]
 )
 def test_dotdot_paths_are_contained(client: ProxyClient, path: str) -> None:
     with pytest.raises(FileNotFoundError):

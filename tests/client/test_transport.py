@@ -20,6 +20,7 @@ from virtfs_proto.errors import (
     LocalProtocolError,
     TransportTimeout,
 )
+from virtfs_proto.kit.raw import read_until_eof, recv_reply_raw
 from virtfs_proto.transport import FD_ROOM, Transport
 
 
@@ -244,14 +245,14 @@ def test_raw_reply_shapes(fds_before, pair, tmp_path) -> None:
     fd = a_file(tmp_path, b"x")
     socket.send_fds(peer, [FD_OK + STATUS_OK], [fd])
     os.close(fd)
-    raw = transport.recv_reply_raw(ReplyKind.FD)
+    raw = recv_reply_raw(transport, ReplyKind.FD)
     assert raw.data == FD_OK and len(raw.fds) == 1 and raw.complete
     raw.close_fds()
-    raw = transport.recv_reply_raw(MessageType.T_CHMOD)
+    raw = recv_reply_raw(transport, MessageType.T_CHMOD)
     assert raw.data == STATUS_OK and raw.fds == [] and raw.complete
     peer.send(struct.pack("=II", 0, 116) + b"\0" * 10)
     peer.shutdown(socket.SHUT_WR)
-    raw = transport.recv_reply_raw(ReplyKind.RESPONSE)
+    raw = recv_reply_raw(transport, ReplyKind.RESPONSE)
     assert raw.eof and not raw.complete and len(raw.data) == 18
 
 
@@ -260,10 +261,10 @@ def test_raw_send_and_read_until_eof(pair) -> None:
     transport.send(b"\xff" * 12)
     assert peer.recv(100) == b"\xff" * 12
     with pytest.raises(TransportTimeout):
-        transport.read_until_eof(timeout=0.1)
+        read_until_eof(transport, timeout=0.1)
     peer.send(b"bye")
     peer.close()
-    raw = transport.read_until_eof()
+    raw = read_until_eof(transport)
     assert raw.eof and raw.data == b"bye"
 
 
@@ -281,3 +282,20 @@ def test_send_passes_fds(fds_before, pair, tmp_path) -> None:
 def test_transport_needs_a_unix_stream_socket() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, pytest.raises(LocalProtocolError):
         Transport(s)
+
+
+def test_closing_with_the_connection_closes_undelivered_fds(fds_before, pair, tmp_path) -> None:
+    """A reply cut short by a timeout leaves its fd with the connection; the transport owns
+    it and closes it with the socket."""
+    transport, peer = pair
+    fd = a_file(tmp_path, b"x")
+    # The first byte of a STATUS reply, with a descriptor riding on it: not a whole reply.
+    socket.send_fds(peer, [STATUS_OK[:1]], [fd])
+    os.close(fd)
+    conn = ClientConnection()
+    transport.send(conn.send_request(m.ChmodRequest(b"/x\0", 0o644)))
+    with pytest.raises(TransportTimeout):
+        transport.read_event(conn, timeout=0.2)
+    held = open_fds()
+    transport.close(conn)
+    assert open_fds() == held - 2  # the socket and the undelivered descriptor

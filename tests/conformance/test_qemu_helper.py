@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from virtfs_proto.conformance import CASES, Report, Verdict, main, run
+from virtfs_proto.kit.conformance import CASES, Report, Verdict, main, run
 
 #: case name -> the QEMU 7.2 defect it demonstrates
 QEMU_DEFECTS: dict[str, str] = {

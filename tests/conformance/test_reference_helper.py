@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
+from helpers import OUR_HELPER
 
-from virtfs_proto.conformance import Verdict, format_table, run
-
-OUR_HELPER = [sys.executable, "-m", "virtfs_proto.server"]
+from virtfs_proto.kit.conformance import Verdict, format_table, run
 
 
 @pytest.mark.root

@@ -6,9 +6,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from virtfs_proto.conformance import CASES, CaseResult, Report, Verdict
-from virtfs_proto.conformance.expect import Expectations, judge
-from virtfs_proto.conformance.junit import junit_xml
+from virtfs_proto.kit.conformance import CASES, CaseResult, Report, Verdict
+from virtfs_proto.kit.conformance.expect import Expectations, judge
+from virtfs_proto.kit.conformance.junit import junit_xml
 
 A, B, C, D = (c.name for c in CASES[:4])
 

@@ -25,10 +25,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from virtfs_proto import messages as m
 from virtfs_proto import procfs
 from virtfs_proto.codec import codecs_for, decode_request, encode_request
-from virtfs_proto.conformance.fixture import Workspace
-from virtfs_proto.conformance.session import HelperSession
 from virtfs_proto.constants import HEADER_SIZE, UTIME_NOW, UTIME_OMIT
 from virtfs_proto.errors import ProxyProtocolError
+from virtfs_proto.kit.conformance.session import HelperSession
+from virtfs_proto.kit.conformance.workspace import Workspace
 
 HELPER = shlex.split(os.environ.get("VIRTFS_FUZZ_HELPER", "")) or [
     sys.executable,

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from virtfs_proto.conformance import CASES, main
-from virtfs_proto.conformance.fixture import SECRET_CONTENT, Workspace
-from virtfs_proto.conformance.model import select
+from virtfs_proto.kit.conformance import CASES, main
+from virtfs_proto.kit.conformance.model import select
+from virtfs_proto.kit.conformance.workspace import Workspace
+from virtfs_proto.kit.fixture import SENTINEL_CONTENT
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_snapshot_is_stable(ws: Workspace) -> None:
 @pytest.mark.root
 def test_a_plain_read_of_a_sentinel_is_detected(ws: Workspace) -> None:
     before = ws.snapshot()
-    assert ws.secret.read_bytes() == SECRET_CONTENT  # moves atime (relatime, old atime)
+    assert ws.secret.read_bytes() == SENTINEL_CONTENT  # moves atime (relatime, old atime)
     problems = ws.differences(before, ws.snapshot())
     assert any("secret.txt" in p and "atime" in p for p in problems), problems
 
@@ -146,8 +147,8 @@ def test_command_line_refuses_what_it_cannot_run(capsys: pytest.CaptureFixture[s
 
 @pytest.mark.root
 def test_wire_fd_use_refuses_an_fd_outside_the_export(ws: Workspace) -> None:
-    from virtfs_proto.conformance.cases.wire import _export_inodes, _use_fd
-    from virtfs_proto.conformance.model import CheckFailed
+    from virtfs_proto.kit.conformance.cases.wire import _export_inodes, _use_fd
+    from virtfs_proto.kit.conformance.model import CheckFailed
 
     inodes = _export_inodes(ws.export)
     inside = os.open(ws.export / "file.txt", os.O_RDONLY)

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import helpers
 import pytest
 
 import virtfs_proto
-from virtfs_proto.capture import main as capture_main
-from virtfs_proto.conformance import main as conformance_main
-from virtfs_proto.conformance.cases import wire
 from virtfs_proto.kit import vectors_dir
+from virtfs_proto.kit.capture import main as capture_main
+from virtfs_proto.kit.conformance import main as conformance_main
+from virtfs_proto.kit.conformance.cases import wire
 
-OUR_HELPER = f"{sys.executable} -m virtfs_proto.server"
+OUR_HELPER = shlex.join(helpers.OUR_HELPER)
 
 
 @pytest.fixture

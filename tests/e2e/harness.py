@@ -46,10 +46,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from virtfs_proto import launcher
+
 from .build_guest import DEFAULT_CACHE, INSTALL_HINT, WORKLOADS, GuestImage, ensure_guest
 
 QEMU = "qemu-system-x86_64"
-QEMU_HELPER = ("/usr/lib/qemu/virtfs-proxy-helper",)
+QEMU_HELPER = (launcher.QEMU_HELPER,)
 # QEMU runs as this user; the named socket is handed to it with -u/-g.
 QEMU_UID = 65534
 QEMU_GID = 65534

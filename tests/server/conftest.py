@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import OUR_HELPER, require_qemu_helper
 
+from virtfs_proto.kit.fixture import Fixture, Node, build_fixture
 from virtfs_proto.launcher import Helper, spawn_helper
-
-QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
-OURS = [sys.executable, "-m", "virtfs_proto.server"]
-SECRET = b"SECRET outside the export\n"
 
 #: The path-containment layer configurations: each alone, and all together.
 #: (a) the resolver, (b) the chroot, (ns) the namespaces' view of the export
@@ -43,13 +40,6 @@ LAYERS = {
 NO_LAYER = ("--sandbox=none", "--test-disable=landlock", "--resolver=none")
 
 
-def qemu_helper() -> str:
-    """QEMU's helper, or a failure (never a silent skip) when it is missing."""
-    if not os.access(QEMU_HELPER, os.X_OK):
-        pytest.fail("install it: apt-get install -y qemu-system-common")
-    return QEMU_HELPER
-
-
 def spawn(command: list[str], export: Path | str, *extra: str) -> Helper:
     """``command`` (plus ``extra`` options) on one end of a socketpair, as libvirt
     starts it (:func:`~virtfs_proto.launcher.spawn_helper`). Its client waits
@@ -58,11 +48,11 @@ def spawn(command: list[str], export: Path | str, *extra: str) -> Helper:
 
 
 def spawn_ours(export: Path | str, *extra: str) -> Helper:
-    return spawn(OURS, export, *extra)
+    return spawn(OUR_HELPER, export, *extra)
 
 
 def spawn_qemu(export: Path | str) -> Helper:
-    return spawn([qemu_helper()], export)
+    return spawn([require_qemu_helper()], export)
 
 
 @dataclass
@@ -74,26 +64,30 @@ class Export:
     secret: Path
 
 
-def build_export(base: Path) -> Export:
+def server_tree(fixture: Fixture) -> list[Node]:
     """The same tree for every helper: files, dirs, symlinks that try to escape, a FIFO."""
-    root = base / "export"
-    root.mkdir()
+    return [
+        Node("file.txt", "file", b"hello\n", 0o644),
+        Node("dir", "dir"),
+        Node("dir/sub.txt", "file", b"sub\n"),
+        Node("a", "dir"),
+        Node("a/b", "dir"),
+        Node("a/b/c", "dir"),
+        Node("link_abs", "symlink", "/file.txt"),
+        Node("link_rel_escape", "symlink", "../outside/secret.txt"),
+        Node("link_abs_host", "symlink", str(fixture.sentinel)),
+        Node("link_dotdot", "symlink", ".."),
+        Node("link_host_dir", "symlink", str(fixture.root)),
+        Node("link_dir", "symlink", "dir"),
+        Node("fifo", "fifo"),
+    ]
+
+
+def build_export(base: Path) -> Export:
+    """:func:`server_tree` in ``base/export``, the sentinel in ``base/outside``."""
     os.chmod(base, 0o755)
-    secret = base / "outside_secret.txt"
-    secret.write_bytes(SECRET)
-    (root / "file.txt").write_bytes(b"hello\n")
-    os.chmod(root / "file.txt", 0o644)
-    (root / "dir").mkdir()
-    (root / "dir" / "sub.txt").write_bytes(b"sub\n")
-    (root / "a" / "b" / "c").mkdir(parents=True)
-    os.symlink("/file.txt", root / "link_abs")
-    os.symlink("../outside_secret.txt", root / "link_rel_escape")
-    os.symlink(str(secret), root / "link_abs_host")
-    os.symlink("..", root / "link_dotdot")
-    os.symlink(str(base), root / "link_host_dir")
-    os.symlink("dir", root / "link_dir")
-    os.mkfifo(root / "fifo")
-    return Export(base, root, secret)
+    fixture = build_fixture(base, tree=server_tree, pinned_time=None)
+    return Export(base, fixture.export, fixture.sentinel)
 
 
 @pytest.fixture

@@ -20,22 +20,23 @@ from pathlib import Path
 import pytest
 
 from virtfs_proto import messages as m
+from virtfs_proto.kit.fixture import SENTINEL_CONTENT
 from virtfs_proto.launcher import Helper
 
-from .conftest import LAYER_NS_VIEW, LAYERS, NO_LAYER, SECRET, Export, spawn_ours
+from .conftest import LAYER_NS_VIEW, LAYERS, NO_LAYER, Export, spawn_ours
 
 READ_ESCAPES = [
-    b"../outside_secret.txt",
-    b"/../outside_secret.txt",
-    b"//../../outside_secret.txt\0",
-    b"dir/../../outside_secret.txt",
-    b"a/b/c/../../../../outside_secret.txt",
+    b"../outside/secret.txt",
+    b"/../outside/secret.txt",
+    b"//../../outside/secret.txt\0",
+    b"dir/../../outside/secret.txt",
+    b"a/b/c/../../../../outside/secret.txt",
     b"link_rel_escape",
     b"link_abs_host",
-    b"link_dotdot/outside_secret.txt",
-    b"link_host_dir/outside_secret.txt",
-    b"link_dir/../../outside_secret.txt",
-    b"link_dotdot/link_dotdot/outside_secret.txt",
+    b"link_dotdot/outside/secret.txt",
+    b"link_host_dir/outside/secret.txt",
+    b"link_dir/../../outside/secret.txt",
+    b"link_dotdot/link_dotdot/outside/secret.txt",
 ]
 
 
@@ -52,8 +53,9 @@ def _is_secret(ex: Export, st: os.stat_result | m.StatReply) -> bool:
 
 
 def _assert_outside_untouched(ex: Export) -> None:
-    assert sorted(p.name for p in ex.base.iterdir()) == ["export", "outside_secret.txt"]
-    assert ex.secret.read_bytes() == SECRET
+    assert sorted(p.name for p in ex.base.iterdir()) == ["export", "outside"]
+    assert [p.name for p in ex.secret.parent.iterdir()] == ["secret.txt"]
+    assert ex.secret.read_bytes() == SENTINEL_CONTENT
     assert stat.S_IMODE(ex.secret.stat().st_mode) == 0o644
     assert ex.secret.stat().st_nlink == 1
     assert os.listxattr(ex.secret) == []
@@ -63,7 +65,7 @@ def _assert_not_secret(ex: Export, reply: m.Reply) -> None:
     if isinstance(reply, m.FdReply):
         try:
             assert not _is_secret(ex, os.fstat(reply.fd))
-            assert os.pread(reply.fd, 100, 0) != SECRET
+            assert os.pread(reply.fd, 100, 0) != SENTINEL_CONTENT
         finally:
             os.close(reply.fd)
     elif isinstance(reply, m.StatReply):
@@ -104,19 +106,19 @@ def test_writes_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]
         m.MknodRequest(0, 0, b"link_dotdot/evil_fifo", stat.S_IFIFO | 0o644, 0),
         m.SymlinkRequest(0, 0, b"/", b"link_dotdot/evil_link"),
         m.RenameRequest(b"file.txt", b"link_dotdot/stolen.txt"),
-        m.RenameRequest(b"../outside_secret.txt", b"stolen.txt"),
-        m.LinkRequest(b"../outside_secret.txt", b"hard_secret"),
-        m.LinkRequest(b"link_host_dir/outside_secret.txt", b"hard_secret2"),
+        m.RenameRequest(b"../outside/secret.txt", b"stolen.txt"),
+        m.LinkRequest(b"../outside/secret.txt", b"hard_secret"),
+        m.LinkRequest(b"link_host_dir/outside/secret.txt", b"hard_secret2"),
         m.LinkRequest(b"file.txt", b"link_dotdot/hard_out"),
         m.ChmodRequest(b"link_abs_host", 0o777),
         m.ChmodRequest(b"link_rel_escape", 0o777),
-        m.ChownRequest(b"link_dotdot/outside_secret.txt", 1234, 1234),
+        m.ChownRequest(b"link_dotdot/outside/secret.txt", 1234, 1234),
         m.TruncateRequest(b"link_rel_escape", 0),
-        m.TruncateRequest(b"link_host_dir/outside_secret.txt", 0),
-        m.UtimeRequest(b"../outside_secret.txt", 0, 0, 0, 0),
-        m.LsetxattrRequest(b"link_dotdot/outside_secret.txt", b"user.evil", b"x", 1, 0),
-        m.RemoveRequest(b"link_dotdot/outside_secret.txt"),
-        m.RemoveRequest(b"../outside_secret.txt"),
+        m.TruncateRequest(b"link_host_dir/outside/secret.txt", 0),
+        m.UtimeRequest(b"../outside/secret.txt", 0, 0, 0, 0),
+        m.LsetxattrRequest(b"link_dotdot/outside/secret.txt", b"user.evil", b"x", 1, 0),
+        m.RemoveRequest(b"link_dotdot/outside/secret.txt"),
+        m.RemoveRequest(b"../outside/secret.txt"),
     ]
     secret_times = export.secret.stat().st_mtime_ns
     for request in requests:
@@ -150,17 +152,17 @@ def test_proc_magic_links_stay_inside(
     export: Export, proc_in_export: Path, layer: tuple[str, ...], helpers: list[Helper]
 ) -> None:
     os.symlink(f"/proc/self/root{export.secret}", export.root / "magic_root")
-    os.symlink("/proc/self/cwd/../outside_secret.txt", export.root / "magic_cwd")
+    os.symlink("/proc/self/cwd/../outside/secret.txt", export.root / "magic_cwd")
     h = spawn_ours(export.root, *layer)
     helpers.append(h)
     paths = [
         f"proc/self/root{export.secret}".encode(),
         f"/proc/1/root{export.secret}".encode(),
-        b"/proc/self/cwd/../outside_secret.txt",
-        b"proc/self/root/../outside_secret.txt",
+        b"/proc/self/cwd/../outside/secret.txt",
+        b"proc/self/root/../outside/secret.txt",
         b"magic_root",
         b"magic_cwd",
-    ] + [f"/proc/self/fd/{fd}/../outside_secret.txt".encode() for fd in range(12)]
+    ] + [f"/proc/self/fd/{fd}/../outside/secret.txt".encode() for fd in range(12)]
     for path in paths:
         for request in (m.OpenRequest(path, os.O_RDONLY), m.LstatRequest(path)):
             _assert_not_secret(export, h.client.request(request))
@@ -184,8 +186,8 @@ def test_renames_racing_lookups_stay_inside(export: Export, ours: Helper) -> Non
     try:
         for _ in range(300):
             for path in (
-                b"a/b/c/../../../../outside_secret.txt",
-                b"c_moved/../../outside_secret.txt",
+                b"a/b/c/../../../../outside/secret.txt",
+                b"c_moved/../../outside/secret.txt",
             ):
                 _assert_not_secret(export, ours.client.request(m.OpenRequest(path, os.O_RDONLY)))
                 _assert_not_secret(export, ours.client.request(m.LstatRequest(path)))
@@ -206,5 +208,5 @@ def test_with_no_layer_the_escapes_succeed(export: Export, helpers: list[Helper]
         except AssertionError:
             escaped.append(path)
     assert b"link_rel_escape" in escaped
-    assert b"dir/../../outside_secret.txt" in escaped
+    assert b"dir/../../outside/secret.txt" in escaped
     assert b"link_abs_host" in escaped

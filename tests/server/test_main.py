@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import OUR_HELPER, require_qemu_helper
 
 from virtfs_proto import messages as m
 from virtfs_proto import procfs
@@ -19,7 +20,7 @@ from virtfs_proto.connection import ClientConnection
 from virtfs_proto.server.main import USAGE
 from virtfs_proto.transport import Transport
 
-from .conftest import OURS, Export, qemu_helper
+from .conftest import Export
 
 
 def _run(cmd: list[str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,12 +47,12 @@ BAD_ARGS = {
 @pytest.mark.parametrize("case", list(BAD_ARGS))
 def test_validation_like_qemu(case: str) -> None:
     args = BAD_ARGS[case]
-    qemu = _run([qemu_helper()], *args)
-    ours = _run(OURS, *args)
+    qemu = _run([require_qemu_helper()], *args)
+    ours = _run(OUR_HELPER, *args)
     assert ours.returncode == qemu.returncode != 0
     # QEMU's words, line for line; ours adds its own options after QEMU's usage
     # and names itself in getopt's message.
-    q_lines = qemu.stderr.replace(qemu_helper(), "virtfs-proto helper").splitlines()
+    q_lines = qemu.stderr.replace(require_qemu_helper(), "virtfs-proto helper").splitlines()
     o_lines = ours.stderr.splitlines()
     assert o_lines[: len(q_lines)] == q_lines
     assert all(line.startswith(" [--") for line in o_lines[len(q_lines) :])
@@ -64,7 +65,7 @@ def test_usage_is_qemus() -> None:
 
 @pytest.mark.parametrize("args", [["-f", "abc"], ["-f", "99"], ["-f", "0"]], ids=str)
 def test_unusable_socket_fd_is_an_error(export: Export, args: list[str]) -> None:
-    out = _run(OURS, "-p", str(export.root), "-n", *args)
+    out = _run(OUR_HELPER, "-p", str(export.root), "-n", *args)
     assert out.returncode == 1
     assert out.stderr.strip()
 
@@ -73,7 +74,7 @@ def test_named_socket_mode(export: Export, tmp_path: Path) -> None:
     path = tmp_path / "proxy.sock"
     nobody = pwd.getpwnam("nobody")
     proc = subprocess.Popen(
-        [*OURS, "-p", str(export.root), "-s", str(path), "-u", str(nobody.pw_uid),
+        [*OUR_HELPER, "-p", str(export.root), "-s", str(path), "-u", str(nobody.pw_uid),
          "-g", str(nobody.pw_gid), "-n"],
         stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -99,7 +100,7 @@ def test_named_socket_mode(export: Export, tmp_path: Path) -> None:
         assert proc.stderr is not None
         proc.stderr.close()
     # like QEMU's, it refuses a socket path that exists
-    out = _run(OURS, "-p", str(export.root), "-s", str(path), "-u", "0", "-g", "0", "-n")
+    out = _run(OUR_HELPER, "-p", str(export.root), "-s", str(path), "-u", "0", "-g", "0", "-n")
     assert out.returncode == 1 and "socket already exists" in out.stderr
 
 
@@ -107,7 +108,7 @@ def test_daemon_mode_returns_at_once_and_serves(export: Export) -> None:
     ours_end, helper_end = socket.socketpair()
     start = time.monotonic()
     launcher = subprocess.run(
-        [*OURS, "-p", str(export.root), "-f", str(helper_end.fileno())],
+        [*OUR_HELPER, "-p", str(export.root), "-f", str(helper_end.fileno())],
         pass_fds=[helper_end.fileno()],
         capture_output=True,
         timeout=20,
@@ -122,7 +123,7 @@ def test_daemon_mode_returns_at_once_and_serves(export: Export) -> None:
 
 
 def test_relative_path_is_relative_to_the_start_directory(export: Export) -> None:
-    out = _run(OURS, "-p", "export", "--print-confinement", cwd=export.base)
+    out = _run(OUR_HELPER, "-p", "export", "--print-confinement", cwd=export.base)
     assert out.returncode == 0, out.stderr
     assert "(jailed in export)" in out.stdout
 
@@ -141,7 +142,7 @@ def test_inherited_descriptors_are_closed(export: Export) -> None:
     try:
         ours_end, helper_end = socket.socketpair()
         proc = subprocess.Popen(
-            [*OURS, "-p", str(export.root), "-f", str(helper_end.fileno()), "-n"],
+            [*OUR_HELPER, "-p", str(export.root), "-f", str(helper_end.fileno()), "-n"],
             pass_fds=[helper_end.fileno(), leaked],
             stderr=subprocess.DEVNULL,
         )
@@ -187,7 +188,7 @@ def test_warns_when_the_exports_mount_lacks_nodev_or_nosuid(
         check=True,
     )  # fmt: skip
     try:
-        out = _run(OURS, "-p", str(tmp_path), "--print-confinement")
+        out = _run(OUR_HELPER, "-p", str(tmp_path), "--print-confinement")
     finally:
         subprocess.run(["umount", str(tmp_path)], check=True)
     assert out.returncode == 0, out.stderr

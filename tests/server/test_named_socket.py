@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import OUR_HELPER, require_qemu_helper
 
 from virtfs_proto import messages as m
 from virtfs_proto.codec import encode_request
-from virtfs_proto.conformance.cases.commandline import SOCKET_OWNER, swap_when_bound
+from virtfs_proto.kit.conformance.cases.commandline import SOCKET_OWNER, swap_when_bound
 from virtfs_proto.launcher import spawn_helper
-
-from .conftest import OURS, qemu_helper
 
 STRACE = "/usr/bin/strace"
 
@@ -123,7 +122,7 @@ def race(argv: list[str], tmp_path: Path, *, stop_on_loss: bool = False) -> Race
 
 @pytest.mark.root
 def test_a_racing_swapper_never_gets_the_victim_chowned(tmp_path: Path) -> None:
-    result = race(OURS, tmp_path)
+    result = race(OUR_HELPER, tmp_path)
     assert result.swapped > 0, result  # the swapper did race
     assert result.victim_chowned == 0, result
     # a swap that landed before the chown made the helper refuse to start
@@ -134,7 +133,7 @@ def test_a_racing_swapper_never_gets_the_victim_chowned(tmp_path: Path) -> None:
 @pytest.mark.qemu_helper
 def test_qemu_helper_loses_the_race(tmp_path: Path) -> None:
     """Documents QEMU's defect: chown(path) after bind() follows the swapped-in symlink."""
-    result = race([qemu_helper()], tmp_path, stop_on_loss=True)
+    result = race([require_qemu_helper()], tmp_path, stop_on_loss=True)
     assert result.victim_chowned == 1, result
 
 
@@ -185,7 +184,7 @@ def strace_socket_start(argv: list[str], tmp_path: Path) -> str:
 
 @pytest.mark.root
 def test_no_chown_of_ours_follows_a_symlink(tmp_path: Path) -> None:
-    trace = strace_socket_start(OURS, tmp_path)
+    trace = strace_socket_start(OUR_HELPER, tmp_path)
     assert following_chowns(trace, "proxy.sock") == []
     # the one chown of the socket: an fd, no name
     owner = f"{SOCKET_OWNER}, {SOCKET_OWNER}"
@@ -197,7 +196,7 @@ def test_no_chown_of_ours_follows_a_symlink(tmp_path: Path) -> None:
 @pytest.mark.qemu_helper
 def test_qemu_helper_chowns_the_socket_by_its_path(tmp_path: Path) -> None:
     """Documents QEMU's defect, and that the check above can fail."""
-    trace = strace_socket_start([qemu_helper()], tmp_path)
+    trace = strace_socket_start([require_qemu_helper()], tmp_path)
     assert [
         line
         for line in following_chowns(trace, "proxy.sock")
@@ -238,7 +237,7 @@ def test_an_existing_path_is_refused_by_name(tmp_path: Path, kind: str) -> None:
     else:
         path.symlink_to(tmp_path / "nowhere")
     out = subprocess.run(
-        [*OURS, "-p", str(export), "-s", str(path), "-u", "0", "-g", "0", "-n"],
+        [*OUR_HELPER, "-p", str(export), "-s", str(path), "-u", "0", "-g", "0", "-n"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -292,8 +291,9 @@ def test_root_clients_queued_before_the_chown_do_not_stop_the_start(tmp_path: Pa
     path = tmp_path / "proxy.sock"
     # listen() returns 0.5 s late: time for the clients to queue up first
     delayed = [STRACE, "-f", "-qq", "-o", "/dev/null", "-e", "inject=listen:delay_exit=500000"]
+    owner = ["-u", "1000", "-g", "1000"]
     proc = subprocess.Popen(
-        [*delayed, *OURS, "-p", str(export), "-s", str(path), "-u", "1000", "-g", "1000", "-n"],
+        [*delayed, *OUR_HELPER, "-p", str(export), "-s", str(path), *owner, "-n"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

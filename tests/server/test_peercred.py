@@ -9,12 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+from helpers import OUR_HELPER
+
 from virtfs_proto import messages as m
 from virtfs_proto.client import ProxyClient
 from virtfs_proto.codec import encode_request
 from virtfs_proto.server.main import peer_allowed
-
-from .conftest import OURS
 
 # A peer that gets past the socket file's 0770 mode without being its owner:
 # uid/gid 2000 keeping CAP_DAC_OVERRIDE. It connects, then reports whether the
@@ -58,7 +58,7 @@ def test_an_unauthorised_peer_is_hung_up_on_and_the_owner_still_gets_in(
     (export / "f").write_bytes(b"x")
     path = tmp_path / "proxy.sock"
     proc = subprocess.Popen(
-        [*OURS, "-p", str(export), "-s", str(path), "-u", "1000", "-g", "1000", "-n"],
+        [*OUR_HELPER, "-p", str(export), "-s", str(path), "-u", "1000", "-g", "1000", "-n"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

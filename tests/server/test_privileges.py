@@ -14,13 +14,14 @@ import sys
 import textwrap
 
 import pytest
+from helpers import OUR_HELPER
 
 from virtfs_proto import messages as m
 from virtfs_proto import procfs
 from virtfs_proto.launcher import Helper
 from virtfs_proto.server import privileges as p
 
-from .conftest import OURS, Export, spawn_ours, spawn_qemu
+from .conftest import Export, spawn_ours, spawn_qemu
 
 #: The most the helper may ever hold, in any set, in any thread.
 ALLOWED = p.capability_mask(
@@ -145,7 +146,7 @@ def test_allow_device_nodes_makes_them_for_root_credentials(
 )
 def test_print_confinement(export: Export, flags: tuple[str, ...], kept: int) -> None:
     out = subprocess.run(
-        [*OURS, "-p", str(export.root), "--print-confinement", *flags],
+        [*OUR_HELPER, "-p", str(export.root), "--print-confinement", *flags],
         capture_output=True,
         text=True,
         timeout=20,
@@ -170,7 +171,7 @@ def test_print_confinement(export: Export, flags: tuple[str, ...], kept: int) ->
 
 def test_root_is_refused_as_the_user_to_become(export: Export) -> None:
     out = subprocess.run(
-        [*OURS, "-p", str(export.root), "--print-confinement", "--user", "root"],
+        [*OUR_HELPER, "-p", str(export.root), "--print-confinement", "--user", "root"],
         capture_output=True,
         text=True,
         timeout=20,

@@ -14,6 +14,7 @@ import subprocess
 import time
 
 import pytest
+from helpers import OUR_HELPER, require_qemu_helper
 
 from virtfs_proto import messages as m
 from virtfs_proto.codec import encode_request
@@ -21,7 +22,7 @@ from virtfs_proto.constants import HEADER_SIZE, MessageType
 from virtfs_proto.errors import ConnectionClosed, TransportTimeout
 from virtfs_proto.launcher import Helper
 
-from .conftest import OURS, Export, qemu_helper, spawn_ours, spawn_qemu
+from .conftest import Export, spawn_ours, spawn_qemu
 
 pytestmark = pytest.mark.qemu_helper
 
@@ -189,10 +190,12 @@ def test_eof_and_short_payloads_like_qemu(export: Export, helpers: list[Helper])
 
 def test_unusable_socket_fd_exits_nonzero(export: Export) -> None:
     qemu_rc = subprocess.run(
-        [qemu_helper(), "-p", str(export.root), "-f", "47", "-n"], capture_output=True, timeout=10
+        [require_qemu_helper(), "-p", str(export.root), "-f", "47", "-n"],
+        capture_output=True,
+        timeout=10,
     ).returncode
     ours = subprocess.run(
-        [*OURS, "-p", str(export.root), "-f", "47", "-n"], capture_output=True, timeout=20
+        [*OUR_HELPER, "-p", str(export.root), "-f", "47", "-n"], capture_output=True, timeout=20
     )
     assert qemu_rc == 0
     assert ours.returncode == 1 and ours.stderr

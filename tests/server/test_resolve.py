@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from virtfs_proto.conformance.fixture import deep_dir
+from virtfs_proto.kit.conformance.workspace import deep_dir
 from virtfs_proto.server import resolve
 from virtfs_proto.server.resolve import (
     MAX_SYMLINKS,
@@ -276,7 +276,7 @@ def test_long_path_dotdot_stays_inside(
     for extra in (0, 1, 30):  # more '..' than depth: clamped at the root
         up = DEEP_PATH + UP_TO_ROOT + b"/.." * extra
         assert _found(r, up + b"/file.txt", os.O_RDONLY) == root_file
-        assert _found(r, up + b"/../outside_secret.txt", os.O_RDONLY) == "ENOENT"
+        assert _found(r, up + b"/../outside/secret.txt", os.O_RDONLY) == "ENOENT"
     # one '..' in the middle goes one level up
     assert _found(r, DEEP_PATH + b"/../" + DEEP[-1] + b"/..", os.O_PATH) == _ino(deep_fd, "..")
 
@@ -290,7 +290,7 @@ def test_long_path_symlinks(
         "rel_here": "../" + DEEP[-1].decode(),  # relative: up and back down
         "abs_dir": "/dir",  # absolute: restarts at the export root
         "abs_file": "/file.txt",
-        "escape_rel": "../" * 40 + "outside_secret.txt",
+        "escape_rel": "../" * 40 + "outside/secret.txt",
         "escape_abs": str(export.secret),
         "escape_host_dir": str(export.base),
         "dangling": "/dir/made_via_deep_link",
@@ -310,7 +310,7 @@ def test_long_path_symlinks(
     )
     assert _found(r, DEEP_PATH + b"/abs_file", os.O_RDONLY | os.O_NOFOLLOW) == "ELOOP"
     # escapes stay inside, where the secret does not exist
-    for name in (b"escape_rel", b"escape_abs", b"escape_host_dir/outside_secret.txt"):
+    for name in (b"escape_rel", b"escape_abs", b"escape_host_dir/outside/secret.txt"):
         assert _found(r, DEEP_PATH + b"/" + name, os.O_RDONLY) == "ENOENT", name
     # creating through a final symlink lands inside the export
     flags, mode = normalize_open_flags(os.O_WRONLY | os.O_CREAT, 0o600)
@@ -404,7 +404,7 @@ def test_uncontained_long_path_follows_the_kernels_rules(
     assert _found(r, relative + b"/file", os.O_RDONLY) == _ino(deep_fd, "file")
     assert _found(r, relative + UP_TO_ROOT + b"/file.txt", os.O_PATH) == _ino(root_fd, "file.txt")
     # uncontained: '..' at the export root goes above it, as the kernel's does
-    assert _found(r, relative + UP_TO_ROOT + b"/../outside_secret.txt", os.O_PATH) == (
+    assert _found(r, relative + UP_TO_ROOT + b"/../outside/secret.txt", os.O_PATH) == (
         export.secret.stat().st_ino
     )
     assert _found(r, relative + b"/" + b"x" * 5000, os.O_PATH) == "ENAMETOOLONG"

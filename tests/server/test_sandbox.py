@@ -22,13 +22,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from helpers import OUR_HELPER
 
 from virtfs_proto import messages as m
 from virtfs_proto import procfs
 from virtfs_proto.launcher import Helper
 from virtfs_proto.server import privileges as p
 
-from .conftest import OURS, Export, spawn_ours
+from .conftest import Export, spawn_ours
 
 NOBODY = 65534
 TESTING = {**os.environ, "VIRTFS_PROTO_TESTING": "1"}
@@ -97,7 +98,7 @@ def _inside(
 ) -> tuple[dict[str, tuple[str, str]], int]:
     """Run ``actions`` inside a helper: each one's (outcome, failed step), and the exit status."""
     out = subprocess.run(
-        [*OURS, "-p", str(export), f"--test-inside={','.join(actions)}", *config],
+        [*OUR_HELPER, "-p", str(export), f"--test-inside={','.join(actions)}", *config],
         capture_output=True,
         text=True,
         timeout=30,
@@ -171,7 +172,7 @@ def test_from_inside(export: Export, targets: dict[str, str], config: str) -> No
 def test_inside_hook_needs_the_testing_environment(export: Export) -> None:
     env = {k: v for k, v in os.environ.items() if k != "VIRTFS_PROTO_TESTING"}
     out = subprocess.run(
-        [*OURS, "-p", str(export.root), "--test-inside=userns"],
+        [*OUR_HELPER, "-p", str(export.root), "--test-inside=userns"],
         capture_output=True, text=True, timeout=30, env=env,
     )  # fmt: skip
     assert out.returncode == 1 and "VIRTFS_PROTO_TESTING=1" in out.stderr
@@ -271,7 +272,7 @@ def _zombie(pid: int) -> bool:
 @pytest.mark.parametrize("sandbox", ["namespace", "chroot", "none"])
 def test_sandbox_choice_and_print_confinement(export: Export, sandbox: str) -> None:
     out = subprocess.run(
-        [*OURS, "-p", str(export.root), "--print-confinement", f"--sandbox={sandbox}"],
+        [*OUR_HELPER, "-p", str(export.root), "--print-confinement", f"--sandbox={sandbox}"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -291,7 +292,7 @@ def _without_sys_admin() -> None:
 def test_a_sandbox_that_cannot_be_built_is_refused(export: Export) -> None:
     """Without CAP_SYS_ADMIN no namespace can be made: the helper says so and
     exits 1 (and the chroot sandbox, which needs none, still starts)."""
-    base = [*OURS, "-p", str(export.root), "--print-confinement"]
+    base = [*OUR_HELPER, "-p", str(export.root), "--print-confinement"]
     out = subprocess.run(
         base, capture_output=True, text=True, timeout=30, preexec_fn=_without_sys_admin
     )

@@ -12,15 +12,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers import OUR_HELPER, VECTORS
 
 from virtfs_proto.codec import codecs_for
 from virtfs_proto.constants import MessageType
-from virtfs_proto.kit import vectors_dir
-from virtfs_proto.vectors import Outcome, Vector, compare, load_vectors, run_steps
+from virtfs_proto.kit.recording import Outcome, Vector, compare, run_steps
 
-from .conftest import OURS
-
-VECTORS = load_vectors(vectors_dir())
 BY_NAME = {v.name: v for v in VECTORS}
 
 
@@ -29,7 +26,7 @@ def outcomes() -> dict[str, Outcome]:
     """All replays at once, in parallel: each starts its own helper on a fresh fixture."""
 
     def replay(v: Vector) -> tuple[str, Outcome]:
-        return v.name, run_steps(OURS, v.steps(), mode=v.mode)[0]
+        return v.name, run_steps(OUR_HELPER, v.steps(), mode=v.mode)[0]
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return dict(pool.map(replay, VECTORS))

@@ -26,10 +26,9 @@ from virtfs_proto import messages as m
 from virtfs_proto.codec import encode_reply, encode_request
 from virtfs_proto.connection import ClientConnection
 from virtfs_proto.constants import V9FS_FD_VALID, MessageType
+from virtfs_proto.kit.raw import recv_exact
 from virtfs_proto.trace import Tracer, TraceStats
 from virtfs_proto.transport import Transport
-
-QEMU_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
 
 
 @dataclass
@@ -145,7 +144,7 @@ def test_malformed_request_and_its_error_reply_are_logged(rig: Rig) -> None:
     rig.client.send(frame)
     assert rig.peer.recv(100) == frame
     rig.peer.send(struct.pack("=IIi", MessageType.T_ERROR, 4, -105))
-    assert rig.client.recv_exact(12).data == struct.pack("=IIi", MessageType.T_ERROR, 4, -105)
+    assert recv_exact(rig.client, 12).data == struct.pack("=IIi", MessageType.T_ERROR, 4, -105)
     stats = rig.finish()
     assert stats.undecoded == 1 and not stats.clean
     (rec,) = rig.records()
@@ -155,7 +154,7 @@ def test_malformed_request_and_its_error_reply_are_logged(rig: Rig) -> None:
 
 def test_unanswered_request_and_stray_bytes(no_fd_leak: None, rig: Rig) -> None:
     rig.peer.send(b"\x00" * 12)  # nothing asked for this
-    assert rig.client.recv_exact(12).data == b"\x00" * 12
+    assert recv_exact(rig.client, 12).data == b"\x00" * 12
     rig.client.send(encode_request(m.StatfsRequest(b"/\0")))
     recv_frame(rig.peer)
     rig.peer.close()  # the helper dies without answering
@@ -178,15 +177,13 @@ def test_unknown_type_stops_decoding_not_forwarding(rig: Rig) -> None:
     assert stats.undecoded == 1 and stats.exchanges == 1
 
 
-def test_qemu_helper_behind_the_tracer(tmp_path: Path) -> None:
-    if not os.access(QEMU_HELPER, os.X_OK):
-        pytest.fail("install it: apt-get install -y qemu-system-common")
+def test_qemu_helper_behind_the_tracer(qemu_helper: str, tmp_path: Path) -> None:
     export = tmp_path / "export"
     export.mkdir()
     (export / "file").write_bytes(b"data\n")
     ours, theirs = socket.socketpair()
     proc = subprocess.Popen(
-        [QEMU_HELPER, "-p", str(export), "-f", str(theirs.fileno()), "-n"],
+        [qemu_helper, "-p", str(export), "-f", str(theirs.fileno()), "-n"],
         pass_fds=[theirs.fileno()],
         stderr=subprocess.DEVNULL,
     )
@@ -226,10 +223,8 @@ def wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.01)
 
 
-def test_cli_between_named_sockets(tmp_path: Path) -> None:
+def test_cli_between_named_sockets(qemu_helper: str, tmp_path: Path) -> None:
     """QEMU's helper on -s PATH, the tracer --connect-ing to it and --listen-ing for QEMU."""
-    if not os.access(QEMU_HELPER, os.X_OK):
-        pytest.fail("install it: apt-get install -y qemu-system-common")
     export = tmp_path / "export"
     export.mkdir()
     (export / "file").write_bytes(b"x" * 7)
@@ -239,7 +234,7 @@ def test_cli_between_named_sockets(tmp_path: Path) -> None:
         tmp_path / "t.jsonl",
     )
     helper = subprocess.Popen(
-        [QEMU_HELPER, "-p", str(export), "-s", str(helper_sock), "-u", "0", "-g", "0", "-n"],
+        [qemu_helper, "-p", str(export), "-s", str(helper_sock), "-u", "0", "-g", "0", "-n"],
         stderr=subprocess.DEVNULL,
     )
     wait_for(helper_sock, helper)

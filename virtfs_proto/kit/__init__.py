@@ -1,10 +1,13 @@
 """The conformance kit's home: what a user needs to judge a helper, shipped in the package.
 
-Today it holds the golden vectors (``vectors/*.json``, package data, the format
-of ``spec/vectors.rst``); the fixture, the vector runner, ``capture`` and the
-conformance suite are to move here too. The vectors are read through
-:mod:`importlib.resources`, so an installed wheel finds the same files as a
-checkout.
+It holds the golden vectors (``vectors/*.json``, package data, the format
+of ``spec/vectors.rst``), the export fixture
+(:mod:`~virtfs_proto.kit.fixture`), the vector runner
+(:mod:`~virtfs_proto.kit.recording`, over the raw reads of
+:mod:`~virtfs_proto.kit.raw`), ``capture`` (:mod:`~virtfs_proto.kit.capture`)
+and the conformance suite (:mod:`~virtfs_proto.kit.conformance`). The vectors
+are read through :mod:`importlib.resources`, so an installed wheel finds the
+same files as a checkout.
 """
 
 from __future__ import annotations

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from .. import messages as m
-from .. import procfs
-from ..connection import ClientConnection
-from ..errors import ConnectionClosed, HelperStartError, ProxyProtocolError, TransportTimeout
-from ..transport import Transport, close_fds
+from ... import messages as m
+from ... import procfs
+from ...connection import ClientConnection
+from ...errors import ConnectionClosed, HelperStartError, ProxyProtocolError, TransportTimeout
+from ...transport import Transport, close_fds
 
 #: Seconds a single reply may take before the helper counts as blocked. Generous,
 #: so that a loaded machine does not turn a slow reply into a failure; the cases

@@ -9,10 +9,10 @@ import stat
 import struct
 import time
 
-from ... import messages as m
-from ...constants import UTIME_NOW, UTIME_OMIT
-from ..fixture import COMMENT, FILE_CONTENT, NESTED_CONTENT
+from .... import messages as m
+from ....constants import UTIME_NOW, UTIME_OMIT
 from ..model import CheckFailed, Context, case, spath, vpath
+from ..workspace import COMMENT, FILE_CONTENT, NESTED_CONTENT
 
 #: FS_IOC_GETVERSION = _IOR('v', 1, long)
 FS_IOC_GETVERSION = 0x80087601

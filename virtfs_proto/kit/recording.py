@@ -1,6 +1,6 @@
 """Golden vectors: the data form, and the runner that records or replays them.
 
-A vector is one scenario against a fresh :mod:`~virtfs_proto.fixture`
+A vector is one scenario against a fresh :mod:`~virtfs_proto.kit.fixture`
 export: a list of exchanges (request bytes out, the helper's raw reply
 bytes and passed descriptors back) and how the helper ended. The same
 runner captures vectors from QEMU's helper and replays them against any
@@ -24,15 +24,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from . import messages as m
-from .codec import codecs_for, decode_request, encode_request, success_layout
-from .constants import HEADER_SIZE, REPLY_KIND, ByteOrder, MessageType, ReplyKind
-from .errors import ProxyProtocolError, TransportTimeout
+from .. import messages as m
+from ..codec import (
+    codecs_for,
+    decode_request,
+    encode_request,
+    request_bytes_missing,
+    request_frame_length,
+    success_layout,
+)
+from ..constants import HEADER_SIZE, REPLY_KIND, ByteOrder, MessageType, ReplyKind
+from ..errors import ProxyProtocolError, TransportTimeout
+from ..jsonform import decode_exchange
+from ..launcher import Mode, spawn_helper
+from ..layouts import layouts_for
 from .fixture import Fixture, build_fixture, sentinel_state
-from .jsonform import decode_exchange
-from .launcher import Mode, spawn_helper
-from .layouts import layouts_for
-from .transport import RawReply
+from .raw import RawReply, read_until_eof, recv_reply_raw
 
 #: How long one reply may take before the helper counts as hung.
 REPLY_TIMEOUT: Final = 3.0
@@ -156,9 +163,9 @@ def _run_steps_in(
                 break
             try:
                 raw: RawReply = (
-                    transport.recv_reply_raw(s.expect)
+                    recv_reply_raw(transport, s.expect)
                     if s.expect is not None
-                    else transport.read_until_eof()
+                    else read_until_eof(transport)
                 )
             except TransportTimeout:
                 ex.timed_out = True
@@ -330,12 +337,10 @@ def _next_frame(stream: bytes, byteorder: ByteOrder) -> tuple[bytes, bytes]:
     Pipelined steps send several frames at once and then read one reply per
     frame; each reply is decoded against the frame it answers.
     """
-    if len(stream) >= HEADER_SIZE:
-        size = codecs_for(byteorder).header_struct.unpack_from(stream, 0)[1]
-        end = HEADER_SIZE + size
-        if len(stream) >= end:
-            return stream[:end], stream[end:]
-    return stream, b""
+    if request_bytes_missing(stream, byteorder=byteorder):
+        return stream, b""
+    end = request_frame_length(stream, byteorder=byteorder)
+    return stream[:end], stream[end:]
 
 
 def load_vectors(directory: Path) -> list[Vector]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ... import messages as m
+from .... import messages as m
 from ..model import CheckFailed, Context, case, errname, spath, vpath
 from .security import RACE_ITERATIONS, _Swapper
 

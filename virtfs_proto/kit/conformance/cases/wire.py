@@ -3,9 +3,9 @@
 The vectors are the packaged ones (:func:`virtfs_proto.kit.vectors_dir`) or,
 with ``virtfs-proto conformance --vectors DIR``, those ``virtfs-proto capture
 --out DIR`` recorded. Each vector becomes one case. It is replayed with
-:func:`virtfs_proto.vectors.run_steps` (a fresh fixture export and a fresh
+:func:`virtfs_proto.kit.recording.run_steps` (a fresh fixture export and a fresh
 helper, as it was recorded) and compared with
-:func:`virtfs_proto.vectors.compare`: replies byte for byte outside the
+:func:`virtfs_proto.kit.recording.compare`: replies byte for byte outside the
 machine-dependent ranges, the type of every passed descriptor (``fstat`` of
 the fd received), how the helper ended, and the sentinel outside the export.
 
@@ -30,14 +30,13 @@ import stat
 import tempfile
 from pathlib import Path
 
-from ... import messages as m
-from ...codec import codecs_for, decode_request
-from ...constants import HEADER_SIZE
-from ...errors import ProxyProtocolError
+from .... import messages as m
+from ....codec import decode_request, request_bytes_missing, request_frame_length
+from ....errors import ProxyProtocolError
+from ....kit import vectors_dir
+from ....launcher import Mode
 from ...fixture import build_fixture
-from ...kit import vectors_dir
-from ...launcher import Mode
-from ...vectors import Vector, compare, load_vectors, run_steps
+from ...recording import Vector, compare, load_vectors, run_steps
 from ..model import CASES, CheckFailed, Context, case
 from ..session import HelperSession
 
@@ -68,11 +67,10 @@ def _replay(vector: Vector, ctx: Context) -> None:
 def _frames(stream: bytes) -> list[tuple[bytes, m.Request]] | None:
     """Split a request stream into decoded frames (None if any frame is malformed)."""
     out = []
-    header = codecs_for().header_struct
     while stream:
-        if len(stream) < HEADER_SIZE:
+        if request_bytes_missing(stream):
             return None
-        end = HEADER_SIZE + header.unpack_from(stream, 0)[1]
+        end = request_frame_length(stream)
         try:
             out.append((stream[:end], decode_request(stream[:end], lenient=True)))
         except ProxyProtocolError:

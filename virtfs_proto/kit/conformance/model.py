@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from .. import messages as m
-from ..errnos import errno_name
-from .fixture import Workspace
+from ... import messages as m
+from ...errnos import errno_name
 from .session import DEFAULT_TIMEOUT, HelperSession
+from .workspace import Workspace
 
 GROUPS: Final = ("wire", "behaviour", "security")
 

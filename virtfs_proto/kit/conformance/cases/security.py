@@ -17,13 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from ... import messages as m
-from ... import procfs
-from ...codec import codecs_for, encode_request
-from ...constants import HEADER_SIZE, UTIME_NOW, MessageType
-from ..fixture import DECOY_CONTENT, FILE_CONTENT
+from .... import messages as m
+from .... import procfs
+from ....codec import codecs_for, encode_request
+from ....constants import HEADER_SIZE, UTIME_NOW, MessageType
 from ..model import CheckFailed, Context, Deviation, case, errname, show, spath, vpath
 from ..session import HelperSession
+from ..workspace import DECOY_CONTENT, FILE_CONTENT
 from .behaviour import read_all
 
 #: Errors that correctly refuse a path leaving the export: ENOENT under a chroot
@@ -573,7 +573,7 @@ def _drop_all_capabilities() -> None:  # pragma: no cover - runs in the child
 
 def _own_helper(ctx: Context, extra_fds: tuple[int, ...] = ()) -> HelperSession | None:
     """A helper of the case's own; None if it refused to start (a clean, non-signal exit)."""
-    from ...errors import HelperStartError
+    from ....errors import HelperStartError
 
     try:
         helper = HelperSession(

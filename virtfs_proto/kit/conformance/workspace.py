@@ -18,7 +18,6 @@ import ctypes
 import hashlib
 import os
 import shutil
-import socket
 import stat
 import tempfile
 from collections.abc import Sequence
@@ -26,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ..fixture import SENTINEL_CONTENT, Node, populate
+
 #: What the fixture's regular files contain (the wire cases read them through fds).
 FILE_CONTENT: Final = b"hello, virtfs\n"
 NESTED_CONTENT: Final = b"nested file\n"
 DECOY_CONTENT: Final = b"decoy inside the export\n"
-SECRET_CONTENT: Final = b"SENTINEL: this file is outside the export\n"
 
 #: A sentinel's times: atime in 2000, mtime in 2001 (both far from "now").
 SENTINEL_ATIME: Final = 946684800
@@ -158,11 +158,11 @@ class Workspace:
         """(Re)create every sentinel with its known content and old times."""
         shutil.rmtree(self.outside)
         self.outside.mkdir()
-        self.secret.write_bytes(SECRET_CONTENT)
+        self.secret.write_bytes(SENTINEL_CONTENT)
         os.chmod(self.secret, 0o600)
         os.setxattr(self.secret, "user.sentinel", b"untouched")
         self.secret_dir.mkdir(mode=0o700)
-        (self.secret_dir / "inner.txt").write_bytes(SECRET_CONTENT)
+        (self.secret_dir / "inner.txt").write_bytes(SENTINEL_CONTENT)
         (self.outside / "setuid.bin").write_bytes(b"#!/bin/sh\n")
         os.chmod(self.outside / "setuid.bin", 0o4755)
         for p in (
@@ -227,20 +227,9 @@ class Workspace:
             else:
                 child.unlink()
 
-    def build_export(self) -> None:
-        """A fresh export: files, dirs, symlinks (some pointing outside), a FIFO, a socket,
-        a device node, user xattrs, a setgid directory and a setuid file."""
-        self.clear_export()
-        e = self.export
-        os.chmod(e, 0o755)
-        (e / "file.txt").write_bytes(FILE_CONTENT)
-        os.chmod(e / "file.txt", 0o644)
-        os.setxattr(e / "file.txt", "user.comment", COMMENT)
-        (e / "empty.txt").write_bytes(b"")
-        (e / "dir").mkdir()
-        (e / "dir" / "nested.txt").write_bytes(NESTED_CONTENT)
-        (e / "dir" / "sub").mkdir()
-        (e / "emptydir").mkdir()
+    def export_tree(self) -> list[Node]:
+        """Files, dirs, symlinks (some pointing outside), a FIFO, a socket, a device
+        node, user xattrs, a setgid directory and a setuid file."""
         links = {
             "link_file": "file.txt",
             "link_abs_inside": "/file.txt",
@@ -255,21 +244,28 @@ class Workspace:
             "loop": "loop",
             "link_fifo": "fifo",
         }
-        for name, target in links.items():
-            os.symlink(target, e / name)
-        os.mkfifo(e / "fifo", 0o644)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.bind(os.fsencode(e / "sock"))
-        os.mknod(e / "chardev", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-        sg = e / "sgid_dir"
-        sg.mkdir()
-        os.chown(sg, 0, SGID_DIR_GID)
-        os.chmod(sg, 0o2775)
-        (e / "suid.bin").write_bytes(b"#!/bin/sh\nexit 0\n")
-        os.chown(e / "suid.bin", USER_ID, USER_ID)
-        os.chmod(e / "suid.bin", 0o6755)
+        return [
+            Node("file.txt", "file", FILE_CONTENT, 0o644, xattrs=(("user.comment", COMMENT),)),
+            Node("empty.txt", "file"),
+            Node("dir", "dir"),
+            Node("dir/nested.txt", "file", NESTED_CONTENT),
+            Node("dir/sub", "dir"),
+            Node("emptydir", "dir"),
+            *(Node(name, "symlink", target) for name, target in links.items()),
+            Node("fifo", "fifo", mode=0o644),
+            Node("sock", "socket"),
+            Node("chardev", "chardev"),
+            Node("sgid_dir", "dir", mode=0o2775, owner=(0, SGID_DIR_GID)),
+            Node("suid.bin", "file", b"#!/bin/sh\nexit 0\n", 0o6755, owner=(USER_ID, USER_ID)),
+        ]
+
+    def build_export(self) -> None:
+        """A fresh export (:meth:`export_tree`)."""
+        self.clear_export()
+        os.chmod(self.export, 0o755)
+        populate(self.export, self.export_tree())
         with contextlib.suppress(OSError):  # trusted.* needs CAP_SYS_ADMIN: the suite has it
-            os.setxattr(e / "file.txt", "trusted.hidden", b"only for CAP_SYS_ADMIN")
+            os.setxattr(self.export / "file.txt", "trusted.hidden", b"only for CAP_SYS_ADMIN")
 
     def mount_tmpfs(self, name: str) -> Path:
         """A tmpfs inside the export (ext4 cannot hold 64 KiB xattr values)."""

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ... import messages as m
-from ..fixture import COMMENT, FILE_CONTENT, deep_dir
+from .... import messages as m
 from ..model import CheckFailed, Context, case, spath, vpath
+from ..workspace import COMMENT, FILE_CONTENT, deep_dir
 from .behaviour import check_generation, read_all
 
 #: wire lengths of the long path (its trailing NUL counted where it has one)

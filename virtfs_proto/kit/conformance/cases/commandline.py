@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from ... import messages as m
-from ...errors import HelperStartError
+from .... import messages as m
+from ....errors import HelperStartError
 from ..model import CheckFailed, Context, case, vpath
 from ..session import HelperSession
 

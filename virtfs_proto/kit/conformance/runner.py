@@ -13,14 +13,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import HelperStartError, ProxyProtocolError
-from ..kit import vectors_dir
-from ..launcher import check_helper_command
-from ..messages import LstatRequest
+from ...errors import HelperStartError, ProxyProtocolError
+from ...kit import vectors_dir
+from ...launcher import check_helper_command
+from ...messages import LstatRequest
 from . import cases as _cases  # noqa: F401  (registers every case)
 from .cases import wire
 from .expect import Expectations, Judgement, judge
-from .fixture import Workspace
 from .junit import junit_xml
 from .model import (
     CASES,
@@ -45,6 +44,7 @@ from .session import (
     HelperSession,
     describe_status,
 )
+from .workspace import Workspace
 
 MODES = ("fd", "socket")
 

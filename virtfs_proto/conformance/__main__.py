@@ -1,7 +1,0 @@
-"""``python -m virtfs_proto.conformance --helper CMD ...``."""
-
-import sys
-
-from ..cli import main
-
-sys.exit(main(["conformance", *sys.argv[1:]]))

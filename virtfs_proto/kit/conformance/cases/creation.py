@@ -29,7 +29,8 @@ from typing import Final
 
 from .... import messages as m
 from ..model import CheckFailed, Context, case, errname, spath, vpath
-from .security import RACE_ITERATIONS, _Swapper
+from .security._common import RACE_ITERATIONS
+from .security.races import _Swapper
 
 #: the owner every creating request asks for (neither root nor the helper's user)
 UID: Final = 1234

@@ -1,0 +1,168 @@
+"""Security cases: races (spec: security.rst)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from ..... import messages as m
+from ...model import Context, case, spath, vpath
+from ...workspace import DECOY_CONTENT
+from ._common import O_RD, RACE_ITERATIONS, secret_rel
+
+_AT_FDCWD: Final = -100
+_RENAME_EXCHANGE: Final = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def exchange(a: Path, b: Path) -> None:
+    """renameat2(RENAME_EXCHANGE): swap two names atomically (both always exist)."""
+    if _libc.renameat2(_AT_FDCWD, bytes(a), _AT_FDCWD, bytes(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"renameat2 {a} {b}: {os.strerror(err)}")
+
+
+class _Swapper:
+    """A child process that keeps swapping ``a`` and ``b`` with RENAME_EXCHANGE.
+
+    It stands for the guest (another QEMU thread) renaming inside the export
+    while the helper resolves a path. A process rather than a thread, so that
+    it really runs alongside the requests; bounded by a stop pipe, a count and
+    a time limit.
+    """
+
+    MAX_SWAPS: Final = 50_000_000
+    MAX_SECONDS: Final = 60.0
+
+    def __init__(self, a: Path, b: Path) -> None:
+        self.a, self.b = a, b
+        self.swaps = 0
+
+    def _child(self, stop: int, report: int) -> None:  # pragma: no cover - runs forked
+        n = 0
+        deadline = time.monotonic() + self.MAX_SECONDS
+        os.set_blocking(stop, False)
+        try:
+            while n < self.MAX_SWAPS and time.monotonic() < deadline:
+                for _ in range(64):
+                    exchange(self.a, self.b)
+                n += 64
+                try:
+                    if os.read(stop, 1) == b"":
+                        break
+                except BlockingIOError:
+                    continue
+        finally:
+            os.write(report, n.to_bytes(8, "little"))
+            os._exit(0)
+
+    def __enter__(self) -> _Swapper:
+        stop_r, self._stop_w = os.pipe()
+        self._report_r, report_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child
+            os.close(self._stop_w)
+            self._child(stop_r, report_w)
+        os.close(stop_r)
+        os.close(report_w)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._stop_w)  # EOF: the child stops
+        try:
+            os.waitpid(self.pid, 0)
+            self.swaps = int.from_bytes(os.read(self._report_r, 8), "little")
+        finally:
+            os.close(self._report_r)
+
+
+def _race(
+    ctx: Context,
+    first: Callable[[Path], None],
+    second: Callable[[Path], None],
+    request: m.Request,
+) -> None:
+    """Run ``request`` RACE_ITERATIONS times while "race" is swapped between two objects."""
+    first(ctx.host("race"))
+    second(ctx.host("race_other"))
+    ok = errors = 0
+    with _Swapper(ctx.host("race"), ctx.host("race_other")) as swapper:
+        for _ in range(RACE_ITERATIONS):
+            reply = ctx.call(request)
+            if isinstance(reply, m.FdReply):
+                ctx.expect_inside(reply.fd, f"{request.TYPE.name} during the race")
+                ctx.close(reply.fd)
+            if isinstance(reply, m.ErrorReply):
+                errors += 1
+            else:
+                ok += 1
+    ctx.notes.append(f"{RACE_ITERATIONS} requests, {ok} ok, {errors} errors, {swapper.swaps} swaps")
+
+
+def _decoy_dir(rel: str) -> Callable[[Path], None]:
+    def make(p: Path) -> None:
+        (p / rel).parent.mkdir(parents=True)
+        (p / rel).write_bytes(DECOY_CONTENT)
+
+    return make
+
+
+def _symlink_to(target: str) -> Callable[[Path], None]:
+    return lambda p: os.symlink(target, p)
+
+
+@case("security", "race", name="race.intermediate_swap_abs")
+def race_intermediate_abs(ctx: Context) -> None:
+    """T_OPEN race/<host path of the secret> while race swaps between a dir and a link to /."""
+    rel = secret_rel(ctx)
+    _race(
+        ctx,
+        _decoy_dir(rel),
+        _symlink_to("/"),
+        m.OpenRequest(vpath(f"race/{rel}"), O_RD),
+    )
+
+
+@case("security", "race", name="race.intermediate_swap_dotdot")
+def race_intermediate_dotdot(ctx: Context) -> None:
+    """T_OPEN race/secret.txt while race swaps between a dir and a link to ../outside."""
+    _race(
+        ctx,
+        _decoy_dir("secret.txt"),
+        _symlink_to("../outside"),
+        m.OpenRequest(vpath("race/secret.txt"), O_RD),
+    )
+
+
+@case("security", "race", name="race.final_swap_truncate")
+def race_final_truncate(ctx: Context) -> None:
+    """T_TRUNCATE race while race swaps between a file and a symlink to the secret."""
+
+    def decoy(p: Path) -> None:
+        p.write_bytes(DECOY_CONTENT)
+
+    _race(
+        ctx,
+        decoy,
+        _symlink_to(str(ctx.ws.secret)),
+        m.TruncateRequest(vpath("race"), 0),
+    )
+
+
+@case("security", "race", name="race.final_swap_create")
+def race_final_create(ctx: Context) -> None:
+    """T_CREATE race (no O_EXCL) while race swaps between an empty dir and a dangling link."""
+
+    def empty_dir(p: Path) -> None:
+        p.mkdir()  # creating over it fails with EISDIR; over the link it must not escape
+
+    _race(
+        ctx,
+        empty_dir,
+        _symlink_to("../outside/planted_race"),
+        m.CreateRequest(spath("race"), os.O_WRONLY | os.O_CREAT, 0o644, 0, 0),
+    )

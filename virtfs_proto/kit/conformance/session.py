@@ -83,8 +83,6 @@ class HelperSession:
         self.mode = mode
         self.uid, self.gid = uid, gid
         self.conn = ClientConnection()
-        #: the socket file's (uid, gid, mode) right after connect (socket mode)
-        self.socket_stat: os.stat_result | None = None
         # owned by the session for its whole life, closed in close()
         self._log = tempfile.TemporaryFile(dir=rundir, prefix="helper-log-")  # noqa: SIM115
         self._closed = False
@@ -167,9 +165,8 @@ class HelperSession:
                 time.sleep(0.005)
                 continue
             # as QEMU does: the client unlinks the socket file after connect
-            with contextlib.suppress(OSError):
-                self.socket_stat = os.lstat(path)
-                if unlink:
+            if unlink:
+                with contextlib.suppress(OSError):
                     os.unlink(path)
             return sock
 

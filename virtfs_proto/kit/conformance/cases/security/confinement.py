@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from typing import Final
 
+from ..... import messages as m
 from ..... import procfs
-from ...model import CheckFailed, Context, case
+from ...model import CheckFailed, Context, case, vpath
+from ...session import HelperSession
 from .framing import _in_sync
 from .magic_links import _own_helper
 
@@ -110,14 +113,27 @@ def confine_inherited(ctx: Context) -> None:
 
 @case("security", "confinement", name="confine.socket_file", modes=("socket",))
 def confine_socket_file(ctx: Context) -> None:
-    """The named socket is owned -u:-g and has no permissions for others."""
-    helper = ctx.helper
-    st = helper.socket_stat
-    ctx.expect(st is not None, "the socket file was not found after connect")
-    assert st is not None
-    ctx.expect(stat.S_ISSOCK(st.st_mode), "not a socket")
-    ctx.expect(
-        (st.st_uid, st.st_gid) == (helper.uid, helper.gid),
-        f"owner {st.st_uid}:{st.st_gid}, not {helper.uid}:{helper.gid}",
-    )
-    ctx.expect(stat.S_IMODE(st.st_mode) & 0o007 == 0, f"mode {stat.filemode(st.st_mode)}")
+    """The named socket is owned -u:-g and has no permissions for others (looked
+    at once the helper has answered: it may chown the file after it listens)."""
+    path = ctx.ws.rundir / "confine.sock"
+    helper = HelperSession(
+        ctx.argv, ctx.ws.export, ctx.mode, rundir=ctx.ws.rundir,
+        socket_path=path, unlink_socket=False,
+    )  # fmt: skip
+    try:
+        reply = helper.call(m.LstatRequest(vpath("")))
+        ctx.expect(isinstance(reply, m.StatReply), "lstat of the root failed")
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise CheckFailed("the socket file was not found after the first reply") from None
+        ctx.expect(stat.S_ISSOCK(st.st_mode), "not a socket")
+        ctx.expect(
+            (st.st_uid, st.st_gid) == (helper.uid, helper.gid),
+            f"owner {st.st_uid}:{st.st_gid}, not {helper.uid}:{helper.gid}",
+        )
+        ctx.expect(stat.S_IMODE(st.st_mode) & 0o007 == 0, f"mode {stat.filemode(st.st_mode)}")
+    finally:
+        helper.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -30,7 +30,7 @@ from typing import Final
 from .... import messages as m
 from ..model import CheckFailed, Context, case, errname, spath, vpath
 from .security._common import RACE_ITERATIONS
-from .security.races import _Swapper
+from .security.races import ForkedLoop, _Swapper
 
 #: the owner every creating request asks for (neither root nor the helper's user)
 UID: Final = 1234
@@ -198,50 +198,25 @@ for _creator in CREATORS:
             _owner_case(_creator, _shape)
 
 
-class _Racer:
+def _racer(path: Path, make_dir: bool) -> ForkedLoop:
     """A child process, running as another user, that creates and removes ``path``
     in a loop: the other host user who races the helper for the same name."""
 
-    def __init__(self, path: Path, make_dir: bool) -> None:
-        self.path = path
-        self.make_dir = make_dir
+    def become_racer() -> None:  # pragma: no cover - runs forked
+        os.setgroups([])
+        os.setresgid(RACER_UID, RACER_UID, RACER_UID)
+        os.setresuid(RACER_UID, RACER_UID, RACER_UID)
 
-    def _child(self, stop: int) -> None:  # pragma: no cover - runs forked
-        try:
-            os.setgroups([])
-            os.setresgid(RACER_UID, RACER_UID, RACER_UID)
-            os.setresuid(RACER_UID, RACER_UID, RACER_UID)
-            os.set_blocking(stop, False)
-            deadline = time.monotonic() + _Swapper.MAX_SECONDS
-            while time.monotonic() < deadline:
-                for _ in range(32):
-                    with contextlib.suppress(OSError):
-                        if self.make_dir:
-                            os.mkdir(self.path, 0o755)
-                            os.rmdir(self.path)
-                        else:
-                            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-                            os.unlink(self.path)
-                try:
-                    if os.read(stop, 1) == b"":
-                        break
-                except BlockingIOError:
-                    continue
-        finally:
-            os._exit(0)
+    def create_and_remove() -> None:  # pragma: no cover - runs forked
+        with contextlib.suppress(OSError):
+            if make_dir:
+                os.mkdir(path, 0o755)
+                os.rmdir(path)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+                os.unlink(path)
 
-    def __enter__(self) -> _Racer:
-        stop_r, self._stop_w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # pragma: no cover - the child
-            os.close(self._stop_w)
-            self._child(stop_r)
-        os.close(stop_r)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self._stop_w)
-        os.waitpid(self.pid, 0)
+    return ForkedLoop(create_and_remove, become_racer)
 
 
 def _race_case(creator: Creator) -> None:
@@ -251,7 +226,7 @@ def _race_case(creator: Creator) -> None:
         os.chmod(race_dir, 0o777)
         target = race_dir / "new"
         mine = theirs = refused = 0
-        with _Racer(target, make_dir=creator.name == "mkdir"):
+        with _racer(target, make_dir=creator.name == "mkdir"):
             for _ in range(RACE_ITERATIONS):
                 reply = ctx.call(creator.make(spath("race_dir/new")))
                 try:

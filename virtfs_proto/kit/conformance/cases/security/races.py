@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, Self
 
 from ..... import messages as m
 from ...model import Context, case, spath, vpath
@@ -26,31 +26,37 @@ def exchange(a: Path, b: Path) -> None:
         raise OSError(err, f"renameat2 {a} {b}: {os.strerror(err)}")
 
 
-class _Swapper:
-    """A child process that keeps swapping ``a`` and ``b`` with RENAME_EXCHANGE.
+class ForkedLoop:
+    """A child process that repeats ``step`` alongside the requests until told to stop.
 
-    It stands for the guest (another QEMU thread) renaming inside the export
-    while the helper resolves a path. A process rather than a thread, so that
-    it really runs alongside the requests; bounded by a stop pipe, a count and
-    a time limit.
+    It stands for another process changing the export (another QEMU thread, a
+    host user) while the helper works. A process rather than a thread, so that
+    it really runs alongside; bounded by a stop pipe, a count and a time
+    limit. ``setup`` runs first in the child (e.g. to become another user);
+    :attr:`steps` is how many steps it made.
     """
 
-    MAX_SWAPS: Final = 50_000_000
+    MAX_STEPS: Final = 50_000_000
     MAX_SECONDS: Final = 60.0
+    #: steps between looks at the stop pipe
+    BURST: Final = 64
 
-    def __init__(self, a: Path, b: Path) -> None:
-        self.a, self.b = a, b
-        self.swaps = 0
+    def __init__(self, step: Callable[[], None], setup: Callable[[], None] | None = None) -> None:
+        self._step = step
+        self._setup = setup
+        self.steps = 0
 
     def _child(self, stop: int, report: int) -> None:  # pragma: no cover - runs forked
         n = 0
-        deadline = time.monotonic() + self.MAX_SECONDS
-        os.set_blocking(stop, False)
         try:
-            while n < self.MAX_SWAPS and time.monotonic() < deadline:
-                for _ in range(64):
-                    exchange(self.a, self.b)
-                n += 64
+            if self._setup is not None:
+                self._setup()
+            deadline = time.monotonic() + self.MAX_SECONDS
+            os.set_blocking(stop, False)
+            while n < self.MAX_STEPS and time.monotonic() < deadline:
+                for _ in range(self.BURST):
+                    self._step()
+                n += self.BURST
                 try:
                     if os.read(stop, 1) == b"":
                         break
@@ -60,7 +66,7 @@ class _Swapper:
             os.write(report, n.to_bytes(8, "little"))
             os._exit(0)
 
-    def __enter__(self) -> _Swapper:
+    def __enter__(self) -> Self:
         stop_r, self._stop_w = os.pipe()
         self._report_r, report_w = os.pipe()
         self.pid = os.fork()
@@ -75,9 +81,21 @@ class _Swapper:
         os.close(self._stop_w)  # EOF: the child stops
         try:
             os.waitpid(self.pid, 0)
-            self.swaps = int.from_bytes(os.read(self._report_r, 8), "little")
+            self.steps = int.from_bytes(os.read(self._report_r, 8), "little")
         finally:
             os.close(self._report_r)
+
+
+class _Swapper(ForkedLoop):
+    """Keeps swapping ``a`` and ``b`` with RENAME_EXCHANGE (both names always exist)."""
+
+    def __init__(self, a: Path, b: Path) -> None:
+        super().__init__(lambda: exchange(a, b))
+        self.a, self.b = a, b
+
+    @property
+    def swaps(self) -> int:
+        return self.steps
 
 
 def _race(

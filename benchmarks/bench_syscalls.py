@@ -25,7 +25,9 @@ from collections import Counter
 from pathlib import Path
 
 from bench_helper import OPS, make_export
-from helperproc import QEMU_HELPER, Frame, ProcessTree, StructClient, spawn
+from helperproc import Frame, ProcessTree, StructClient, spawn
+
+from virtfs_proto.launcher import QEMU_HELPER
 
 _TICK = os.sysconf("SC_CLK_TCK")
 

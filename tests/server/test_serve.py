@@ -19,6 +19,7 @@ from virtfs_proto import messages as m
 from virtfs_proto.codec import encode_reply, encode_request
 from virtfs_proto.connection import ClientConnection
 from virtfs_proto.constants import MessageType
+from virtfs_proto.kit.raw import recv_exact
 from virtfs_proto.server.main import Answerer, Log, serve
 from virtfs_proto.server.ops import Operations
 from virtfs_proto.server.resolve import Resolver
@@ -192,7 +193,7 @@ def test_a_payload_that_does_not_decode_is_answered_enobufs(flavour: str) -> Non
         else struct.pack("=IIi", MessageType.T_ERROR, 4, -errno.ENOBUFS)
     )
     t = Transport(sock, timeout=5)
-    assert t.recv_exact(len(expected)).data == expected
+    assert recv_exact(t, len(expected)).data == expected
     conn = ClientConnection()
     conn.send_request(m.LstatRequest(b"xyz"))
     assert t.read_event(conn).reply == m.ErrorReply(3)

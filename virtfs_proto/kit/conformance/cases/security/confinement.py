@@ -7,10 +7,8 @@ import os
 import stat
 from typing import Final
 
-from ..... import messages as m
 from ..... import procfs
-from ...model import CheckFailed, Context, case, vpath
-from ...session import HelperSession
+from ...model import CheckFailed, Context, case
 from .framing import _in_sync
 from .magic_links import _own_helper
 
@@ -116,13 +114,10 @@ def confine_socket_file(ctx: Context) -> None:
     """The named socket is owned -u:-g and has no permissions for others (looked
     at once the helper has answered: it may chown the file after it listens)."""
     path = ctx.ws.rundir / "confine.sock"
-    helper = HelperSession(
-        ctx.argv, ctx.ws.export, ctx.mode, rundir=ctx.ws.rundir,
-        socket_path=path, unlink_socket=False,
-    )  # fmt: skip
+    helper = _own_helper(ctx, socket_path=path, unlink_socket=False)
+    if helper is None:
+        raise CheckFailed("the helper did not start")
     try:
-        reply = helper.call(m.LstatRequest(vpath("")))
-        ctx.expect(isinstance(reply, m.StatReply), "lstat of the root failed")
         try:
             st = os.lstat(path)
         except FileNotFoundError:

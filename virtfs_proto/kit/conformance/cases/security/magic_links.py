@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from pathlib import Path
 from typing import Final
 
 from ..... import messages as m
@@ -20,13 +21,26 @@ def _drop_all_capabilities() -> None:  # pragma: no cover - runs in the child
         libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)
 
 
-def _own_helper(ctx: Context, extra_fds: tuple[int, ...] = ()) -> HelperSession | None:
-    """A helper of the case's own; None if it refused to start (a clean, non-signal exit)."""
+def _own_helper(
+    ctx: Context,
+    extra_fds: tuple[int, ...] = (),
+    *,
+    socket_path: Path | None = None,
+    unlink_socket: bool = True,
+) -> HelperSession | None:
+    """A helper of the case's own, which has answered an lstat of the root; None
+    if it refused to start (a clean, non-signal exit)."""
     from .....errors import HelperStartError
 
     try:
         helper = HelperSession(
-            ctx.argv, ctx.ws.export, ctx.mode, rundir=ctx.ws.rundir, extra_fds=extra_fds
+            ctx.argv,
+            ctx.ws.export,
+            ctx.mode,
+            rundir=ctx.ws.rundir,
+            extra_fds=extra_fds,
+            socket_path=socket_path,
+            unlink_socket=unlink_socket,
         )
     except HelperStartError as exc:
         if exc.returncode is not None and exc.returncode < 0:

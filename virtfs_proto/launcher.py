@@ -246,10 +246,16 @@ def _failed(
     argv: Sequence[str],
     own_group: bool,
 ) -> HelperStartError:
-    """Reap (killing if need be) a helper that did not start, and describe why."""
+    """Reap (killing if need be) a helper that did not start, and describe why.
+
+    The error's exit status is the helper's own: None when it still ran and
+    we killed it (a SIGKILL of ours is no crash of the helper's)."""
+    exited = process.poll() is not None
     returncode = stop_process_tree(process, own_group=own_group)
     text = _read_all(stderr).decode(errors="replace")
-    return HelperStartError(what, returncode=returncode, stderr=text, argv=tuple(argv))
+    return HelperStartError(
+        what, returncode=returncode if exited else None, stderr=text, argv=tuple(argv)
+    )
 
 
 @dataclass(frozen=True)
@@ -340,7 +346,9 @@ def _popen(start: _Start, full: list[str], pass_fds: Sequence[int]) -> subproces
             start_new_session=start.new_session,
         )
     except OSError as exc:
-        raise HelperStartError(f"cannot run {full[0]}: {exc}", argv=tuple(full)) from exc
+        # not executable, a directory, gone: one line, without the errno's repr
+        why = exc.strerror or str(exc)
+        raise HelperStartError(f"cannot run {full[0]}: {why}", argv=tuple(full)) from exc
 
 
 def _spawn_fd(start: _Start, settle: float) -> Helper:
@@ -354,20 +362,26 @@ def _spawn_fd(start: _Start, settle: float) -> Helper:
             raise
     # Only the helper holds its end now, so its exit is our EOF.
     began = time.monotonic()
-    while True:
-        if process.poll() is not None:
-            ours.close()
-            raise _failed(
-                "the helper exited instead of serving",
-                process,
-                start.stderr,
-                full,
-                start.new_session,
-            )
-        elapsed = time.monotonic() - began
-        if _STARTED in _read_all(start.stderr) or elapsed >= min(settle, start.start_timeout):
-            break
-        time.sleep(0.005)
+    try:
+        while True:
+            if process.poll() is not None:
+                raise _failed(
+                    "the helper exited at once instead of serving",
+                    process,
+                    start.stderr,
+                    full,
+                    start.new_session,
+                )
+            elapsed = time.monotonic() - began
+            if _STARTED in _read_all(start.stderr) or elapsed >= min(settle, start.start_timeout):
+                break
+            time.sleep(0.005)
+    except BaseException:
+        # e.g. Ctrl-C while it starts: never leave it running
+        ours.close()
+        if process.returncode is None:
+            stop_process_tree(process, own_group=start.new_session)
+        raise
     client = ProxyClient(ours, timeout=start.timeout, path_style=start.path_style)
     return Helper(client, process, tuple(full), "fd", None, start.stderr, start.new_session)
 
@@ -402,7 +416,7 @@ def _spawn_socket(
                 raise
             if process.poll() is not None:
                 raise _failed(
-                    "the helper exited instead of listening",
+                    "the helper exited at once instead of listening on its socket",
                     process,
                     start.stderr,
                     full,

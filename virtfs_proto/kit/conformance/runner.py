@@ -172,7 +172,7 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
         raise HelperStartError(
             f"the helper {what} ({mode} mode)",
             returncode=status,
-            stderr=helper.final_log,
+            stderr=helper.log(),
             argv=tuple(helper_argv),
         ) from None
     except ProxyProtocolError:

@@ -14,8 +14,11 @@ from typing import Any, Final
 
 from ... import messages as m
 from ...errnos import errno_name
+from .paths import Name, qemu, qpath, wrong_nul
 from .session import DEFAULT_TIMEOUT, HelperSession
 from .workspace import Workspace
+
+__all__ = ["Name", "qemu", "qpath", "wrong_nul"]  # the cases build requests through these
 
 GROUPS: Final = ("wire", "behaviour", "security")
 
@@ -90,17 +93,6 @@ def case(
 
 def errname(errno: int) -> str:
     return errno_name(errno)
-
-
-def vpath(name: str | bytes) -> bytes:
-    """A path as QEMU sends a V9fsPath: ``//name`` with a trailing NUL (root: ``/``)."""
-    raw = os.fsencode(name)
-    return (b"//" + raw if raw else b"/") + b"\0"
-
-
-def spath(name: str | bytes) -> bytes:
-    """A path as QEMU builds a new name: ``//name`` without a NUL."""
-    return b"//" + os.fsencode(name)
 
 
 def show(reply: m.Reply) -> str:

@@ -20,7 +20,7 @@ from typing import Final
 
 from .... import messages as m
 from ....errors import HelperStartError
-from ..model import CheckFailed, Context, case, vpath
+from ..model import CheckFailed, Context, case, qemu, qpath
 from ..session import HelperSession
 
 #: A helper that validates its arguments answers at once; one that does not may
@@ -184,7 +184,9 @@ def socket_one_client(ctx: Context) -> None:
         unlink_socket=False,
     )
     try:
-        ctx.expect(isinstance(helper.call(m.LstatRequest(vpath(""))), m.StatReply), "no lstat")
+        ctx.expect(
+            isinstance(helper.call(qemu(m.LstatRequest, qpath(""))), m.StatReply), "no lstat"
+        )
         second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with second:
             second.settimeout(2.0)

@@ -334,21 +334,44 @@ def spawn_helper(
         raise
 
 
-def _popen(start: _Start, full: list[str], pass_fds: Sequence[int]) -> subprocess.Popen[bytes]:
+def start_process(
+    argv: Sequence[str],
+    pass_fds: Sequence[int] = (),
+    *,
+    output: IO[bytes] | None = None,
+    env: Mapping[str, str] | None = None,
+    new_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Run a helper's whole command line: the one place the package starts one.
+
+    stdin is /dev/null; stdout and stderr go to ``output`` (inherited if
+    None); ``pass_fds`` are inherited. A command that cannot be run at all
+    (not executable, a directory, gone) is one :class:`HelperStartError`.
+    """
     try:
         return subprocess.Popen(
-            full,
+            list(argv),
             stdin=subprocess.DEVNULL,
-            stdout=start.stderr,
-            stderr=start.stderr,
-            pass_fds=(*pass_fds, *start.extra_fds),
-            env=None if start.env is None else dict(start.env),
-            start_new_session=start.new_session,
+            stdout=output,
+            stderr=output,
+            pass_fds=tuple(pass_fds),
+            env=None if env is None else dict(env),
+            start_new_session=new_session,
         )
     except OSError as exc:
-        # not executable, a directory, gone: one line, without the errno's repr
+        # one line, without the errno's repr
         why = exc.strerror or str(exc)
-        raise HelperStartError(f"cannot run {full[0]}: {why}", argv=tuple(full)) from exc
+        raise HelperStartError(f"cannot run {argv[0]}: {why}", argv=tuple(argv)) from exc
+
+
+def _popen(start: _Start, full: list[str], pass_fds: Sequence[int]) -> subprocess.Popen[bytes]:
+    return start_process(
+        full,
+        (*pass_fds, *start.extra_fds),
+        output=start.stderr,
+        env=start.env,
+        new_session=start.new_session,
+    )
 
 
 def _spawn_fd(start: _Start, settle: float) -> Helper:

@@ -25,7 +25,6 @@ thread only and leaves its RCU thread with every capability.
 
 from __future__ import annotations
 
-import ctypes
 import grp
 import os
 import pwd
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..procfs import capability_name
+from . import oslib
 
 CAP_CHOWN: Final = 0
 CAP_DAC_OVERRIDE: Final = 1
@@ -86,8 +86,6 @@ def kept_capabilities(*, allow_device_nodes: bool) -> dict[int, str]:
     return kept
 
 
-_LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
-
 PR_SET_KEEPCAPS: Final = 8
 PR_CAPBSET_READ: Final = 23
 PR_CAPBSET_DROP: Final = 24
@@ -97,45 +95,13 @@ PR_CAP_AMBIENT: Final = 47
 PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    )
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_prctl = _libc.prctl
-_prctl.restype = ctypes.c_int
-_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
-_capget = _libc.capget
-_capget.restype = ctypes.c_int
-_capget.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
-_capset = _libc.capset
-_capset.restype = ctypes.c_int
-_capset.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
-
-
 class ConfinementError(Exception):
     """The helper could not confine itself; it must not serve requests."""
 
 
-def _raise_errno(what: str) -> None:
-    err = ctypes.get_errno()
-    raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    """prctl(2); raises OSError."""
-    rc = int(_prctl(option, arg2, arg3, arg4, arg5))
-    if rc < 0:
-        _raise_errno(f"prctl({option})")
-    return rc
+#: prctl(2) and capset(2) are :mod:`.oslib`'s (one libc handle, one errno check)
+prctl = oslib.prctl
+capset = oslib.capset
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,35 +115,15 @@ class CapabilitySets:
 
 def capget() -> CapabilitySets:
     """capget(2) for the calling thread."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    if _capget(ctypes.byref(header), data) != 0:
-        _raise_errno("capget")
-    return CapabilitySets(
-        effective=data[0].effective | data[1].effective << 32,
-        permitted=data[0].permitted | data[1].permitted << 32,
-        inheritable=data[0].inheritable | data[1].inheritable << 32,
-    )
-
-
-def capset(effective: int, permitted: int, inheritable: int = 0) -> None:
-    """capset(2) for the calling thread; the masks are 64-bit."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    for i in range(2):
-        shift = 32 * i
-        data[i].effective = effective >> shift & 0xFFFFFFFF
-        data[i].permitted = permitted >> shift & 0xFFFFFFFF
-        data[i].inheritable = inheritable >> shift & 0xFFFFFFFF
-    if _capset(ctypes.byref(header), data) != 0:
-        _raise_errno("capset")
+    effective, permitted, inheritable = oslib.capget()
+    return CapabilitySets(effective, permitted, inheritable)
 
 
 def last_capability() -> int:
     """The highest capability number this kernel knows (without /proc)."""
     cap = 0
     while cap < 63:
-        if _prctl(PR_CAPBSET_READ, cap + 1, 0, 0, 0) < 0:
+        if oslib.prctl_status(PR_CAPBSET_READ, cap + 1) < 0:
             break
         cap += 1
     return cap

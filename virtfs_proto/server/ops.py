@@ -64,7 +64,6 @@ from errno import (
     EPERM,
     ERANGE,
 )
-from typing import TYPE_CHECKING, Any, Final
 
 from .. import _fastpath_generated as wire
 from ..constants import MAX_STRING_LENGTH, REPLY_KIND, V9FS_FD_VALID, MessageType, ReplyKind
@@ -78,7 +77,10 @@ from .resolve import (
     normalize_open_flags,
 )
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
 if TYPE_CHECKING:  # the serving path imports neither: see _fastpath_generated
+    from typing import Any, Final
+
     from .. import messages as m
 
 #: ``_IOR('v', 1, long)`` (0x80087601 on x86-64, in the generic ioctl

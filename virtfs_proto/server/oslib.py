@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
-from typing import Final
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Final
 
 # The new mount API has one number on every architecture (Linux >= 5.2).
 SYS_OPEN_TREE: Final = 428
@@ -20,7 +22,7 @@ SYS_FSMOUNT: Final = 432
 SYS_MOUNT_SETATTR: Final = 442
 #: pivot_root has no libc wrapper, and a number per architecture
 SYS_PIVOT_ROOT: Final = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203}.get(
-    platform.machine(), -1
+    os.uname().machine, -1
 )
 
 FSOPEN_CLOEXEC: Final = 0x1
@@ -133,7 +135,7 @@ def umount2(target: str, flags: int) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     if SYS_PIVOT_ROOT < 0:
-        raise OSError(38, f"pivot_root: unknown system call number on {platform.machine()}")
+        raise OSError(38, f"pivot_root: unknown system call number on {os.uname().machine}")
     _check(syscall(SYS_PIVOT_ROOT, os.fsencode(new_root), os.fsencode(put_old)), "pivot_root")
 
 

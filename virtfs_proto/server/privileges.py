@@ -28,13 +28,15 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Final
 
+from .._record import Record
 from ..procfs import capability_name
 from . import oslib
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Final
 
 CAP_CHOWN: Final = 0
 CAP_DAC_OVERRIDE: Final = 1
@@ -104,13 +106,16 @@ prctl = oslib.prctl
 capset = oslib.capset
 
 
-@dataclass(frozen=True, slots=True)
-class CapabilitySets:
+class CapabilitySets(Record):
     """The calling thread's capability sets as 64-bit masks."""
 
+    __slots__ = ("effective", "inheritable", "permitted")
     effective: int
     permitted: int
     inheritable: int
+
+    def __init__(self, effective: int, permitted: int, inheritable: int) -> None:
+        self._set(effective=effective, permitted=permitted, inheritable=inheritable)
 
 
 def capget() -> CapabilitySets:
@@ -172,6 +177,8 @@ def thread_count(proc_fd: int | None) -> int:
         try:
             return len(os.listdir(f"/proc/{os.getpid()}/task"))
         except FileNotFoundError:
+            import threading  # only without /proc: not on the helper's path
+
             return threading.active_count()
     fd = os.open(f"{os.getpid()}/task", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
     try:

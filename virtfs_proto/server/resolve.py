@@ -46,9 +46,12 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from typing import Final
 
 from . import oslib
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Final
 
 RESOLVE_NO_XDEV: Final = 0x01
 RESOLVE_NO_MAGICLINKS: Final = 0x02

@@ -320,8 +320,20 @@ def _read_text(path: str) -> str:
 
 
 def rss_kib(pid: int) -> int:
+    """Resident set size: every page ``pid`` maps that is in memory, shared or not."""
     for line in _read_text(f"/proc/{pid}/status").splitlines():
         if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: each resident page divided by the number of
+    processes that map it (``smaps_rollup``). Summed over processes that share
+    pages (a parent and its forked child), each page counts once; RSS would
+    count it once per process."""
+    for line in _read_text(f"/proc/{pid}/smaps_rollup").splitlines():
+        if line.startswith("Pss:"):
             return int(line.split()[1])
     return 0
 

@@ -197,6 +197,51 @@ def test_utime_now_and_omit(export: Export, ops: tuple[Operations, list[str]]) -
     assert os.lstat(export.root / "link_abs").st_mtime_ns == 9_000_000_000
 
 
+def test_lstat_times_are_tv_sec_and_tv_nsec(
+    export: Export, ops: tuple[Operations, list[str]]
+) -> None:
+    """The reply's times are the kernel's timespec: tv_nsec in [0, 1e9) and
+    tv_sec floored, before 1970 too (as u64 on the wire), every other field
+    as lstat(2) says."""
+    o, _ = ops
+    f = export.root / "file.txt"
+    U64 = 2**64 - 1
+    for atime_ns, mtime_ns in (
+        (1_500_000_000_123_456_789, 7),
+        (-1_500_000_000_123_456_789, -1),  # tv_sec -1500000001, tv_nsec 876543211
+        (-999_999_999, 0),
+    ):
+        os.utime(f, ns=(atime_ns, mtime_ns))
+        reply = o.handle(m.LstatRequest(b"//file.txt\0"))
+        st = os.lstat(f)
+        assert isinstance(reply, m.StatReply)
+        assert (reply.st_atim_sec, reply.st_atim_nsec) == (
+            (atime_ns // 10**9) & U64,
+            atime_ns % 10**9,
+        )
+        assert (reply.st_mtim_sec, reply.st_mtim_nsec) == (
+            (mtime_ns // 10**9) & U64,
+            mtime_ns % 10**9,
+        )
+        assert (reply.st_ctim_sec, reply.st_ctim_nsec) == (
+            (st.st_ctime_ns // 10**9) & U64,
+            st.st_ctime_ns % 10**9,
+        )
+        assert (reply.st_dev, reply.st_ino, reply.st_nlink, reply.st_mode) == (
+            st.st_dev,
+            st.st_ino,
+            st.st_nlink,
+            st.st_mode,
+        )
+        assert (reply.st_uid, reply.st_gid, reply.st_rdev, reply.st_size) == (
+            st.st_uid,
+            st.st_gid,
+            st.st_rdev,
+            st.st_size,
+        )
+        assert (reply.st_blksize, reply.st_blocks) == (st.st_blksize, st.st_blocks)
+
+
 def test_paths_naming_a_directory_itself(ops: tuple[Operations, list[str]]) -> None:
     o, _ = ops
     assert o.handle(m.RemoveRequest(b"/")) == err(errno.EINVAL)  # QEMU: EBUSY (documented)

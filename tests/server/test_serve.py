@@ -21,7 +21,7 @@ from virtfs_proto.connection import ClientConnection
 from virtfs_proto.constants import MessageType
 from virtfs_proto.kit.raw import recv_exact
 from virtfs_proto.server.main import Answerer, Log, serve
-from virtfs_proto.server.ops import Operations
+from virtfs_proto.server.ops import Answer, Operations
 from virtfs_proto.server.resolve import Resolver
 from virtfs_proto.transport import Transport
 
@@ -38,10 +38,10 @@ class Recorder(Log):
 def answering(handle: Callable[[m.Request], m.Reply]) -> Answerer:
     """A serving loop's answerer from a function of request and reply objects."""
 
-    def answer(message_type: int, values: tuple[Any, ...]) -> tuple[bytes, int]:
+    def answer(message_type: int, values: tuple[Any, ...]) -> Answer:
         request = m.REQUEST_CLASSES[MessageType(message_type)](*values)
         reply = handle(request)
-        return encode_reply(request, reply), reply.fd if isinstance(reply, m.FdReply) else -1
+        return reply.fd if isinstance(reply, m.FdReply) else encode_reply(request, reply)
 
     return answer
 

@@ -61,7 +61,7 @@ from .. import _fastpath_generated as wire
 from .. import procfs
 from ..constants import HEADER_SIZE, PROXY_MAX_IO_SZ
 from . import landlock, privileges, sandbox, seccomp
-from .ops import Operations, error_frame, export_supports_getversion
+from .ops import FD_VALID, Answer, Operations, error_frame, export_supports_getversion
 from .oslib import fchown_fd, open_own_fd_dir, open_procfs
 from .resolve import Resolver
 from .sandbox import LAYERS, SANDBOXES, Layers, SandboxError
@@ -498,9 +498,9 @@ def socket_from_fd(fd: int) -> socket.socket:
     return sock
 
 
-#: What the serving loop asks of each decoded request: the reply's bytes and
-#: the fd to pass with them, -1 for none (:meth:`Operations.answer`).
-Answerer = Callable[[int, tuple["Any", ...]], tuple[bytes, int]]
+#: What the serving loop asks of each decoded request: its :data:`~.ops.Answer`,
+#: the reply's bytes or an fd to pass (:meth:`Operations.answer`).
+Answerer = Callable[[int, tuple["Any", ...]], Answer]
 
 
 def serve(sock: socket.socket, answer: Answerer, log: Log) -> int:
@@ -518,6 +518,7 @@ def serve(sock: socket.socket, answer: Answerer, log: Log) -> int:
     decoders = wire.REQUEST_DECODERS
     header_unpack = wire.HEADER.unpack_from
     chunk = bytearray(RECV_BUFFER_SIZE)
+
     pending = bytearray()  # the start of a frame that the last recv cut short
     while True:
         try:
@@ -557,20 +558,22 @@ def serve(sock: socket.socket, answer: Answerer, log: Log) -> int:
             # lenient: QEMU ignores bytes past the fields
             values = decode(data, start + HEADER_SIZE, end, True)
             start = end
+            reply: Answer
             if values is None:
-                reply, fd = error_frame(message_type, ENOBUFS), -1
+                reply = error_frame(message_type, ENOBUFS)
             else:
-                reply, fd = answer(message_type, values)
+                reply = answer(message_type, values)
             try:
-                if fd < 0:
-                    sock.sendall(reply)
+                if isinstance(reply, int):  # an fd to pass, ours to close once sent
+                    try:
+                        rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(reply))
+                        sock.sendmsg((FD_VALID,), [rights])
+                    finally:
+                        os.close(reply)
                 else:
-                    sock.sendmsg((reply,), [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))])
+                    sock.sendall(reply)
             except (BrokenPipeError, ConnectionResetError):
                 return 0
-            finally:
-                if fd >= 0:
-                    os.close(fd)
         if data is pending:
             del pending[:start]
         elif start < available:

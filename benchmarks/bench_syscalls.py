@@ -10,7 +10,10 @@ helper's, so open+close counts the helper's side only.
 ``--split N`` then runs each helper without strace for N cycles and splits
 its CPU time per cycle into user and kernel time (``utime``/``stime`` of
 ``/proc/PID/task/TID/stat``, 10 ms ticks: take N large): the kernel's
-share is what no Python can save.
+share is what no Python can save. Two floors run beside them
+(:data:`FLOORS`): ``floor``, a Python loop that only receives, frames and
+sends a canned reply, is what the interpreter costs any request; ``loop``
+adds our serving loop's decode and dispatch.
 
     .venv/bin/python benchmarks/bench_syscalls.py [--n 200] [--op lstat ...] [--split 20000]
 """
@@ -30,6 +33,15 @@ from helperproc import Frame, ProcessTree, StructClient, spawn
 from virtfs_proto.launcher import QEMU_HELPER
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+_FLOOR = str(Path(__file__).with_name("floor_helper.py"))
+#: Beside the two helpers in ``--split``: what any Python helper pays per
+#: round trip (floor_helper.py): the bare receive-frame-reply loop, and our
+#: own serving loop (decode, dispatch) with a canned answer. No sandbox.
+FLOORS = {
+    "floor": [sys.executable, _FLOOR, "--floor=bare"],
+    "loop": [sys.executable, _FLOOR, "--floor=serve"],
+}
 
 
 def user_system(tree: ProcessTree) -> tuple[float, float]:
@@ -86,7 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--split", type=int, default=0, help="cycles for the user/kernel CPU split (0: none)"
     )
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        default=0,
+        help="pin the client and the helpers to this CPU (-1: do not pin), as bench_helper",
+    )
     args = parser.parse_args(argv)
+    if args.cpu >= 0:
+        os.sched_setaffinity(0, {args.cpu})  # the helpers inherit it
     helpers = {"QEMU": [QEMU_HELPER], "ours": [sys.executable, "-m", "virtfs_proto.server"]}
     with tempfile.TemporaryDirectory() as tmp:
         export = make_export(Path(tmp))
@@ -107,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"  {name:<5} {total:5.1f}: {listed}")
             if args.split:
-                for name, command in helpers.items():
+                for name, command in {**helpers, **FLOORS}.items():
                     user, kernel = split(command, export, frames, args.split)
                     print(f"  {name:<5} CPU per cycle, us: user {user:.1f}, kernel {kernel:.1f}")
     return 0

@@ -300,14 +300,11 @@ class Resolver:
         ``b"."`` means the op applies to ``dirfd`` itself. Release the fd with
         :meth:`release`: it may be :attr:`root_fd`, which must stay open.
         """
-        return self.parent_clean(clean_path(path))
-
-    def parent_clean(self, path: bytes) -> tuple[int, bytes]:
-        """:meth:`parent` for a path already passed through :func:`clean_path`."""
-        stripped = path.rstrip(b"/")
-        head, _, name = stripped.rpartition(b"/")
-        if not stripped or len(stripped) != len(path) or name in (b".", b".."):
-            return self.open_clean(stripped or b"/", _DIR_PATH, 0), b"."
+        path = clean_path(path)
+        head, _, name = path.rpartition(b"/")
+        if not name or name == b"." or name == b"..":
+            # ".", "..", a trailing "/" or the root: the directory itself
+            return self.open_clean(path.rstrip(b"/") or b"/", _DIR_PATH, 0), b"."
         if not head.strip(b"/"):
             return self.root_fd, name
         return self.open_clean(head, _DIR_PATH, 0), name

@@ -201,6 +201,9 @@ class Operations:
         #: (:func:`~.oslib.open_own_fd_dir`; opened here if not given)
         self._fd_dir = oslib.open_own_fd_dir()[0] if fd_dir is None else fd_dir
         self._root_fd = resolver.root_fd
+        #: who made what a request creates: final once the operations exist
+        #: (built after every privilege change), so not asked per request
+        self._euid = os.geteuid()
         self.get_version = get_version
         #: T_MKNOD may make character and block devices (for uid == gid == 0)
         self.allow_device_nodes = allow_device_nodes
@@ -411,7 +414,7 @@ class Operations:
         fd = os.open(name, _LINK_PATH, dir_fd=dirfd)
         try:
             st = os.fstat(fd)
-            if stat.S_IFMT(st.st_mode) != kind or st.st_uid != os.geteuid():
+            if stat.S_IFMT(st.st_mode) != kind or st.st_uid != self._euid:
                 raise _error(EAGAIN)  # replaced before its owner could be set
             oslib.fchown_fd(fd, _id(uid), _id(gid))
         finally:
@@ -510,11 +513,16 @@ class Operations:
         return wire.frame_readlink(_T_SUCCESS, target[: bufsize - 1])
 
     def statfs(self, path: bytes) -> bytes:
-        fd = self.resolver.open(path, _PROBE)
-        try:
-            sfs = oslib.fstatfs(fd)
-        finally:
-            os.close(fd)
+        path = clean_path(path)
+        if self.resolver.contain and not path.strip(b"/"):
+            # the export's root, which we hold: no lookup (a guest asks this most)
+            sfs = oslib.fstatfs(self._root_fd)
+        else:
+            fd = self.resolver.open_clean(path, _PROBE, 0)
+            try:
+                sfs = oslib.fstatfs(fd)
+            finally:
+                os.close(fd)
         return wire.frame_statfs(
             _T_SUCCESS,
             sfs.f_type & _U64,

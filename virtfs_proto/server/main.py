@@ -515,8 +515,6 @@ def serve(sock: socket.socket, answer: Answerer, log: Log) -> int:
     ``ENOBUFS``, as QEMU's unmarshal does; a type that is not a request or
     a frame over 64 KiB closes the connection.
     """
-    decoders = wire.REQUEST_DECODERS
-    header_unpack = wire.HEADER.unpack_from
     chunk = bytearray(RECV_BUFFER_SIZE)
 
     pending = bytearray()  # the start of a frame that the last recv cut short
@@ -541,8 +539,8 @@ def serve(sock: socket.socket, answer: Answerer, log: Log) -> int:
             data, available = chunk, n
         start = 0
         while available - start >= HEADER_SIZE:
-            message_type, size = header_unpack(data, start)
-            decode = decoders.get(message_type)
+            message_type, size = wire.HEADER.unpack_from(data, start)
+            decode = wire.REQUEST_DECODERS.get(message_type)
             if size > PROXY_MAX_IO_SZ:
                 log.error(
                     f"closing the connection: request announces {size} payload bytes,"

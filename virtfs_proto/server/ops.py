@@ -118,7 +118,6 @@ _T_SUCCESS: Final = wire.T_SUCCESS
 _STATUS_OK: Final = wire.frame_status(_T_SUCCESS, 0)
 #: the reply that goes with an fd an :data:`Answer` passes
 FD_VALID: Final = wire.FD_REPLY.pack(V9FS_FD_VALID)
-_STAT_FRAME_PACK: Final = wire.FRAME_STAT.pack
 _STAT_SIZE: Final = wire.FRAME_STAT.size - wire.HEADER.size
 _VERSION_ZERO: Final = wire.frame_version(_T_SUCCESS, 0)
 
@@ -144,7 +143,7 @@ def stat_frame(st: os.stat_result) -> bytes:
     m_sec: int
     c_sec: int
     mode, ino, dev, nlink, uid, gid, size, a_sec, m_sec, c_sec = st  # type: ignore[assignment]
-    return _STAT_FRAME_PACK(
+    return wire.FRAME_STAT.pack(
         _T_SUCCESS,
         _STAT_SIZE,
         dev,
@@ -321,9 +320,8 @@ class Operations:
         """Where O_CREAT through ``path`` would create a file, if its last
         component is a symlink to nothing (else None: ``path`` exists, or it
         was removed since O_EXCL saw it, which the open that follows finds)."""
-        open_clean = self.resolver.open_clean
         try:
-            fd = open_clean(path, _LINK_PATH, 0)
+            fd = self.resolver.open_clean(path, _LINK_PATH, 0)
         except FileNotFoundError:
             return None
         try:
@@ -333,7 +331,7 @@ class Operations:
         finally:
             os.close(fd)
         try:
-            os.close(open_clean(path, _PROBE, 0))
+            os.close(self.resolver.open_clean(path, _PROBE, 0))
         except FileNotFoundError:
             pass
         else:
@@ -496,8 +494,7 @@ class Operations:
         try:
             st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
         finally:
-            if dirfd != self._root_fd:
-                os.close(dirfd)
+            self.resolver.release(dirfd)
         return stat_frame(st)
 
     def readlink(self, path: bytes, bufsize: int) -> bytes:

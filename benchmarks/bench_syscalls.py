@@ -93,7 +93,7 @@ def counts(command: list[str], export: Path, frames: list[Frame], n: int) -> Cou
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200, help="cycles of each op")
+    parser.add_argument("--n", type=int, default=200, help="cycles of each op (0: no counts)")
     parser.add_argument("--op", action="append", choices=list(OPS), help="default: all")
     parser.add_argument(
         "--split", type=int, default=0, help="cycles for the user/kernel CPU split (0: none)"
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         for op in args.op or list(OPS):
             frames = [Frame(req, err) for req, err in OPS[op]]
             print(f"{op}: system calls per cycle ({len(frames)} request(s)), n = {args.n}")
-            for name, command in helpers.items():
+            for name, command in helpers.items() if args.n else ():
                 base = counts(command, export, frames, 0)
                 run = counts(command, export, frames, args.n)
                 per_op = {

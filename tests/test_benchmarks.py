@@ -116,6 +116,21 @@ def test_bench_syscalls_counts_calls_per_op_of_both_helpers() -> None:
 
 
 @pytest.mark.root
+def test_bench_syscalls_split_runs_both_floors_beside_the_helpers() -> None:
+    """The floors answer as a helper does (the raw client checks every reply,
+    an fd passed included), and the split prints a row for each of the four."""
+    out = run_script(
+        "bench_syscalls.py", "--n", "0", "--op", "lstat", "--op", "open+close", "--split", "300"
+    )
+    rows = re.findall(
+        rf"^  (QEMU|ours|floor|loop)\s+CPU per cycle, us: user ({NUMBER}), kernel ({NUMBER})$",
+        out,
+        re.M,
+    )
+    assert [r[0] for r in rows] == ["QEMU", "ours", "floor", "loop"] * 2, out
+
+
+@pytest.mark.root
 def test_soak_runs_a_short_mix_cleanly() -> None:
     out = run_script("soak.py", "--ops", "200")
     assert "unexpected errors: none" in out, out

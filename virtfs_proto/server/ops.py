@@ -180,7 +180,8 @@ class Operations:
 
     A handler takes the request's field values in the wire's order (as the
     generated decoders give them) and returns its :data:`Answer` or raises
-    ``OSError``; :meth:`answer` turns either into the reply's bytes.
+    ``OSError``; :meth:`answer`, the one entry point, returns the same
+    :data:`Answer`, a failure as its error reply's bytes.
     ``get_version`` is decided once from the export root's file system;
     ``allow_device_nodes`` lets T_MKNOD make device nodes (the helper then
     keeps CAP_MKNOD).

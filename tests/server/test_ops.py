@@ -347,6 +347,64 @@ def test_open_acts_on_the_object_it_checked(
     os.close(reply.fd)
 
 
+@pytest.mark.parametrize("directory", [False, True], ids=["file", "O_DIRECTORY"])
+def test_a_symlink_retargeted_between_probe_and_follow_is_checked_again(
+    export: Export, ops: tuple[Operations, list[str]], directory: bool
+) -> None:
+    """T_OPEN looks at the last component without following it first; a
+    symlink is then followed by a second lookup. Retargeted in between, to a
+    FIFO, what that second lookup finds is checked on its own fd: never
+    opened for I/O (a writer blocked in open(2) would be released)."""
+    o, _ = ops
+    os.mkfifo(export.root / "fifo2")
+    target = "dir" if directory else "file.txt"
+    os.symlink(target, export.root / "flip")
+    original = o.resolver.open_clean
+    lookups: list[int] = []
+
+    def retarget_after_probe(path: bytes, flags: int, mode: int) -> int:
+        try:
+            return original(path, flags, mode)
+        finally:
+            lookups.append(flags)
+            if len(lookups) == 1:
+                os.unlink(export.root / "flip")
+                os.symlink("fifo2", export.root / "flip")
+
+    o.resolver.open_clean = retarget_after_probe  # type: ignore[method-assign]
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    reply = o.handle(m.OpenRequest(b"//flip\0", flags))
+    assert lookups[0] & os.O_NOFOLLOW and not lookups[-1] & os.O_NOFOLLOW
+    assert reply == err(errno.ENOTDIR if directory else errno.ENXIO)
+    # nobody holds the FIFO open for reading: a writer cannot open it
+    with pytest.raises(OSError) as exc:
+        os.open(export.root / "fifo2", os.O_WRONLY | os.O_NONBLOCK)
+    assert exc.value.errno == errno.ENXIO
+
+
+def test_open_follows_symlinks_inside_the_root(
+    export: Export, ops: tuple[Operations, list[str]]
+) -> None:
+    """The not-following first look falls back to a lookup that follows: to a
+    file, to a directory (O_DIRECTORY), and an absolute one stays inside."""
+    o, _ = ops
+    os.symlink("/file.txt", export.root / "abs_to_file")
+    os.symlink("dir", export.root / "to_dir")
+    for path, flags, want in (
+        (b"//abs_to_file\0", os.O_RDONLY, export.root / "file.txt"),
+        (b"//to_dir\0", os.O_RDONLY | os.O_DIRECTORY, export.root / "dir"),
+        (b"//dir/../abs_to_file\0", os.O_RDONLY, export.root / "file.txt"),
+    ):
+        reply = o.handle(m.OpenRequest(path, flags))
+        assert isinstance(reply, m.FdReply), (path, reply)
+        st = os.fstat(reply.fd)
+        os.close(reply.fd)
+        assert (st.st_dev, st.st_ino) == (os.stat(want).st_dev, os.stat(want).st_ino)
+    assert o.handle(m.OpenRequest(b"//abs_to_file\0", os.O_NOFOLLOW)) == err(errno.ELOOP)
+    reply = o.handle(m.OpenRequest(b"//to_dir\0", os.O_DIRECTORY | os.O_NOFOLLOW))
+    assert reply == err(errno.ENOTDIR)
+
+
 def test_reopened_fd_has_the_clients_flags(
     export: Export, ops: tuple[Operations, list[str]]
 ) -> None:

@@ -293,10 +293,28 @@ class Operations:
         """An O_PATH fd of what ``path`` names, refused unless a regular file or
         directory. ``flags`` may carry O_NOFOLLOW and O_DIRECTORY, or be a
         client's whole O_PATH flags."""
-        if not flags & os.O_PATH:
-            flags = os.O_PATH | os.O_CLOEXEC | flags & (os.O_NOFOLLOW | os.O_DIRECTORY)
-        fd = self.resolver.open_clean(path, flags, 0)
+        open_clean = self.resolver.open_clean
+        follow = False
+        if flags & os.O_PATH:
+            fd = open_clean(path, flags, 0)  # the client's own O_PATH open, passed as it is
+        else:
+            # The last component is not followed at first: most names are no
+            # symlink, and one just below the root then needs no openat2
+            # (Resolver._openat2); a symlink costs a second lookup.
+            follow = not flags & os.O_NOFOLLOW
+            probe = _PROBE | os.O_NOFOLLOW | flags & os.O_DIRECTORY
+            try:
+                fd = open_clean(path, probe, 0)
+            except NotADirectoryError:
+                if not follow:
+                    raise
+                follow = False  # perhaps a symlink to a directory
+                fd = open_clean(path, probe & ~os.O_NOFOLLOW, 0)
         kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind == stat.S_IFLNK and follow:
+            os.close(fd)
+            fd = open_clean(path, _PROBE | flags & os.O_DIRECTORY, 0)  # inside the root
+            kind = stat.S_IFMT(os.fstat(fd).st_mode)
         if kind in _REGULAR_OR_DIR:
             return fd
         os.close(fd)

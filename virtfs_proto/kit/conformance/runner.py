@@ -33,6 +33,8 @@ from .model import (
     Report,
     Verdict,
     count_line,
+    not_applicable_reason,
+    rootless_runner,
     select,
     vpath,
 )
@@ -61,6 +63,13 @@ class _Runner:
     def _start(self) -> HelperSession:
         return HelperSession(self.argv, self.ws.export, self.mode, rundir=self.ws.rundir)
 
+    def not_applicable(self, case: Case) -> CaseResult | None:
+        """The N/A result of a case this run cannot judge (its declared needs), or None."""
+        if not (self.ws.rootless and case.needs):
+            return None
+        why = not_applicable_reason(case.needs)
+        return CaseResult(case.name, case.group, case.cls, self.mode, Verdict.NOT_APPLICABLE, why)
+
     def _dispose(self) -> None:
         if self.helper is not None:
             self.helper.close()
@@ -74,13 +83,16 @@ class _Runner:
         return self.helper
 
     def run_case(self, case: Case) -> CaseResult:
+        skipped = self.not_applicable(case)
+        if skipped is not None:
+            return skipped
         result = CaseResult(case.name, case.group, case.cls, self.mode, Verdict.PASS)
         start = time.monotonic()
         if case.fresh:
             self._dispose()
         self.ws.build_export()
         before = self.ws.snapshot()
-        ctx = Context(self.ws, self._helper, self.mode, self.argv)
+        ctx = Context(self.ws, self._helper, self.mode, self.argv, rootless=self.ws.rootless)
         tainted = case.fresh
         try:
             case.func(ctx)
@@ -189,13 +201,16 @@ def run(
     exclude: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
     on_result: Callable[[CaseResult, int, int], None] | None = None,
+    rootless: bool | None = None,
 ) -> Report:
     """Run every case (or those :func:`~.model.select` picks) against ``helper_argv``.
 
     ``mode`` is "fd", "socket" or "both". ``progress`` gets one line per group
     that has cases; ``on_result`` each result, its position and the run's
     total. A helper that cannot serve at all raises :class:`HelperStartError`
-    (see :func:`probe`) before any case runs.
+    (see :func:`probe`) before any case runs. ``rootless`` (default: whether
+    we are not root, :func:`~.model.rootless_runner`) builds the workspace
+    as the invoker's and reports the cases that need root not applicable.
     """
     modes = list(MODES) if mode == "both" else [mode]
     if any(m not in MODES for m in modes):
@@ -203,7 +218,7 @@ def run(
     report = Report(list(helper_argv), modes)
     selected = select(CASES, only, exclude)
     total = sum(md in c.modes for md in modes for c in selected)
-    ws = Workspace()
+    ws = Workspace(rootless=rootless_runner() if rootless is None else rootless)
     try:
         probe(helper_argv, modes[0], ws)
         for md in modes:
@@ -404,14 +419,12 @@ def main(argv: list[str]) -> int:
         except (OSError, ValueError) as exc:
             print(f"conformance: --expect {args.expect}: {exc}", file=sys.stderr)
             return 2
-    if os.geteuid() != 0:
-        print(
-            "conformance: must run as root (helpers chroot and the fixture makes device "
-            "nodes and mounts)",
-            file=sys.stderr,
-        )
-        return 2
     out = _Progress(sys.stdout)
+    if rootless_runner():
+        out.line(
+            f"conformance: rootless mode (running as uid {os.geteuid()}, not root): the "
+            "export is yours, cases that need root are reported not applicable"
+        )
     try:
         report = run(
             helper_argv,

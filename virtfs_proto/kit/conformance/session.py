@@ -31,6 +31,8 @@ DEFAULT_TIMEOUT: Final = 5.0
 #: Seconds a helper may take to start (bind its socket) or to exit after EOF.
 START_TIMEOUT: Final = 10.0
 EXIT_TIMEOUT: Final = 3.0
+#: The socket's owner (``-u``/``-g``) when the suite runs as root.
+NOBODY: Final = 65534
 
 
 class HelperHung(Exception):
@@ -57,7 +59,9 @@ class HelperSession:
     """Start ``argv`` on ``export`` in ``mode`` ("fd" or "socket") and talk to it.
 
     ``extra_fds`` are inherited by the helper besides its socket (to check that
-    it closes them). stdout and stderr go to a file read by :meth:`log`.
+    it closes them). In socket mode ``uid``/``gid`` are given as ``-u``/``-g``
+    (default: nobody as root; the invoker otherwise, the only owner a
+    rootless helper can give its socket). stdout and stderr go to a file read by :meth:`log`.
 
     Not :func:`virtfs_proto.launcher.spawn_helper`: the suite needs raw access
     to the connection (malformed frames), extra inherited descriptors, the
@@ -72,8 +76,8 @@ class HelperSession:
         mode: str,
         *,
         rundir: Path,
-        uid: int = 65534,
-        gid: int = 65534,
+        uid: int | None = None,
+        gid: int | None = None,
         extra_fds: Sequence[int] = (),
         socket_path: Path | None = None,
         unlink_socket: bool = True,
@@ -81,7 +85,9 @@ class HelperSession:
         self.argv = list(argv)
         self.export = export
         self.mode = mode
-        self.uid, self.gid = uid, gid
+        root = os.geteuid() == 0
+        self.uid = uid if uid is not None else (NOBODY if root else os.geteuid())
+        self.gid = gid if gid is not None else (NOBODY if root else os.getegid())
         self.conn = ClientConnection()
         # owned by the session for its whole life, closed in close()
         self._log = tempfile.TemporaryFile(dir=rundir, prefix="helper-log-")  # noqa: SIM115

@@ -11,7 +11,7 @@ import time
 
 from .... import messages as m
 from ....constants import UTIME_NOW, UTIME_OMIT
-from ..model import CheckFailed, Context, case, spath, vpath
+from ..model import DEVICE_NODES, ROOT_IDS, CheckFailed, Context, case, spath, vpath
 from ..workspace import COMMENT, FILE_CONTENT, NESTED_CONTENT
 
 #: FS_IOC_GETVERSION = _IOR('v', 1, long)
@@ -87,7 +87,7 @@ def open_errors(ctx: Context) -> None:
     ctx.err(m.OpenRequest(vpath("file.txt/x"), os.O_RDONLY), E.ENOTDIR)
 
 
-@case("behaviour", "open")
+@case("behaviour", "open", needs=ROOT_IDS)
 def open_with_o_creat(ctx: Context) -> None:
     """T_OPEN with O_CREAT: either EINVAL, or a file is created (QEMU's mode 0000 file)."""
     reply = ctx.call(m.OpenRequest(vpath("created_by_open"), os.O_RDWR | os.O_CREAT))
@@ -104,7 +104,7 @@ def open_with_o_creat(ctx: Context) -> None:
 # -- T_CREATE ---------------------------------------------------------------
 
 
-@case("behaviour", "create")
+@case("behaviour", "create", needs=ROOT_IDS)
 def create_owner_mode(ctx: Context) -> None:
     """T_CREATE makes a file owned by uid:gid with the exact mode, and passes it back."""
     req = m.CreateRequest(spath("new.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640, 1000, 1001)
@@ -118,7 +118,7 @@ def create_owner_mode(ctx: Context) -> None:
     ctx.expect(ctx.host("new.txt").read_bytes() == b"data", "write through the fd lost")
 
 
-@case("behaviour", "create")
+@case("behaviour", "create", needs=ROOT_IDS)
 def create_existing(ctx: Context) -> None:
     """T_CREATE: EEXIST with O_EXCL; without it the existing file is opened, owner kept."""
     ctx.err(
@@ -142,7 +142,7 @@ def create_errors(ctx: Context) -> None:
 # -- T_MKNOD ----------------------------------------------------------------
 
 
-@case("behaviour", "mknod")
+@case("behaviour", "mknod", needs=ROOT_IDS)
 def mknod_fifo(ctx: Context) -> None:
     """T_MKNOD S_IFIFO makes a FIFO owned by uid:gid with the exact mode."""
     ctx.ok(m.MknodRequest(1000, 1001, spath("newfifo"), stat.S_IFIFO | 0o640, 0))
@@ -152,7 +152,7 @@ def mknod_fifo(ctx: Context) -> None:
     ctx.expect(stat.S_IMODE(st.st_mode) == 0o640, f"mode {stat.S_IMODE(st.st_mode):04o}")
 
 
-@case("behaviour", "mknod")
+@case("behaviour", "mknod", needs=ROOT_IDS)
 def mknod_regular(ctx: Context) -> None:
     """T_MKNOD S_IFREG makes an empty regular file."""
     ctx.ok(m.MknodRequest(1000, 1000, spath("newreg"), stat.S_IFREG | 0o600, 0))
@@ -180,7 +180,7 @@ def mknod_exists(ctx: Context) -> None:
 # -- T_MKDIR ----------------------------------------------------------------
 
 
-@case("behaviour", "mkdir")
+@case("behaviour", "mkdir", needs=ROOT_IDS)
 def mkdir_owner_mode(ctx: Context) -> None:
     """T_MKDIR makes a directory owned by uid:gid with the exact mode (sticky bit kept)."""
     ctx.ok(m.MkdirRequest(1000, 1001, spath("newdir"), 0o750))
@@ -204,7 +204,7 @@ def mkdir_errors(ctx: Context) -> None:
 # -- T_SYMLINK --------------------------------------------------------------
 
 
-@case("behaviour", "symlink")
+@case("behaviour", "symlink", needs=ROOT_IDS)
 def symlink_owner_target(ctx: Context) -> None:
     """T_SYMLINK stores the target verbatim, owned by uid:gid."""
     for name, target in (("newlink", b"some/relative/target"), ("newabs", b"/etc/shadow")):
@@ -269,7 +269,7 @@ def check_stat(ctx: Context, reply: m.StatReply, name: str) -> None:
     ctx.expect(not bad, f"lstat {name}: " + ", ".join(bad))
 
 
-@case("behaviour", "lstat")
+@case("behaviour", "lstat", needs=DEVICE_NODES)
 def lstat_fields(ctx: Context) -> None:
     """T_LSTAT of a file, a directory, the root and a device: every field as the host sees it."""
     for name in ("file.txt", "dir", "", "chardev", "fifo"):
@@ -354,7 +354,7 @@ def chmod_file(ctx: Context) -> None:
 # -- T_CHOWN ----------------------------------------------------------------
 
 
-@case("behaviour", "chown")
+@case("behaviour", "chown", needs=ROOT_IDS)
 def chown_file(ctx: Context) -> None:
     """T_CHOWN sets the owner; 0xffffffff leaves an id unchanged."""
     ctx.ok(m.ChownRequest(vpath("file.txt"), 1000, 1001))
@@ -365,7 +365,7 @@ def chown_file(ctx: Context) -> None:
     ctx.expect((st.st_uid, st.st_gid) == (1000, 1002), f"owner {st.st_uid}:{st.st_gid}")
 
 
-@case("behaviour", "chown")
+@case("behaviour", "chown", needs=ROOT_IDS)
 def chown_symlink_nofollow(ctx: Context) -> None:
     """T_CHOWN of a symlink changes the symlink, not its target."""
     ctx.ok(m.ChownRequest(vpath("link_file"), 1000, 1000))

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from .... import messages as m
-from ..model import CheckFailed, Context, case, errname, spath, vpath
+from ..model import ROOT_IDS, CheckFailed, Context, case, errname, spath, vpath
 from .security._common import RACE_ITERATIONS
 from .security.races import ForkedLoop, _Swapper
 
@@ -189,7 +189,7 @@ def _owner_case(creator: Creator, shape: str) -> None:
         f"{creator.make(b'').TYPE.name} ({creator.name}) through {what}: what it creates "
         "gets the requested owner and mode"
     )
-    case("security", "created-owner", name=f"owner.{creator.name}.{shape}")(run)
+    case("security", "created-owner", name=f"owner.{creator.name}.{shape}", needs=ROOT_IDS)(run)
 
 
 for _creator in CREATORS:
@@ -257,7 +257,8 @@ def _race_case(creator: Creator) -> None:
         f"{creator.name} while another user creates and removes the same name: every object "
         "the helper created has the requested owner, none keeps the helper's own"
     )
-    case("security", "created-owner", name=f"owner.{creator.name}.racing_creator")(run)
+    name = f"owner.{creator.name}.racing_creator"
+    case("security", "created-owner", name=name, needs=ROOT_IDS)(run)
 
 
 for _creator in CREATORS:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .... import messages as m
-from ..model import CheckFailed, Context, case, spath, vpath
+from ..model import ROOT_IDS, CheckFailed, Context, Requirement, case, spath, vpath
 from ..workspace import COMMENT, FILE_CONTENT, deep_dir
 from .behaviour import check_generation, read_all
 
@@ -171,6 +171,8 @@ class LongOp:
     nul: bool
     request: Callable[[bytes], m.Request]
     check: Check
+    #: the case's requirements (ROOT_IDS: it asks for owner 1000:1001)
+    needs: tuple[Requirement, ...] = ()
 
     def run(self, ctx: Context, deep: int, path: bytes) -> None:
         self.prepare(deep)
@@ -196,6 +198,7 @@ OPS: Final = (
         False,
         lambda p: m.CreateRequest(p, _EXCL, 0o640, *OWNER),
         _check_create,
+        needs=(ROOT_IDS,),
     ),
     LongOp(
         "mknod",
@@ -204,6 +207,7 @@ OPS: Final = (
         False,
         lambda p: m.MknodRequest(*OWNER, p, stat.S_IFIFO | 0o600, 0),
         lambda ctx, d, r: _owner_mode(ctx, _leaf(d), stat.S_ISFIFO, 0o600),
+        needs=(ROOT_IDS,),
     ),
     LongOp(
         "mkdir",
@@ -212,6 +216,7 @@ OPS: Final = (
         False,
         lambda p: m.MkdirRequest(*OWNER, p, 0o750),
         lambda ctx, d, r: _owner_mode(ctx, _leaf(d), stat.S_ISDIR, 0o750),
+        needs=(ROOT_IDS,),
     ),
     LongOp(
         "symlink",
@@ -223,6 +228,7 @@ OPS: Final = (
             os.readlink(LEAF, dir_fd=d) == TARGET and _leaf(d).st_uid == OWNER[0],
             "not the symlink asked for",
         ),
+        needs=(ROOT_IDS,),
     ),
     LongOp(
         "link_from_long",
@@ -281,6 +287,7 @@ OPS: Final = (
         lambda ctx, d, r: ctx.expect(
             (_leaf(d).st_uid, _leaf(d).st_gid) == OWNER, "owner not 1000:1001"
         ),
+        needs=(ROOT_IDS,),
     ),
     LongOp(
         "truncate",
@@ -366,7 +373,13 @@ def _getversion(ctx: Context, deep: int, path: bytes) -> None:
     check_generation(ctx, path, LEAF, deep)
 
 
-def _register(name: str, doc: str, nul: bool, act: Callable[[Context, int, bytes], None]) -> None:
+def _register(
+    name: str,
+    doc: str,
+    nul: bool,
+    act: Callable[[Context, int, bytes], None],
+    needs: tuple[Requirement, ...] = (),
+) -> None:
     """One case per length: ``act`` gets the deepest directory's fd and the path to it."""
     for length in LENGTHS:
 
@@ -376,9 +389,9 @@ def _register(name: str, doc: str, nul: bool, act: Callable[[Context, int, bytes
             act(ctx, ctx.adopt(deep_dir(root, names, create=True)), path)
 
         run.__doc__ = f"{doc}, at the end of a {length}-byte path"
-        case("behaviour", "long-paths", name=f"long_path.{name}_{length}")(run)
+        case("behaviour", "long-paths", name=f"long_path.{name}_{length}", needs=needs)(run)
 
 
 for _op in OPS:
-    _register(_op.name, _op.doc, _op.nul, _op.run)
+    _register(_op.name, _op.doc, _op.nul, _op.run, _op.needs)
 _register("getversion", "T_GETVERSION of the deep file is its generation", True, _getversion)

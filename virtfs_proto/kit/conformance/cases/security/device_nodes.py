@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from ..... import messages as m
-from ...model import Context, case, show, spath, vpath
+from ...model import DEVICE_NODES, Context, case, show, spath, vpath
 from ._common import SPECIAL_TIMEOUT
 from .races import _libc
 
@@ -109,7 +109,7 @@ class _OpenWatch:
         os.close(self.fd)
 
 
-@case("security", "device-node", name="device.existing_node_never_opened")
+@case("security", "device-node", name="device.existing_node_never_opened", needs=DEVICE_NODES)
 def device_existing_never_opened(ctx: Context) -> None:
     """A device node already in the export (10:232 and 1:3, made on the host) is never
     opened: T_OPEN, T_CREATE without O_EXCL, T_TRUNCATE and T_GETVERSION refuse it with

@@ -8,7 +8,7 @@ import stat
 from collections.abc import Callable
 
 from ..... import messages as m
-from ...model import CheckFailed, Context, Deviation, case, errname, show, spath
+from ...model import ROOT_IDS, CheckFailed, Context, Deviation, case, errname, show, spath
 from ._common import O_RD, escape_case, secret_rel
 
 escape_case(
@@ -163,7 +163,7 @@ def long_path(ctx: Context) -> None:
     ctx.err(m.OpenRequest(b"/" + b"x" * 65000 + b"\0", O_RD), E.ENAMETOOLONG)
 
 
-@case("security", "bad-names", name="names.non_utf8")
+@case("security", "bad-names", name="names.non_utf8", needs=ROOT_IDS)
 def non_utf8(ctx: Context) -> None:
     """Names are bytes: a non-UTF-8 name is created and found exactly as sent."""
     name = b"\xff\xfe-not-utf8-\x80"

@@ -8,7 +8,7 @@ import stat
 from collections.abc import Callable
 
 from ..... import messages as m
-from ...model import CheckFailed, Context, case, errname, show, spath, vpath
+from ...model import DEVICE_NODES, CheckFailed, Context, case, errname, show, spath, vpath
 from ._common import O_RD, SPECIAL_TIMEOUT
 
 
@@ -102,7 +102,8 @@ def _special_case(
         _special(ctx, make(), errnos)
 
     run.__doc__ = doc
-    case("security", "special-file", name=f"special.{name}")(run)
+    needs = (DEVICE_NODES,) if "chardev" in name else ()
+    case("security", "special-file", name=f"special.{name}", needs=needs)(run)
 
 
 for _sname, _sdoc, _smake, _serr in _SPECIAL:

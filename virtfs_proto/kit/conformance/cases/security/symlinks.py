@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from ..... import messages as m
 from .....constants import UTIME_NOW
-from ...model import Context, case, spath, vpath
+from ...model import ROOT_IDS, Context, case, spath, vpath
 from ._common import ESCAPE_ERRNOS, O_RD, contained, escape_case, secret_rel
 
 _FINAL = [
@@ -134,7 +134,7 @@ def final_dangling_open_creat(ctx: Context) -> None:
         )
 
 
-@case("security", "symlink-escape", name="symlink.final_nofollow_ops")
+@case("security", "symlink-escape", name="symlink.final_nofollow_ops", needs=ROOT_IDS)
 def final_nofollow_ops(ctx: Context) -> None:
     """T_LSTAT/T_CHOWN/T_UTIME/T_LGETXATTR of a symlink to outside act on the link itself."""
     reply = ctx.ok(m.LstatRequest(vpath("escape_abs")))

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import ciuser
 import pytest
 from helpers import VECTORS, require_qemu_helper
 
 from virtfs_proto.kit.recording import Vector
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``root``-marked test skips, with its reason, when the suite runs without root
+    (the non-root CI stage); as root it runs as ever."""
+    if item.get_closest_marker("root") is not None and os.geteuid() != 0:
+        pytest.skip(f"needs root (running as uid {os.geteuid()})")
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +32,18 @@ def qemu_helper() -> str:
 def vectors() -> list[Vector]:
     """The packaged golden vectors (the same list ``helpers.VECTORS`` parametrizes with)."""
     return VECTORS
+
+
+@pytest.fixture(scope="session")
+def ci_user_python() -> Iterator[str]:
+    """An interpreter the CI's non-root user (:mod:`ciuser`) can run, the project
+    importable; a missing user FAILS the test (scripts/bootstrap creates it)."""
+    why = ciuser.missing()
+    if why is not None:
+        pytest.fail(why, pytrace=False)
+    scratch = Path(tempfile.mkdtemp(prefix="virtfs-ciuser-"))
+    os.chmod(scratch, 0o755)  # the user reaches the venv made inside
+    try:
+        yield ciuser.user_python(scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

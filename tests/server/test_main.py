@@ -134,7 +134,7 @@ def test_top_level_cli_dispatches_to_the_helper(export: Export) -> None:
         "--print-confinement",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("confinement: tid=")
+    assert out.stdout.startswith("confinement: mode: root (real uid 0)\n")
 
 
 def test_inherited_descriptors_are_closed(export: Export) -> None:

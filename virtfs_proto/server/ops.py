@@ -33,6 +33,12 @@ where QEMU's answer is a defect:
   set-group-ID directory QEMU's node would get the directory's group; ours
   gets the requested gid (QEMU's client sends the directory's group in that
   case anyway);
+* rootless (:mod:`.userns`): a uid or gid outside the user namespace's
+  map in T_CREATE, T_MKNOD, T_MKDIR, T_SYMLINK or T_CHOWN is ``EPERM``
+  (the kernel says ``EINVAL``, which guests take badly), refused before
+  anything is made; S_ISUID/S_ISGID are cleared from every mode a request
+  sets (creation, T_CHMOD) unless ``--allow-setid``; T_OPEN with O_CREAT
+  leaves the file the helper's own (QEMU's: root's);
 * T_MKNOD of a character or block device is ``EPERM``, whatever the uid and
   gid: a device node names any host device, and whoever holds a directory fd
   from us can open it. Only with ``allow_device_nodes`` (``--allow-device-nodes``)
@@ -82,6 +88,7 @@ from .resolve import (
 
 if TYPE_CHECKING:  # the serving path imports neither: see _fastpath_generated
     from .. import messages as m
+    from .userns import IdMap
 
 #: ``_IOR('v', 1, long)`` (0x80087601 on x86-64, in the generic ioctl
 #: encoding); the kernel writes only a 32-bit int through it.
@@ -195,7 +202,9 @@ class Operations:
     ``OSError``; :meth:`answer` turns either into the reply's bytes.
     ``get_version`` is decided once from the export root's file system;
     ``allow_device_nodes`` lets T_MKNOD make device nodes (the helper then
-    keeps CAP_MKNOD).
+    keeps CAP_MKNOD). ``id_maps`` (rootless) are the user namespace's uid and
+    gid maps: a request naming another id is refused EPERM. ``clear_setid``
+    strips S_ISUID/S_ISGID from every mode a request sets.
     """
 
     def __init__(
@@ -206,8 +215,16 @@ class Operations:
         log: Callable[[str], Any],
         fd_dir: int | None = None,
         allow_device_nodes: bool = False,
+        id_maps: tuple[IdMap, IdMap] | None = None,
+        clear_setid: bool = False,
     ) -> None:
         self.resolver = resolver
+        self._id_maps = id_maps
+        #: the mode bits a request may set
+        self._mode_mask = 0o1777 if clear_setid else 0o7777
+        #: T_OPEN with O_CREAT: QEMU's helper (root) makes the file root's; a
+        #: rootless helper leaves it its own (-1: the invoking user's)
+        self._open_owner = (0, 0) if id_maps is None else (_U32, _U32)
         #: this process's fd directory in a procfs no client path reaches
         #: (:func:`~.oslib.open_own_fd_dir`; opened here if not given)
         self._fd_dir = open_own_fd_dir()[0] if fd_dir is None else fd_dir
@@ -319,6 +336,7 @@ class Operations:
         """Finish a file this request created: the requested owner, then any
         set-id bits (the file was made without them, so it never exists
         set-id with the helper's own uid, and chown would clear them)."""
+        mode &= self._mode_mask
         try:
             os.fchown(fd, _id(owner[0]), _id(owner[1]))
             if mode & 0o6000:
@@ -406,12 +424,25 @@ class Operations:
 
     def open(self, path: bytes, flags: int) -> int:
         # QEMU's T_OPEN with O_CREAT creates a 0000 file owned by root.
-        return self._open_file(path, flags, 0, (0, 0))
+        return self._open_file(path, flags, 0, self._open_owner)
 
     def create(self, path: bytes, flags: int, mode: int, uid: int, gid: int) -> int:
+        self._check_mapped(uid, gid)
         return self._open_file(path, flags, mode, (uid, gid))
 
     # -- creating named nodes --------------------------------------------------
+
+    def _check_mapped(self, uid: int, gid: int) -> None:
+        """EPERM for an id the user namespace does not map (rootless only).
+
+        The maps are written once before the helper serves and never change,
+        so refusing here, before anything is made, leaves nothing behind.
+        """
+        maps = self._id_maps
+        if maps is not None and not (
+            (uid == _U32 or maps[0].maps_inside(uid)) and (gid == _U32 or maps[1].maps_inside(gid))
+        ):
+            raise _error(EPERM)
 
     def _own_created(self, dirfd: int, name: bytes, kind: int, uid: int, gid: int) -> None:
         """Give the node just made as ``name`` the requested owner.
@@ -439,6 +470,7 @@ class Operations:
             # Refused before trying: by default we lack CAP_MKNOD. When allowed,
             # only for 0:0, as QEMU's helper (CAP_MKNOD effective only then).
             raise _error(EPERM)
+        self._check_mapped(uid, gid)
         dirfd, name = self.resolver.parent(path)
         try:
             if name == b".":
@@ -460,11 +492,12 @@ class Operations:
         return _STATUS_OK
 
     def mkdir(self, uid: int, gid: int, path: bytes, mode: int) -> bytes:
+        self._check_mapped(uid, gid)
         dirfd, name = self.resolver.parent(path)
         try:
             if name == b".":
                 raise _error(EEXIST)
-            os.mkdir(name, mode & 0o7777, dir_fd=dirfd)
+            os.mkdir(name, mode & self._mode_mask, dir_fd=dirfd)
             self._own_created(dirfd, name, stat.S_IFDIR, uid, gid)
         finally:
             self.resolver.release(dirfd)
@@ -472,6 +505,7 @@ class Operations:
 
     def symlink(self, uid: int, gid: int, target: bytes, linkpath: bytes) -> bytes:
         target = clean_name(target)
+        self._check_mapped(uid, gid)
         dirfd, name = self.resolver.parent(linkpath)
         try:
             if name == b".":
@@ -565,6 +599,7 @@ class Operations:
         return True
 
     def chmod(self, path: bytes, mode: int) -> bytes:
+        mode &= self._mode_mask
         fd = self.resolver.open(path, _PROBE)  # follows symlinks, inside the root
         try:
             if self._fchmodat2(fd, b"", mode & 0o7777, AT_EMPTY_PATH):
@@ -583,6 +618,7 @@ class Operations:
         return _STATUS_OK
 
     def chown(self, path: bytes, uid: int, gid: int) -> bytes:
+        self._check_mapped(uid, gid)
         dirfd, name = self.resolver.parent(path)
         try:
             os.chown(name, _id(uid), _id(gid), dir_fd=dirfd, follow_symlinks=False)

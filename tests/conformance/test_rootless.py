@@ -23,16 +23,9 @@ from typing import Any
 import ciuser
 import pytest
 
-from virtfs_proto.kit.conformance.model import (
-    DEVICE_NODES,
-    MOUNTS,
-    ROOT_IDS,
-    TRUSTED_XATTRS,
-    not_applicable_reason,
-)
+from virtfs_proto.kit.conformance.model import REQUIREMENTS, not_applicable_reason
 
 PINNED = Path(__file__).with_name("rootless-not-applicable.txt")
-REQUIREMENTS = {r.name: r for r in (ROOT_IDS, DEVICE_NODES, MOUNTS, TRUSTED_XATTRS)}
 #: the helper's id maps under test: its own options after the command
 ID_MAPS = {"identity": [], "subids": ["--subids"]}
 

@@ -77,11 +77,22 @@ MOUNTS: Final = Requirement(
     "it mounts a file system inside the export (needs CAP_SYS_ADMIN in the initial "
     "user namespace)",
 )
+#: Set-uid/set-gid bits that a request sets and the case reads back.
+SETID_BITS: Final = Requirement(
+    "setid-bits",
+    "it needs set-id bits kept, which a rootless helper clears by default (its user "
+    "cannot mount the export nosuid; only --allow-setid keeps them)",
+)
 #: The export holds a trusted.* attribute (only CAP_SYS_ADMIN sets one).
 TRUSTED_XATTRS: Final = Requirement(
     "trusted-xattrs",
     "it needs a trusted.* attribute in the export (only CAP_SYS_ADMIN can set one)",
 )
+
+#: Every requirement, by name.
+REQUIREMENTS: Final = {
+    r.name: r for r in (ROOT_IDS, DEVICE_NODES, MOUNTS, SETID_BITS, TRUSTED_XATTRS)
+}
 
 
 def rootless_runner() -> bool:
@@ -179,10 +190,15 @@ class Context:
         argv: Sequence[str] = (),
         *,
         rootless: bool = False,
+        ids: tuple[int, int] = (0, 0),
     ) -> None:
         self.ws = ws
         #: the suite runs without root (:func:`rootless_runner`)
         self.rootless = rootless
+        #: uid and gid a request names when the owner is not what the case checks:
+        #: root's, or in a rootless run the invoker as the helper names it (what it
+        #: answers for the export's root), an id any rootless helper maps
+        self.ids = ids
         #: the helper command under test (without options)
         self.argv = list(argv)
         self._start_helper = start_helper
@@ -281,6 +297,14 @@ class Context:
             f"{what}: the fd passed back is not a regular file or directory",
         )
         return st
+
+    def named_owner(self, st: os.stat_result) -> tuple[int, int]:
+        """The owner of a host object as the helper must name it: the host's ids,
+        but the invoker's objects in a rootless run as :attr:`ids` (a user
+        namespace's view of them, e.g. 0 under --subids)."""
+        if self.rootless and (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()):
+            return self.ids
+        return st.st_uid, st.st_gid
 
     @staticmethod
     def same_file(fd: int, path: Path) -> bool:

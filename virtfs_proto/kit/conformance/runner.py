@@ -16,7 +16,7 @@ from typing import TextIO
 from ...errors import HelperStartError, ProxyProtocolError
 from ...kit import vectors_dir
 from ...launcher import check_helper_command
-from ...messages import LstatRequest
+from ...messages import LstatRequest, StatReply
 from . import cases as _cases  # noqa: F401  (registers every case)
 from .cases import wire
 from .expect import Expectations, Judgement, judge
@@ -54,10 +54,13 @@ MODES = ("fd", "socket")
 class _Runner:
     """Runs cases in one mode, reusing a helper until a case kills or taints it."""
 
-    def __init__(self, argv: Sequence[str], mode: str, ws: Workspace) -> None:
+    def __init__(
+        self, argv: Sequence[str], mode: str, ws: Workspace, ids: tuple[int, int] = (0, 0)
+    ) -> None:
         self.argv = list(argv)
         self.mode = mode
         self.ws = ws
+        self.ids = ids
         self.helper: HelperSession | None = None
 
     def _start(self) -> HelperSession:
@@ -92,7 +95,9 @@ class _Runner:
             self._dispose()
         self.ws.build_export()
         before = self.ws.snapshot()
-        ctx = Context(self.ws, self._helper, self.mode, self.argv, rootless=self.ws.rootless)
+        ctx = Context(
+            self.ws, self._helper, self.mode, self.argv, rootless=self.ws.rootless, ids=self.ids
+        )
         tainted = case.fresh
         try:
             case.func(ctx)
@@ -158,8 +163,10 @@ class _Runner:
         self._dispose()
 
 
-def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
-    """Start the helper once and have it answer a T_LSTAT of the export's root.
+def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> tuple[int, int]:
+    """Start the helper once and have it answer a T_LSTAT of the export's root;
+    return the owner it answers (the invoker's ids as the helper names them;
+    root's if it does not answer with a stat).
 
     Raises :class:`HelperStartError` (one clear reason) for a helper that
     cannot be run, exits at once or never answers: such a helper has nothing
@@ -169,8 +176,9 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
     # raises HelperStartError itself for a helper that cannot be run or, in
     # socket mode, never listens
     helper = HelperSession(helper_argv, ws.export, mode, rundir=ws.rundir)
+    reply = None
     try:
-        helper.call(LstatRequest(vpath("")), timeout=START_TIMEOUT)
+        reply = helper.call(LstatRequest(vpath("")), timeout=START_TIMEOUT)
     except (HelperGone, HelperHung) as exc:
         hung = isinstance(exc, HelperHung)
         status = None if hung else helper.wait_exit()
@@ -191,6 +199,9 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
         pass  # it serves, if badly: the cases judge that
     finally:
         helper.close()
+    if isinstance(reply, StatReply):
+        return reply.st_uid, reply.st_gid
+    return 0, 0
 
 
 def run(
@@ -220,9 +231,9 @@ def run(
     total = sum(md in c.modes for md in modes for c in selected)
     ws = Workspace(rootless=rootless_runner() if rootless is None else rootless)
     try:
-        probe(helper_argv, modes[0], ws)
+        ids = probe(helper_argv, modes[0], ws)
         for md in modes:
-            runner = _Runner(helper_argv, md, ws)
+            runner = _Runner(helper_argv, md, ws, ids if ws.rootless else (0, 0))
             try:
                 for group in GROUPS:
                     cases = [c for c in selected if c.group == group and md in c.modes]

@@ -11,7 +11,7 @@ import time
 
 from .... import messages as m
 from ....constants import UTIME_NOW, UTIME_OMIT
-from ..model import DEVICE_NODES, ROOT_IDS, CheckFailed, Context, case, spath, vpath
+from ..model import DEVICE_NODES, ROOT_IDS, SETID_BITS, CheckFailed, Context, case, spath, vpath
 from ..workspace import COMMENT, FILE_CONTENT, NESTED_CONTENT
 
 #: FS_IOC_GETVERSION = _IOR('v', 1, long)
@@ -135,8 +135,8 @@ def create_existing(ctx: Context) -> None:
 def create_errors(ctx: Context) -> None:
     """T_CREATE: ENOENT in a missing directory, ENOTDIR under a file."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-    ctx.err(m.CreateRequest(spath("missing/new"), flags, 0o600, 0, 0), E.ENOENT)
-    ctx.err(m.CreateRequest(spath("file.txt/new"), flags, 0o600, 0, 0), E.ENOTDIR)
+    ctx.err(m.CreateRequest(spath("missing/new"), flags, 0o600, *ctx.ids), E.ENOENT)
+    ctx.err(m.CreateRequest(spath("file.txt/new"), flags, 0o600, *ctx.ids), E.ENOTDIR)
 
 
 # -- T_MKNOD ----------------------------------------------------------------
@@ -173,8 +173,8 @@ def mknod_device_unprivileged(ctx: Context) -> None:
 @case("behaviour", "mknod")
 def mknod_exists(ctx: Context) -> None:
     """T_MKNOD over an existing name (even a dangling symlink) fails with EEXIST."""
-    ctx.err(m.MknodRequest(0, 0, spath("file.txt"), stat.S_IFIFO | 0o600, 0), E.EEXIST)
-    ctx.err(m.MknodRequest(0, 0, spath("escape_dangling"), stat.S_IFIFO | 0o600, 0), E.EEXIST)
+    ctx.err(m.MknodRequest(*ctx.ids, spath("file.txt"), stat.S_IFIFO | 0o600, 0), E.EEXIST)
+    ctx.err(m.MknodRequest(*ctx.ids, spath("escape_dangling"), stat.S_IFIFO | 0o600, 0), E.EEXIST)
 
 
 # -- T_MKDIR ----------------------------------------------------------------
@@ -196,9 +196,9 @@ def mkdir_owner_mode(ctx: Context) -> None:
 @case("behaviour", "mkdir")
 def mkdir_errors(ctx: Context) -> None:
     """T_MKDIR: EEXIST for an existing name or a symlink (not followed); ENOENT without parent."""
-    ctx.err(m.MkdirRequest(0, 0, spath("dir"), 0o755), E.EEXIST)
-    ctx.err(m.MkdirRequest(0, 0, spath("escape_dangling"), 0o755), E.EEXIST)
-    ctx.err(m.MkdirRequest(0, 0, spath("missing/newdir"), 0o755), E.ENOENT)
+    ctx.err(m.MkdirRequest(*ctx.ids, spath("dir"), 0o755), E.EEXIST)
+    ctx.err(m.MkdirRequest(*ctx.ids, spath("escape_dangling"), 0o755), E.EEXIST)
+    ctx.err(m.MkdirRequest(*ctx.ids, spath("missing/newdir"), 0o755), E.ENOENT)
 
 
 # -- T_SYMLINK --------------------------------------------------------------
@@ -217,7 +217,7 @@ def symlink_owner_target(ctx: Context) -> None:
 @case("behaviour", "symlink")
 def symlink_exists(ctx: Context) -> None:
     """T_SYMLINK over an existing name fails with EEXIST."""
-    ctx.err(m.SymlinkRequest(0, 0, b"x", spath("file.txt")), E.EEXIST)
+    ctx.err(m.SymlinkRequest(*ctx.ids, b"x", spath("file.txt")), E.EEXIST)
 
 
 # -- T_LINK -----------------------------------------------------------------
@@ -247,13 +247,14 @@ def link_symlink_not_followed(ctx: Context) -> None:
 
 def check_stat(ctx: Context, reply: m.StatReply, name: str) -> None:
     st = os.lstat(ctx.host(name))
+    uid, gid = ctx.named_owner(st)
     want = {
         "st_dev": st.st_dev,
         "st_ino": st.st_ino,
         "st_nlink": st.st_nlink,
         "st_mode": st.st_mode,
-        "st_uid": st.st_uid,
-        "st_gid": st.st_gid,
+        "st_uid": uid,
+        "st_gid": gid,
         "st_rdev": st.st_rdev,
         "st_size": st.st_size,
         "st_blksize": st.st_blksize,
@@ -337,7 +338,7 @@ def statfs_root(ctx: Context) -> None:
 # -- T_CHMOD ----------------------------------------------------------------
 
 
-@case("behaviour", "chmod")
+@case("behaviour", "chmod", needs=SETID_BITS)
 def chmod_file(ctx: Context) -> None:
     """T_CHMOD sets the permission bits (set-id and sticky too); type bits are ignored."""
     ctx.ok(m.ChmodRequest(vpath("file.txt"), 0o600))

@@ -20,7 +20,7 @@ from typing import Final
 
 from .... import messages as m
 from ....errors import HelperStartError
-from ..model import CheckFailed, Context, case, vpath
+from ..model import ROOT_IDS, CheckFailed, Context, case, vpath
 from ..session import HelperSession
 
 #: A helper that validates its arguments answers at once; one that does not may
@@ -299,7 +299,13 @@ def _status(proc: subprocess.Popen[bytes]) -> str:
     return "still runs" if proc.poll() is None else f"exited with status {proc.returncode}"
 
 
-@case("security", "socket-path", name="socket.chown_follows_no_symlink", modes=("socket",))
+@case(
+    "security",
+    "socket-path",
+    name="socket.chown_follows_no_symlink",
+    modes=("socket",),
+    needs=ROOT_IDS,  # the socket's owner (-u/-g) must differ from the invoker's
+)
 def socket_chown_no_symlink(ctx: Context) -> None:
     """The socket swapped for a symlink to a sentinel between bind and chown: no chown of it."""
     before = _owner(ctx.ws.secret)
@@ -313,7 +319,13 @@ def socket_chown_no_symlink(ctx: Context) -> None:
         )
 
 
-@case("security", "socket-path", name="socket.chown_only_its_own_socket", modes=("socket",))
+@case(
+    "security",
+    "socket-path",
+    name="socket.chown_only_its_own_socket",
+    modes=("socket",),
+    needs=ROOT_IDS,  # the socket's owner (-u/-g) must differ from the invoker's
+)
 def socket_chown_own_socket(ctx: Context) -> None:
     """The socket swapped for another (listening) socket between bind and chown: not chowned."""
     decoy = ctx.ws.rundir / "decoy.sock"

@@ -325,10 +325,10 @@ def _regular_fifo_swap(ctx: Context) -> Iterator[Path]:
 
 
 def _special_race_case(
-    name: str, doc: str, make: Callable[[], m.Request], watch_flags: int
+    name: str, doc: str, make: Callable[[Context], m.Request], watch_flags: int
 ) -> None:
     def run(ctx: Context) -> None:
-        request = make()
+        request = make(ctx)
         sent = 0
         with _regular_fifo_swap(ctx) as watch, _FifoWatch(watch, watch_flags) as watcher:
             deadline = time.monotonic() + RACE_SECONDS
@@ -357,30 +357,30 @@ def _special_race_case(
 _special_race_case(
     "open_rdonly",
     "T_OPEN O_RDONLY of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda: m.OpenRequest(vpath("race"), os.O_RDONLY),
+    lambda ctx: m.OpenRequest(vpath("race"), os.O_RDONLY),
     os.O_WRONLY,
 )
 _special_race_case(
     "open_wronly",
     "T_OPEN O_WRONLY of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda: m.OpenRequest(vpath("race"), os.O_WRONLY),
+    lambda ctx: m.OpenRequest(vpath("race"), os.O_WRONLY),
     os.O_RDONLY,
 )
 _special_race_case(
     "create_no_excl",
     "T_CREATE O_RDONLY|O_CREAT of a swapped name (it exists) never opens the FIFO",
-    lambda: m.CreateRequest(spath("race"), os.O_RDONLY | os.O_CREAT, 0o644, 0, 0),
+    lambda ctx: m.CreateRequest(spath("race"), os.O_RDONLY | os.O_CREAT, 0o644, *ctx.ids),
     os.O_WRONLY,
 )
 _special_race_case(
     "truncate",
     "T_TRUNCATE of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda: m.TruncateRequest(vpath("race"), 0),
+    lambda ctx: m.TruncateRequest(vpath("race"), 0),
     os.O_RDONLY,
 )
 _special_race_case(
     "getversion",
     "T_GETVERSION of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda: m.GetversionRequest(vpath("race")),
+    lambda ctx: m.GetversionRequest(vpath("race")),
     os.O_WRONLY,
 )

@@ -34,7 +34,7 @@ def device_mknod_refused(ctx: Context) -> None:
     """T_MKNOD of a character (10:232, /dev/kvm) or block device as uid 0 / gid 0
     fails with EPERM and makes nothing (the helper must not make device nodes)."""
     for name, kind, rdev in (("kvm", stat.S_IFCHR, KVM_RDEV), ("loop0", stat.S_IFBLK, LOOP0_RDEV)):
-        reply = ctx.call(m.MknodRequest(0, 0, spath(name), kind | 0o666, rdev))
+        reply = ctx.call(m.MknodRequest(*ctx.ids, spath(name), kind | 0o666, rdev))
         ctx.expect(not os.path.lexists(ctx.host(name)), f"made the device node {name!r}")
         ctx.expect(
             isinstance(reply, m.ErrorReply) and reply.errno == E.EPERM,
@@ -78,7 +78,7 @@ def _unprivileged_open(dirfd: int, name: str) -> str | None:
 def device_mknod_attack(ctx: Context) -> None:
     """The whole attack: T_MKNOD c 10:232 0666 as uid 0, T_OPEN "/" O_DIRECTORY, then an
     unprivileged openat() of the node through that fd must not yield a device."""
-    reply = ctx.call(m.MknodRequest(0, 0, spath("kvm"), stat.S_IFCHR | 0o666, KVM_RDEV))
+    reply = ctx.call(m.MknodRequest(*ctx.ids, spath("kvm"), stat.S_IFCHR | 0o666, KVM_RDEV))
     dirfd = ctx.fd(m.OpenRequest(vpath(""), os.O_RDONLY | os.O_DIRECTORY))
     got = _unprivileged_open(dirfd, "kvm")
     ctx.expect(
@@ -128,7 +128,7 @@ def device_existing_never_opened(ctx: Context) -> None:
                 ),
                 (
                     "T_CREATE O_RDWR|O_CREAT",
-                    m.CreateRequest(spath(name), os.O_RDWR | os.O_CREAT, 0o666, 0, 0),
+                    m.CreateRequest(spath(name), os.O_RDWR | os.O_CREAT, 0o666, *ctx.ids),
                     (E.ENXIO,),
                 ),
                 ("T_TRUNCATE", m.TruncateRequest(vpath(name), 0), (E.EINVAL,)),

@@ -145,7 +145,7 @@ def frame_string_overrun(ctx: Context) -> None:
 @case("security", "framing", name="frame.short_create_does_nothing")
 def frame_short_create(ctx: Context) -> None:
     """A T_CREATE cut after its path: bare -ENOBUFS, no fd, no file."""
-    req = m.CreateRequest(spath("short_new"), os.O_RDWR | os.O_CREAT, 0o644, 0, 0)
+    req = m.CreateRequest(spath("short_new"), os.O_RDWR | os.O_CREAT, 0o644, *ctx.ids)
     reply = ctx.helper.call_raw(_frame(req, cut=12, size=len(spath("short_new")) + 2 + 4), req)
     ctx.expect(reply == m.ErrorReply(E.ENOBUFS), show(reply))
     ctx.expect(not ctx.host("short_new").exists(), "the file was created")

@@ -8,7 +8,7 @@ import stat
 from collections.abc import Callable
 
 from ..... import messages as m
-from ...model import ROOT_IDS, CheckFailed, Context, Deviation, case, errname, show, spath
+from ...model import CheckFailed, Context, Deviation, case, errname, show, spath
 from ._common import O_RD, escape_case, secret_rel
 
 escape_case(
@@ -70,13 +70,13 @@ def _created_inside_or_refused(ctx: Context, request: m.Request, name: str) -> N
 def dotdot_create_objects(ctx: Context) -> None:
     """T_MKDIR/T_CREATE/T_SYMLINK/T_MKNOD named ../../x create inside the export or fail."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-    _created_inside_or_refused(ctx, m.MkdirRequest(0, 0, b"//../../esc_dir", 0o755), "esc_dir")
+    _created_inside_or_refused(ctx, m.MkdirRequest(*ctx.ids, b"//../../esc_dir", 0o755), "esc_dir")
     _created_inside_or_refused(
-        ctx, m.CreateRequest(b"//../../esc_file", flags, 0o644, 0, 0), "esc_file"
+        ctx, m.CreateRequest(b"//../../esc_file", flags, 0o644, *ctx.ids), "esc_file"
     )
-    _created_inside_or_refused(ctx, m.SymlinkRequest(0, 0, b"x", b"//../esc_link"), "esc_link")
+    _created_inside_or_refused(ctx, m.SymlinkRequest(*ctx.ids, b"x", b"//../esc_link"), "esc_link")
     _created_inside_or_refused(
-        ctx, m.MknodRequest(0, 0, b"//../esc_fifo", stat.S_IFIFO | 0o600, 0), "esc_fifo"
+        ctx, m.MknodRequest(*ctx.ids, b"//../esc_fifo", stat.S_IFIFO | 0o600, 0), "esc_fifo"
     )
 
 
@@ -94,7 +94,7 @@ def empty_path(ctx: Context) -> None:
     for raw in (b"", b"\0"):
         ctx.err(m.LstatRequest(raw), E.ENOENT)
         ctx.err(m.OpenRequest(raw, O_RD), E.ENOENT)
-        ctx.err(m.MkdirRequest(0, 0, raw, 0o755), E.ENOENT)
+        ctx.err(m.MkdirRequest(*ctx.ids, raw, 0o755), E.ENOENT)
         ctx.err(m.RemoveRequest(raw), E.ENOENT)
         ctx.err(m.ChmodRequest(raw, 0o777), E.ENOENT)
 
@@ -132,7 +132,7 @@ def embedded_nul_mkdir(ctx: Context) -> None:
     """T_MKDIR newdir\\0junk: EINVAL (SHOULD), or a truncated name (tolerated)."""
     _nul_case(
         ctx,
-        m.MkdirRequest(0, 0, b"//newdir\0junk", 0o755),
+        m.MkdirRequest(*ctx.ids, b"//newdir\0junk", 0o755),
         lambda r: ctx.host("newdir").exists(),
     )
 
@@ -150,7 +150,7 @@ def embedded_nul_remove(ctx: Context) -> None:
 @case("security", "bad-names", name="names.long_component")
 def long_component(ctx: Context) -> None:
     """A 256-byte component is ENAMETOOLONG (never truncated to 255)."""
-    ctx.err(m.MkdirRequest(0, 0, b"//" + b"a" * 256, 0o755), E.ENAMETOOLONG)
+    ctx.err(m.MkdirRequest(*ctx.ids, b"//" + b"a" * 256, 0o755), E.ENAMETOOLONG)
     ctx.err(m.LstatRequest(b"//" + b"b" * 300 + b"\0"), E.ENAMETOOLONG)
     ctx.expect(not ctx.host("a" * 255).exists(), "created a truncated name")
 
@@ -163,11 +163,11 @@ def long_path(ctx: Context) -> None:
     ctx.err(m.OpenRequest(b"/" + b"x" * 65000 + b"\0", O_RD), E.ENAMETOOLONG)
 
 
-@case("security", "bad-names", name="names.non_utf8", needs=ROOT_IDS)
+@case("security", "bad-names", name="names.non_utf8")
 def non_utf8(ctx: Context) -> None:
     """Names are bytes: a non-UTF-8 name is created and found exactly as sent."""
     name = b"\xff\xfe-not-utf8-\x80"
-    ctx.ok(m.MkdirRequest(0, 0, b"//" + name, 0o755))
+    ctx.ok(m.MkdirRequest(*ctx.ids, b"//" + name, 0o755))
     ctx.expect(os.path.isdir(os.path.join(os.fsencode(ctx.host()), name)), "name was altered")
     ctx.ok(m.LstatRequest(b"//" + name + b"\0"))
 

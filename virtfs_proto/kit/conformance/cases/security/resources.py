@@ -46,7 +46,7 @@ def resource_error_paths(ctx: Context) -> None:
         m.OpenRequest(vpath("sock"), O_RD),
         m.OpenRequest(vpath("fifo"), O_RD | os.O_NONBLOCK),
         m.OpenRequest(vpath("file.txt"), O_RD | os.O_DIRECTORY),
-        m.CreateRequest(spath("file.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, 0, 0),
+        m.CreateRequest(spath("file.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, *ctx.ids),
         m.GetversionRequest(vpath("missing")),
         m.LgetxattrRequest(100, vpath("file.txt"), b"user.missing"),
         m.ReadlinkRequest(vpath("file.txt"), 4096),

@@ -25,81 +25,81 @@ def _special(ctx: Context, request: m.Request, errnos: tuple[int, ...]) -> None:
     )
 
 
-_SPECIAL: list[tuple[str, str, Callable[[], m.Request], tuple[int, ...]]] = [
+_SPECIAL: list[tuple[str, str, Callable[[Context], m.Request], tuple[int, ...]]] = [
     (
         "open_fifo",
         "T_OPEN O_RDONLY of a FIFO: ENXIO without blocking",
-        lambda: m.OpenRequest(vpath("fifo"), O_RD),
+        lambda ctx: m.OpenRequest(vpath("fifo"), O_RD),
         (E.ENXIO,),
     ),
     (
         "open_fifo_wronly",
         "T_OPEN O_WRONLY of a FIFO: ENXIO without blocking",
-        lambda: m.OpenRequest(vpath("fifo"), os.O_WRONLY),
+        lambda ctx: m.OpenRequest(vpath("fifo"), os.O_WRONLY),
         (E.ENXIO,),
     ),
     (
         "open_fifo_nonblock",
         "T_OPEN O_RDONLY|O_NONBLOCK of a FIFO: ENXIO",
-        lambda: m.OpenRequest(vpath("fifo"), O_RD | os.O_NONBLOCK),
+        lambda ctx: m.OpenRequest(vpath("fifo"), O_RD | os.O_NONBLOCK),
         (E.ENXIO,),
     ),
     (
         "open_fifo_via_symlink",
         "T_OPEN of a symlink to a FIFO: ENXIO without blocking",
-        lambda: m.OpenRequest(vpath("link_fifo"), O_RD),
+        lambda ctx: m.OpenRequest(vpath("link_fifo"), O_RD),
         (E.ENXIO,),
     ),
     (
         "create_existing_fifo",
         "T_CREATE (no O_EXCL) on an existing FIFO: ENXIO, no block",
-        lambda: m.CreateRequest(spath("fifo"), os.O_WRONLY | os.O_CREAT, 0o644, 0, 0),
+        lambda ctx: m.CreateRequest(spath("fifo"), os.O_WRONLY | os.O_CREAT, 0o644, *ctx.ids),
         (E.ENXIO,),
     ),
     (
         "open_chardev",
         "T_OPEN of a character device: ENXIO, no fd",
-        lambda: m.OpenRequest(vpath("chardev"), os.O_RDWR),
+        lambda ctx: m.OpenRequest(vpath("chardev"), os.O_RDWR),
         (E.ENXIO,),
     ),
     (
         "open_socket",
         "T_OPEN of a socket file: ENXIO",
-        lambda: m.OpenRequest(vpath("sock"), os.O_RDWR),
+        lambda ctx: m.OpenRequest(vpath("sock"), os.O_RDWR),
         (E.ENXIO,),
     ),
     (
         "getversion_fifo",
         "T_GETVERSION of a FIFO must not open (block on) it",
-        lambda: m.GetversionRequest(vpath("fifo")),
+        lambda ctx: m.GetversionRequest(vpath("fifo")),
         (E.ENOTTY, E.ENXIO),
     ),
     (
         "getversion_chardev",
         "T_GETVERSION of a device: ENOTTY or ENXIO",
-        lambda: m.GetversionRequest(vpath("chardev")),
+        lambda ctx: m.GetversionRequest(vpath("chardev")),
         (E.ENOTTY, E.ENXIO),
     ),
     (
         "truncate_fifo",
         "T_TRUNCATE of a FIFO: EINVAL without opening it",
-        lambda: m.TruncateRequest(vpath("fifo"), 0),
+        lambda ctx: m.TruncateRequest(vpath("fifo"), 0),
         (E.EINVAL,),
     ),
     (
         "truncate_chardev",
         "T_TRUNCATE of a character device: EINVAL",
-        lambda: m.TruncateRequest(vpath("chardev"), 0),
+        lambda ctx: m.TruncateRequest(vpath("chardev"), 0),
         (E.EINVAL,),
     ),
 ]
 
 
 def _special_case(
-    name: str, doc: str, make: Callable[[], m.Request], errnos: tuple[int, ...]
+    name: str, doc: str, make: Callable[[Context], m.Request], errnos: tuple[int, ...]
 ) -> None:
     def run(ctx: Context) -> None:
-        _special(ctx, make(), errnos)
+        _special(ctx, make(ctx), errnos)
 
     run.__doc__ = doc
     needs = (DEVICE_NODES,) if "chardev" in name else ()

@@ -63,7 +63,7 @@ _INTERMEDIATE = [
 ]
 
 
-def _op(op: str, path: bytes, new: bytes) -> m.Request:
+def _op(op: str, path: bytes, new: bytes, ids: tuple[int, int]) -> m.Request:
     """One request of kind ``op`` on ``path`` (a V9fsPath) / ``new`` (a new name)."""
     excl = os.O_RDWR | os.O_CREAT | os.O_EXCL
     makers: dict[str, Callable[[], m.Request]] = {
@@ -71,7 +71,7 @@ def _op(op: str, path: bytes, new: bytes) -> m.Request:
         "write": lambda: m.OpenRequest(path, os.O_WRONLY | os.O_TRUNC),
         "truncate": lambda: m.TruncateRequest(path, 0),
         "chmod": lambda: m.ChmodRequest(path, 0o777),
-        "chown": lambda: m.ChownRequest(path, 1000, 1000),
+        "chown": lambda: m.ChownRequest(path, *ids),
         "statfs": lambda: m.StatfsRequest(path),
         "getversion": lambda: m.GetversionRequest(path),
         "lstat": lambda: m.LstatRequest(path),
@@ -82,18 +82,18 @@ def _op(op: str, path: bytes, new: bytes) -> m.Request:
         "remove": lambda: m.RemoveRequest(path.rstrip(b"\0")),
         "rename_in": lambda: m.RenameRequest(path.rstrip(b"\0"), spath("stolen")),
         "rename_out": lambda: m.RenameRequest(spath("file.txt"), new),
-        "mkdir": lambda: m.MkdirRequest(0, 0, new, 0o755),
-        "create": lambda: m.CreateRequest(new, excl, 0o644, 0, 0),
-        "symlink": lambda: m.SymlinkRequest(0, 0, b"x", new),
-        "mknod": lambda: m.MknodRequest(0, 0, new, stat.S_IFIFO | 0o600, 0),
+        "mkdir": lambda: m.MkdirRequest(*ids, new, 0o755),
+        "create": lambda: m.CreateRequest(new, excl, 0o644, *ids),
+        "symlink": lambda: m.SymlinkRequest(*ids, b"x", new),
+        "mknod": lambda: m.MknodRequest(*ids, new, stat.S_IFIFO | 0o600, 0),
     }
     return makers[op]()
 
 
 def _through(link: str, kind: str, final: bool) -> Callable[[Context], m.Request]:
     if final:
-        return lambda ctx: _op(kind, vpath(link), b"")
-    return lambda ctx: _op(kind, vpath(f"{link}/secret.txt"), spath(f"{link}/planted"))
+        return lambda ctx: _op(kind, vpath(link), b"", ctx.ids)
+    return lambda ctx: _op(kind, vpath(f"{link}/secret.txt"), spath(f"{link}/planted"), ctx.ids)
 
 
 for _name, _doc, _link, _kind in _FINAL:
@@ -118,7 +118,7 @@ def final_dangling_create(ctx: Context) -> None:
     for link in ("escape_dangling", "escape_dangling_abs"):
         contained(
             ctx,
-            m.CreateRequest(spath(link), os.O_WRONLY | os.O_CREAT, 0o644, 0, 0),
+            m.CreateRequest(spath(link), os.O_WRONLY | os.O_CREAT, 0o644, *ctx.ids),
             (*ESCAPE_ERRNOS, E.EEXIST),
         )
 

@@ -96,15 +96,17 @@ def test_reads_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...])
         assert isinstance(ours.client.request(m.LstatRequest(b"link_dotdot/file.txt")), m.StatReply)
 
 
-def test_writes_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]) -> None:
-    requests: list[m.Request] = [
-        m.CreateRequest(b"link_dotdot/created_outside", os.O_RDWR | os.O_CREAT, 0o644, 0, 0),
-        m.CreateRequest(b"link_host_dir/created_outside", os.O_RDWR | os.O_CREAT, 0o644, 0, 0),
+def write_escapes(uid: int = 0, gid: int = 0, chown_to: int = 1234) -> list[m.Request]:
+    """Requests that would create, change or remove something outside the export
+    if a layer let them out; created objects are owned ``uid:gid``."""
+    return [
+        m.CreateRequest(b"link_dotdot/created_outside", os.O_RDWR | os.O_CREAT, 0o644, uid, gid),
+        m.CreateRequest(b"link_host_dir/created_outside", os.O_RDWR | os.O_CREAT, 0o644, uid, gid),
         m.OpenRequest(b"../created_outside", os.O_RDWR | os.O_CREAT),
-        m.MkdirRequest(0, 0, b"link_host_dir/evil_dir", 0o755),
-        m.MkdirRequest(0, 0, b"../evil_dir", 0o755),
-        m.MknodRequest(0, 0, b"link_dotdot/evil_fifo", stat.S_IFIFO | 0o644, 0),
-        m.SymlinkRequest(0, 0, b"/", b"link_dotdot/evil_link"),
+        m.MkdirRequest(uid, gid, b"link_host_dir/evil_dir", 0o755),
+        m.MkdirRequest(uid, gid, b"../evil_dir", 0o755),
+        m.MknodRequest(uid, gid, b"link_dotdot/evil_fifo", stat.S_IFIFO | 0o644, 0),
+        m.SymlinkRequest(uid, gid, b"/", b"link_dotdot/evil_link"),
         m.RenameRequest(b"file.txt", b"link_dotdot/stolen.txt"),
         m.RenameRequest(b"../outside/secret.txt", b"stolen.txt"),
         m.LinkRequest(b"../outside/secret.txt", b"hard_secret"),
@@ -112,7 +114,7 @@ def test_writes_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]
         m.LinkRequest(b"file.txt", b"link_dotdot/hard_out"),
         m.ChmodRequest(b"link_abs_host", 0o777),
         m.ChmodRequest(b"link_rel_escape", 0o777),
-        m.ChownRequest(b"link_dotdot/outside/secret.txt", 1234, 1234),
+        m.ChownRequest(b"link_dotdot/outside/secret.txt", chown_to, chown_to),
         m.TruncateRequest(b"link_rel_escape", 0),
         m.TruncateRequest(b"link_host_dir/outside/secret.txt", 0),
         m.UtimeRequest(b"../outside/secret.txt", 0, 0, 0, 0),
@@ -120,6 +122,10 @@ def test_writes_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]
         m.RemoveRequest(b"link_dotdot/outside/secret.txt"),
         m.RemoveRequest(b"../outside/secret.txt"),
     ]
+
+
+def test_writes_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]) -> None:
+    requests = write_escapes()
     secret_times = export.secret.stat().st_mtime_ns
     for request in requests:
         _assert_not_secret(export, ours.client.request(request))

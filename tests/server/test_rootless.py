@@ -19,6 +19,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from virtfs_proto import messages as m
 from virtfs_proto import procfs
 from virtfs_proto.client import ProxyClient
 from virtfs_proto.launcher import Helper, spawn_helper
-from virtfs_proto.server.userns import IdMap
+from virtfs_proto.server.userns import IdMap, IdRange, subid_range
 
 from .conftest import NO_LAYER, Export, build_export
 from .test_containment import (
@@ -538,3 +539,63 @@ def test_sigterm_ends_a_rootless_helper(start: Starter) -> None:
     os.kill(h.pid, signal.SIGTERM)
     assert h.process.wait(10) == 128 + signal.SIGTERM
     assert not os.path.exists(f"/proc/{serving}")
+
+
+_NO_USERNS = """
+import os, sys
+from virtfs_proto.server import oslib
+unshared_r, unshared_w = os.pipe()
+mapped_r, mapped_w = os.pipe()
+child = os.fork()
+if child == 0:
+    oslib.unshare(oslib.CLONE_NEWUSER)
+    os.write(unshared_w, b"x")
+    os.read(mapped_r, 1)
+    # root of this namespace: forbid namespaces to everything beneath it
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")
+    os.execvp(sys.argv[1], sys.argv[1:])
+os.read(unshared_r, 1)
+for name, text in (("uid_map", "0 0 1\\n{uid} {uid} 1\\n"), ("setgroups", "allow"),
+                   ("gid_map", "0 0 1\\n{gid} {gid} 1\\n")):
+    with open(f"/proc/{{child}}/{{name}}", "w") as f:
+        f.write(text)
+os.write(mapped_w, b"x")
+_, status = os.waitpid(child, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_user_namespaces_disabled_is_one_clear_line(rl_export: Export, user: User) -> None:
+    """With user.max_user_namespaces=0 (set in a user namespace of root's, which
+    limits everything beneath it) the rootless helper refuses to start and says why."""
+    _needs_ci_user(user)
+    script = _NO_USERNS.format(uid=user.uid, gid=user.gid)
+    out = subprocess.run(
+        [sys.executable, "-c", script, *user.helper("-p", str(rl_export.root),
+                                                      "--print-confinement")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 1 and out.stdout == "", out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        "unprivileged user namespaces are disabled (user.max_user_namespaces=0)"
+    ), out.stderr
+
+
+def test_id_maps_and_sub_id_ranges(tmp_path: Path) -> None:
+    ids = IdMap.parse("         0       2345          1\n         1     200000      65536\n")
+    assert [ids.to_outside(i) for i in (0, 1, 1000, 65536, 65537)] == [
+        2345, 200000, 200999, 265535, None,
+    ]  # fmt: skip
+    assert ids.to_inside(200999) == 1000 and ids.to_inside(2344) is None
+    assert ids.maps_inside(65536) and not ids.maps_inside(65537)
+    subuid = tmp_path / "subuid"
+    subuid.write_text("other:100000:65536\nbroken\n2345:300000:10\nme:400000:5\n")
+    assert subid_range(str(subuid), "me", 2345) == IdRange(1, 300000, 10)  # first match
+    assert subid_range(str(subuid), "me", 99) == IdRange(1, 400000, 5)
+    assert subid_range(str(subuid), "nobody-here", 99) is None
+    assert subid_range(str(tmp_path / "missing"), "me", 2345) is None
+    with pytest.raises(ValueError, match="INSIDE:OUTSIDE:COUNT"):
+        IdRange.parse_option("1:2", "--uid-map")
+    with pytest.raises(ValueError, match="out of range"):
+        IdRange.parse_option("0:4294967295:2", "--uid-map")

@@ -36,9 +36,11 @@ from virtfs_proto.server.userns import IdMap, IdRange, subid_range
 
 from .conftest import NO_LAYER, Export, build_export
 from .test_containment import (
-    READ_ESCAPES,
     _assert_not_secret,
     _assert_outside_untouched,
+    magic_link_escapes,
+    mounted_proc,
+    read_escapes,
     write_escapes,
 )
 from .test_sandbox import ACTIONS, CLAIMS, inside_outcomes
@@ -285,15 +287,8 @@ def test_setid_bits(start: Starter, rl_export: Export, user: User, allow: bool) 
 @pytest.mark.rootless
 def test_escapes_stay_inside(start: Starter, rl_export: Export, user: User) -> None:
     h = start()
-    for path in READ_ESCAPES:
-        for request in (
-            m.OpenRequest(path, os.O_RDONLY),
-            m.LstatRequest(path),
-            m.StatfsRequest(path),
-            m.GetversionRequest(path),
-            m.LgetxattrRequest(0, path, b"user.x"),
-        ):
-            _assert_not_secret(rl_export, h.client.request(request))
+    for request in read_escapes():
+        _assert_not_secret(rl_export, h.client.request(request))
     secret_times = rl_export.secret.stat().st_mtime_ns
     # mapped ids: the requests reach the file system, not just the id check
     for request in write_escapes(user.uid, user.gid, chown_to=user.uid):
@@ -316,23 +311,10 @@ def test_with_no_layer_the_escapes_succeed(start: Starter, rl_export: Export) ->
 
 def test_magic_links_stay_inside(start: Starter, rl_export: Export) -> None:
     """procfs inside the export (mounting it needs root on the host)."""
-    proc = rl_export.root / "proc"
-    proc.mkdir()
-    subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
-    try:
-        os.symlink(f"/proc/self/root{rl_export.secret}", rl_export.root / "magic_root")
+    with mounted_proc(rl_export):
         h = start()
-        paths = [
-            f"proc/self/root{rl_export.secret}".encode(),
-            f"/proc/1/root{rl_export.secret}".encode(),
-            b"/proc/self/cwd/../outside/secret.txt",
-            b"magic_root",
-        ] + [f"/proc/self/fd/{fd}/../outside/secret.txt".encode() for fd in range(12)]
-        for path in paths:
-            for request in (m.OpenRequest(path, os.O_RDONLY), m.LstatRequest(path)):
-                _assert_not_secret(rl_export, h.client.request(request))
-    finally:
-        subprocess.run(["umount", "-l", str(proc)], check=True)
+        for request in magic_link_escapes(rl_export):
+            _assert_not_secret(rl_export, h.client.request(request))
     _assert_outside_untouched(rl_export)
 
 

@@ -4,10 +4,12 @@ The helper the launcher started (the *parent*) forks the *serving process*
 once every option is checked and the client's socket is in hand. With
 ``--sandbox=namespace`` (the default) the serving process is pid 1 of a new
 pid namespace and, still root, enters new mount, net, ipc and uts
-namespaces, then :func:`enter_export_view` gives it a root of its own: an
+namespaces, then :func:`enter_namespaces` gives it a root of its own: an
 empty tmpfs holding a private bind mount of the export, ``nodev,nosuid``,
 pivoted into and chrooted into. Only then does it drop its privileges
-(:mod:`.privileges`).
+(:mod:`.privileges`). A rootless helper does the same with every
+capability over a user namespace the parent made first (:mod:`.userns`),
+which therefore owns the pid namespace and all the others.
 
 The parent keeps nothing but the child's pid: it waits, forwards SIGTERM
 and SIGINT, and exits with the child's status (:func:`wait_for_child`).

@@ -16,10 +16,14 @@ from virtfs_proto.kit.recording import Vector
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A ``root``-marked test skips, with its reason, when the suite runs without root
-    (the non-root CI stage); as root it runs as ever."""
-    if item.get_closest_marker("root") is not None and os.geteuid() != 0:
+    """Without root (the non-root CI stage), a ``root``-marked test and one that runs
+    QEMU's helper (it chroots) skip with that reason; as root they run as ever."""
+    if os.geteuid() == 0:
+        return
+    if item.get_closest_marker("root") is not None:
         pytest.skip(f"needs root (running as uid {os.geteuid()})")
+    if "qemu_helper" in getattr(item, "fixturenames", ()):
+        pytest.skip(f"runs QEMU's helper, which needs root (running as uid {os.geteuid()})")
 
 
 @pytest.fixture(scope="session")

@@ -343,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``virtfs-proto conformance`` parser."""
     parser = argparse.ArgumentParser(
         prog="virtfs-proto conformance",
-        description="Run the conformance and security suite against a proxy helper.",
+        description="Run the conformance and security suite against a proxy helper. "
+        "Run by a user other than root (rootless mode), the export is that user's and "
+        "the cases that need root are reported not applicable.",
     )
     parser.add_argument("--helper", help="the helper command, split like a shell would (shlex)")
     parser.add_argument("--mode", choices=("fd", "socket", "both"), default="both")

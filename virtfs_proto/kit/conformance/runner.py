@@ -33,8 +33,9 @@ from .model import (
     Report,
     Verdict,
     count_line,
+    qemu,
+    qpath,
     select,
-    vpath,
 )
 from .session import (
     EXIT_TIMEOUT,
@@ -158,7 +159,7 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
     # socket mode, never listens
     helper = HelperSession(helper_argv, ws.export, mode, rundir=ws.rundir)
     try:
-        helper.call(LstatRequest(vpath("")), timeout=START_TIMEOUT)
+        helper.call(qemu(LstatRequest, qpath("")), timeout=START_TIMEOUT)
     except (HelperGone, HelperHung) as exc:
         hung = isinstance(exc, HelperHung)
         status = None if hung else helper.wait_exit()
@@ -172,7 +173,7 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
         raise HelperStartError(
             f"the helper {what} ({mode} mode)",
             returncode=status,
-            stderr=helper.final_log,
+            stderr=helper.log(),
             argv=tuple(helper_argv),
         ) from None
     except ProxyProtocolError:

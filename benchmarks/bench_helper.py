@@ -308,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200, help="ops of each kind before timing")
     parser.add_argument("--profile", choices=list(OPS), help="CPU-profile our helper on one op")
     parser.add_argument(
+        "--ours-option",
+        action="append",
+        default=[],
+        help="an extra option for our helper, e.g. --ours-option=--test-disable=seccomp to"
+        " show a layer's share of the round trip (bench only: it weakens the helper)",
+    )
+    parser.add_argument(
         "--cpu",
         type=int,
         default=0,
@@ -320,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.access(QEMU_HELPER, os.X_OK):
         print("install it: apt-get install -y qemu-system-common", file=sys.stderr)
         return 1
-    ours_cmd = [sys.executable, "-m", "virtfs_proto.server"]
+    ours_cmd = [sys.executable, "-m", "virtfs_proto.server", *args.ours_option]
     mix = mix_cycle(args.mix_size)
     ops = {name: prepare(steps) for name, steps in OPS.items()}
     ops[MIX] = prepare(mix)

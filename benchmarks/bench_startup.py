@@ -39,7 +39,7 @@ from helperproc import Frame, ProcessTree, StructClient, spawn
 
 from virtfs_proto import messages as m
 from virtfs_proto.launcher import QEMU_HELPER
-from virtfs_proto.procfs import rss_kib
+from virtfs_proto.procfs import pss_kib, rss_kib
 
 #: The issue's targets for ours against the bare interpreter (issue 13).
 TIME_TARGET = 2.0
@@ -54,6 +54,7 @@ class Start:
     seconds: float
     cpu: float
     rss_kib: int
+    pss_kib: int
 
 
 @dataclass
@@ -73,7 +74,7 @@ def helper_start(command: Sequence[str], export: Path, name: str) -> Start:
         seconds = time.perf_counter() - t0
         tree = ProcessTree(proc.pid)
         tree.refresh()
-        return Start(seconds, tree.cpu_seconds(), tree.rss_kib())
+        return Start(seconds, tree.cpu_seconds(), tree.rss_kib(), tree.pss_kib())
     finally:
         sock.close()
         proc.wait(10)
@@ -88,11 +89,11 @@ def bare_start(python: str) -> Start:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{python} -c pass exited {proc.returncode}")
-    return Start(seconds, usage.ru_utime + usage.ru_stime, bare_rss_kib(python))
+    return Start(seconds, usage.ru_utime + usage.ru_stime, *bare_memory_kib(python))
 
 
-def bare_rss_kib(python: str) -> int:
-    """VmRSS of a bare interpreter that has started and waits.
+def bare_memory_kib(python: str) -> tuple[int, int]:
+    """RSS and PSS of a bare interpreter that has started and waits.
 
     Not ``wait4``'s ``ru_maxrss`` of ``-c pass``: a child spawned with vfork
     is charged the parent's peak RSS at exec (this benchmark's, codec
@@ -106,7 +107,7 @@ def bare_rss_kib(python: str) -> int:
     try:
         if proc.stdout.read(1) != b".":
             raise RuntimeError(f"{python} -c {waiting!r} did not start")
-        return rss_kib(proc.pid)
+        return rss_kib(proc.pid), pss_kib(proc.pid)
     finally:
         proc.stdin.close()
         proc.stdout.close()
@@ -203,9 +204,11 @@ def _report(subjects: list[Subject], args: argparse.Namespace) -> None:
         f"{'pinned to CPU ' + str(args.cpu) if args.cpu >= 0 else 'not pinned'}"
     )
     print("time: exec to the reply to one T_LSTAT (bare python: exec to exit), ms")
-    print("CPU to that point and RSS then, summed over the process tree (bare: CPU to exit,")
-    print("RSS of a bare interpreter waiting in os.read)")
-    print(f"{'':<13}{'min':>8}{'median':>8}{'max':>8}{'CPU ms':>9}{'RSS MiB':>9}  command")
+    print("CPU to that point and RSS and PSS then, summed over the process tree (bare: CPU to")
+    print("exit, memory of a bare interpreter waiting in os.read). RSS counts the pages a")
+    print("parent and its forked child share twice, PSS once: PSS is the honest sum")
+    head = f"{'':<13}{'min':>8}{'median':>8}{'max':>8}{'CPU ms':>9}{'RSS MiB':>9}{'PSS MiB':>9}"
+    print(f"{head}  command")
     commands = {
         "ours": f"{args.venv}/bin/virtfs-proto helper",
         "QEMU": QEMU_HELPER,
@@ -218,18 +221,21 @@ def _report(subjects: list[Subject], args: argparse.Namespace) -> None:
             statistics.median(seconds),
             statistics.median(r.cpu for r in s.starts),
             round(statistics.median(r.rss_kib for r in s.starts)),
+            round(statistics.median(r.pss_kib for r in s.starts)),
         )
         print(
             f"{s.label:<13}{_ms(min(seconds))}{_ms(med[s.label].seconds)}{_ms(max(seconds))}"
             f"{med[s.label].cpu * 1e3:>9.1f}{med[s.label].rss_kib / 1024:>9.1f}"
+            f"{med[s.label].pss_kib / 1024:>9.1f}"
             f"  {commands[s.label]}"
         )
     ours, qemu, bare = med["ours"], med["QEMU"], med["bare python"]
     print("ratios of medians:")
     print(
         f"  ours / bare python: time {ours.seconds / bare.seconds:.2f} "
-        f"(target <= {TIME_TARGET}), RSS {ours.rss_kib / bare.rss_kib:.2f} "
-        f"(target <= {RSS_TARGET}), CPU {ours.cpu / bare.cpu:.2f}"
+        f"(target <= {TIME_TARGET}), RSS {ours.rss_kib / bare.rss_kib:.2f}, "
+        f"PSS {ours.pss_kib / bare.pss_kib:.2f} (target <= {RSS_TARGET}), "
+        f"CPU {ours.cpu / bare.cpu:.2f}"
     )
     print(
         f"  ours / QEMU:        time {ours.seconds / qemu.seconds:.1f}, "

@@ -20,7 +20,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from virtfs_proto import messages as m
@@ -33,7 +33,7 @@ from virtfs_proto.constants import (
     MessageType,
     ReplyKind,
 )
-from virtfs_proto.procfs import children, rss_kib
+from virtfs_proto.procfs import children, pss_kib, rss_kib
 
 #: Room for more descriptors than a reply may carry, so a helper that sends
 #: two is caught rather than truncated away.
@@ -103,10 +103,22 @@ class ProcessTree:
         return sum(_cpu_ns(pid) for pid in self.pids) / 1e9
 
     def rss_kib(self) -> int:
+        """RSS summed: pages a parent and its forked child share count twice."""
+        return self._sum(rss_kib)
+
+    def pss_kib(self) -> int:
+        """PSS summed: every page the tree maps counts once (split among sharers)."""
+        return self._sum(pss_kib)
+
+    def per_process_kib(self) -> list[tuple[int, int, int]]:
+        """(pid, RSS, PSS) of each process."""
+        return [(pid, rss_kib(pid), pss_kib(pid)) for pid in self.pids]
+
+    def _sum(self, read: Callable[[int], int]) -> int:
         total = 0
         for pid in self.pids:
             with contextlib.suppress(FileNotFoundError):  # it exited
-                total += rss_kib(pid)
+                total += read(pid)
         return total
 
 

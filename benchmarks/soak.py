@@ -24,7 +24,7 @@ from collections import Counter
 
 from virtfs_proto import messages as m
 from virtfs_proto import procfs
-from virtfs_proto.kit.conformance.model import spath, vpath
+from virtfs_proto.kit.conformance.paths import qemu, qpath
 from virtfs_proto.kit.conformance.session import HelperSession
 from virtfs_proto.kit.conformance.workspace import Workspace
 
@@ -46,30 +46,33 @@ MIX = [
 def requests_for(op: str, i: int) -> list[m.Request]:
     """The requests one operation sends (two for create/mkdir + remove)."""
     if op == "lstat":
-        return [m.LstatRequest(vpath("dir/nested.txt"))]
+        return [qemu(m.LstatRequest, qpath("dir/nested.txt"))]
     if op == "open_close":
-        return [m.OpenRequest(vpath("file.txt"), os.O_RDONLY)]
+        return [qemu(m.OpenRequest, qpath("file.txt"), os.O_RDONLY)]
     if op == "readlink":
-        return [m.ReadlinkRequest(vpath("link_file"), 4096)]
+        return [qemu(m.ReadlinkRequest, qpath("link_file"), 4096)]
     if op == "getxattr":
-        return [m.LgetxattrRequest(100, vpath("file.txt"), b"user.comment")]
+        return [qemu(m.LgetxattrRequest, 100, qpath("file.txt"), b"user.comment")]
     if op == "statfs":
-        return [m.StatfsRequest(vpath(""))]
+        return [qemu(m.StatfsRequest, qpath(""))]
     if op == "create_remove":
         name = f"soak{i % 64}"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
         return [
-            m.CreateRequest(spath(name), flags, 0o644, 1000, 1000),
-            m.RemoveRequest(spath(name)),
+            qemu(m.CreateRequest, qpath(name), flags, 0o644, 1000, 1000),
+            qemu(m.RemoveRequest, qpath(name)),
         ]
     if op == "mkdir_remove":
         name = f"soakdir{i % 64}"
-        return [m.MkdirRequest(1000, 1000, spath(name), 0o755), m.RemoveRequest(spath(name))]
+        return [
+            qemu(m.MkdirRequest, 1000, 1000, qpath(name), 0o755),
+            qemu(m.RemoveRequest, qpath(name)),
+        ]
     if op == "chmod":
-        return [m.ChmodRequest(vpath("empty.txt"), 0o600 | (i & 0o44))]
+        return [qemu(m.ChmodRequest, qpath("empty.txt"), 0o600 | (i & 0o44))]
     if op == "utime":
-        return [m.UtimeRequest(vpath("empty.txt"), i, 0, i, 0)]
-    return [m.GetversionRequest(vpath("file.txt"))]
+        return [qemu(m.UtimeRequest, qpath("empty.txt"), i, 0, i, 0)]
+    return [qemu(m.GetversionRequest, qpath("file.txt"))]
 
 
 def state(helper: HelperSession) -> str:
@@ -91,7 +94,7 @@ def main(argv: list[str]) -> int:
         ws.build_export()
         before = ws.snapshot()
         helper = HelperSession(shlex.split(args.helper), ws.export, args.mode, rundir=ws.rundir)
-        helper.call(m.LstatRequest(vpath("")))  # started and serving
+        helper.call(qemu(m.LstatRequest, qpath("")))  # started and serving
         print(f"helper {args.helper} (pid {helper.pid}, {args.mode} mode)")
         print(f"start: {state(helper)}")
         done = 0

@@ -82,12 +82,13 @@ def test_bench_helper_profile_prints_a_cpu_profile() -> None:
 @pytest.mark.qemu_helper
 def test_bench_startup_prints_its_table_and_ratios() -> None:
     out = run_script("bench_startup.py", "--runs", "1")
-    timing = rf"\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}  "
+    timing = rf"\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}  "
     assert re.search(rf"^ours{timing}\S+/virtfs-proto helper$", out, re.M), out
     assert re.search(rf"^QEMU{timing}{re.escape(QEMU_HELPER)}$", out, re.M), out
     assert re.search(rf"^bare python{timing}\S+/python -c pass$", out, re.M), out
     assert re.search(
-        rf"ours / bare python: time {NUMBER} \(target <= 2.0\), RSS {NUMBER} \(target <= 1.5\)",
+        rf"ours / bare python: time {NUMBER} \(target <= 2.0\), RSS {NUMBER}, PSS {NUMBER}"
+        r" \(target <= 1.5\)",
         out,
     ), out
     assert re.search(rf"ours / QEMU: +time {NUMBER}, RSS {NUMBER}, CPU {NUMBER}", out), out

@@ -16,16 +16,15 @@ import importlib
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterable
-from importlib import metadata
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from .errors import HelperStartError, ProxyProtocolError
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
 if TYPE_CHECKING:
     import argparse
+    from typing import Any, Final, TextIO
 
     from .constants import ByteOrder
 
@@ -103,6 +102,7 @@ def _encode(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``virtfs-proto`` parser (delegated sub-commands parse their own options)."""
     import argparse
+    from importlib import metadata  # 30 ms of imports: only where --version can be asked
 
     parser = argparse.ArgumentParser(
         prog="virtfs-proto",
@@ -200,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     if args_list and args_list[0] in (*DELEGATED, "decode", "encode"):
         prog += f" {args_list[0]}"
     previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
             previous[sig] = signal.signal(sig, _on_signal)
+        except ValueError:  # not the main thread (threading is not imported to ask)
+            break
     try:
         status = _dispatch(args_list)
         sys.stdout.flush()  # a closed stdout shows here, not at interpreter exit

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import enum
 import sys
-from typing import Final, Literal
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Final, Literal
 
 #: Byte order of every integer on the wire. QEMU marshals with ``bswap = 0``,
 #: so the wire carries the *host's* order (little-endian on x86-64); both peers
-#: always run on the same host.
-ByteOrder = Literal["little", "big"]
+#: always run on the same host. (At run time, where typing is not imported, a
+#: plain ``str``.)
+if TYPE_CHECKING:
+    ByteOrder = Literal["little", "big"]
+else:
+    ByteOrder = str
 
 #: The byte order of the running host, the default everywhere.
 HOST_BYTE_ORDER: Final[ByteOrder] = "little" if sys.byteorder == "little" else "big"

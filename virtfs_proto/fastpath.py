@@ -458,9 +458,9 @@ def frame_{layout}(message_type: int, {params}) -> bytes:
 # ruff: noqa: E501
 """The helper's codec for its serving path, generated from :mod:`virtfs_proto.layouts`.
 
-It imports nothing but ``struct`` (and ``typing`` for annotations), so the
-helper starts without construct or the message dataclasses and compiles
-nothing at run time. :func:`virtfs_proto.fastpath.generated_module_source`
+It imports nothing but ``struct`` (``typing`` only for the type checker), so
+the helper starts without construct, the message dataclasses or typing and
+compiles nothing at run time. :func:`virtfs_proto.fastpath.generated_module_source`
 writes it; a test fails when it is stale. Every integer is in the host's byte
 order (``=``), as QEMU marshals.
 """
@@ -468,10 +468,13 @@ order (``=``), as QEMU marshals.
 from __future__ import annotations
 
 import struct
-from typing import Any, Final
 
-_Buffer = bytes | bytearray | memoryview
-_Decoded = tuple[Any, ...] | None
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+    _Buffer = bytes | bytearray | memoryview
+    _Decoded = tuple[Any, ...] | None
 _StructError = struct.error
 
 {defs}

@@ -246,10 +246,16 @@ def _failed(
     argv: Sequence[str],
     own_group: bool,
 ) -> HelperStartError:
-    """Reap (killing if need be) a helper that did not start, and describe why."""
+    """Reap (killing if need be) a helper that did not start, and describe why.
+
+    The error's exit status is the helper's own: None when it still ran and
+    we killed it (a SIGKILL of ours is no crash of the helper's)."""
+    exited = process.poll() is not None
     returncode = stop_process_tree(process, own_group=own_group)
     text = _read_all(stderr).decode(errors="replace")
-    return HelperStartError(what, returncode=returncode, stderr=text, argv=tuple(argv))
+    return HelperStartError(
+        what, returncode=returncode if exited else None, stderr=text, argv=tuple(argv)
+    )
 
 
 @dataclass(frozen=True)
@@ -328,19 +334,44 @@ def spawn_helper(
         raise
 
 
-def _popen(start: _Start, full: list[str], pass_fds: Sequence[int]) -> subprocess.Popen[bytes]:
+def start_process(
+    argv: Sequence[str],
+    pass_fds: Sequence[int] = (),
+    *,
+    output: IO[bytes] | None = None,
+    env: Mapping[str, str] | None = None,
+    new_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Run a helper's whole command line: the one place the package starts one.
+
+    stdin is /dev/null; stdout and stderr go to ``output`` (inherited if
+    None); ``pass_fds`` are inherited. A command that cannot be run at all
+    (not executable, a directory, gone) is one :class:`HelperStartError`.
+    """
     try:
         return subprocess.Popen(
-            full,
+            list(argv),
             stdin=subprocess.DEVNULL,
-            stdout=start.stderr,
-            stderr=start.stderr,
-            pass_fds=(*pass_fds, *start.extra_fds),
-            env=None if start.env is None else dict(start.env),
-            start_new_session=start.new_session,
+            stdout=output,
+            stderr=output,
+            pass_fds=tuple(pass_fds),
+            env=None if env is None else dict(env),
+            start_new_session=new_session,
         )
     except OSError as exc:
-        raise HelperStartError(f"cannot run {full[0]}: {exc}", argv=tuple(full)) from exc
+        # one line, without the errno's repr
+        why = exc.strerror or str(exc)
+        raise HelperStartError(f"cannot run {argv[0]}: {why}", argv=tuple(argv)) from exc
+
+
+def _popen(start: _Start, full: list[str], pass_fds: Sequence[int]) -> subprocess.Popen[bytes]:
+    return start_process(
+        full,
+        (*pass_fds, *start.extra_fds),
+        output=start.stderr,
+        env=start.env,
+        new_session=start.new_session,
+    )
 
 
 def _spawn_fd(start: _Start, settle: float) -> Helper:
@@ -354,20 +385,26 @@ def _spawn_fd(start: _Start, settle: float) -> Helper:
             raise
     # Only the helper holds its end now, so its exit is our EOF.
     began = time.monotonic()
-    while True:
-        if process.poll() is not None:
-            ours.close()
-            raise _failed(
-                "the helper exited instead of serving",
-                process,
-                start.stderr,
-                full,
-                start.new_session,
-            )
-        elapsed = time.monotonic() - began
-        if _STARTED in _read_all(start.stderr) or elapsed >= min(settle, start.start_timeout):
-            break
-        time.sleep(0.005)
+    try:
+        while True:
+            if process.poll() is not None:
+                raise _failed(
+                    "the helper exited at once instead of serving",
+                    process,
+                    start.stderr,
+                    full,
+                    start.new_session,
+                )
+            elapsed = time.monotonic() - began
+            if _STARTED in _read_all(start.stderr) or elapsed >= min(settle, start.start_timeout):
+                break
+            time.sleep(0.005)
+    except BaseException:
+        # e.g. Ctrl-C while it starts: never leave it running
+        ours.close()
+        if process.returncode is None:
+            stop_process_tree(process, own_group=start.new_session)
+        raise
     client = ProxyClient(ours, timeout=start.timeout, path_style=start.path_style)
     return Helper(client, process, tuple(full), "fd", None, start.stderr, start.new_session)
 
@@ -402,7 +439,7 @@ def _spawn_socket(
                 raise
             if process.poll() is not None:
                 raise _failed(
-                    "the helper exited instead of listening",
+                    "the helper exited at once instead of listening on its socket",
                     process,
                     start.stderr,
                     full,

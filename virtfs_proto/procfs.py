@@ -13,9 +13,12 @@ import errno
 import os
 import stat
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Final
+
+from ._record import Record
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Final
 
 # Linux capability numbers 0..40, in order (linux/capability.h).
 _CAP_NAMES: Final = [
@@ -85,10 +88,22 @@ _STATUS_FIELDS: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ThreadConfinement:
+class ThreadConfinement(Record):
     """What /proc says about one thread of a helper."""
 
+    __slots__ = (
+        "cap_amb",
+        "cap_bnd",
+        "cap_eff",
+        "cap_inh",
+        "cap_prm",
+        "gid",
+        "no_new_privs",
+        "root",
+        "root_dev_ino",
+        "tid",
+        "uid",
+    )
     tid: int
     uid: tuple[int, int, int, int]  # real, effective, saved, fs
     gid: tuple[int, int, int, int]
@@ -100,6 +115,35 @@ class ThreadConfinement:
     no_new_privs: int
     root: str  # readlink of task/<tid>/root, as the reader sees it
     root_dev_ino: tuple[int, int] | None
+
+    def __init__(
+        self,
+        *,
+        tid: int,
+        uid: tuple[int, int, int, int],
+        gid: tuple[int, int, int, int],
+        cap_inh: int,
+        cap_prm: int,
+        cap_eff: int,
+        cap_bnd: int,
+        cap_amb: int,
+        no_new_privs: int,
+        root: str,
+        root_dev_ino: tuple[int, int] | None,
+    ) -> None:
+        self._set(
+            tid=tid,
+            uid=uid,
+            gid=gid,
+            cap_inh=cap_inh,
+            cap_prm=cap_prm,
+            cap_eff=cap_eff,
+            cap_bnd=cap_bnd,
+            cap_amb=cap_amb,
+            no_new_privs=no_new_privs,
+            root=root,
+            root_dev_ino=root_dev_ino,
+        )
 
     def format(self) -> str:
         return (
@@ -269,9 +313,27 @@ def same_object(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     return object_id(a) == object_id(b)
 
 
+def _read_text(path: str) -> str:
+    # not pathlib: the helper imports this module, and pathlib costs it start-up time
+    with open(path) as f:
+        return f.read()
+
+
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """Resident set size: every page ``pid`` maps that is in memory, shared or not."""
+    for line in _read_text(f"/proc/{pid}/status").splitlines():
         if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: each resident page divided by the number of
+    processes that map it (``smaps_rollup``). Summed over processes that share
+    pages (a parent and its forked child), each page counts once; RSS would
+    count it once per process."""
+    for line in _read_text(f"/proc/{pid}/smaps_rollup").splitlines():
+        if line.startswith("Pss:"):
             return int(line.split()[1])
     return 0
 
@@ -291,7 +353,7 @@ def settled_fd_count(pid: int, timeout: float = 1.0) -> int:
 
 def _states(pid: int) -> list[str]:
     return [
-        Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        _read_text(f"/proc/{pid}/task/{t}/stat").rsplit(")", 1)[1].split()[0]
         for t in os.listdir(f"/proc/{pid}/task")
     ]
 
@@ -316,7 +378,7 @@ def children(pid: int) -> list[int]:
         if not name.isdigit():
             continue
         try:
-            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _read_text(f"/proc/{name}/stat").rsplit(")", 1)[1].split()
         except OSError:  # it exited meanwhile
             continue
         if int(fields[1]) == pid:

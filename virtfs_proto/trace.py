@@ -70,7 +70,7 @@ from .errors import (
     RemoteProtocolError,
 )
 from .jsonform import error_to_json, reply_to_json, request_to_json
-from .launcher import check_helper_command, stop_process_tree
+from .launcher import check_helper_command, start_process, stop_process_tree
 from .transport import Transport, close_fds
 
 _CHUNK: Final = HEADER_SIZE + PROXY_MAX_IO_SZ
@@ -392,10 +392,11 @@ def _spawn_helper(argv: list[str]) -> tuple[socket.socket, subprocess.Popen[byte
     else:
         argv = [*argv, "-f", fd]
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
-    except OSError as exc:
+        # stdout and stderr stay the terminal's: the helper talks to the user
+        proc = start_process(argv, (theirs.fileno(),))
+    except HelperStartError as exc:
         ours.close()
-        raise SystemExit(f"trace: cannot start the helper {argv[0]}: {exc}") from exc
+        raise SystemExit(f"trace: {exc}") from exc
     finally:
         theirs.close()
     return ours, proc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -103,8 +104,39 @@ def test_helper_that_exits_at_once(export: Path) -> None:
 
 def test_helper_that_never_listens(export: Path) -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(60)"]
-    with pytest.raises(HelperStartError, match="did not listen"):
+    with pytest.raises(HelperStartError, match="did not listen") as info:
         spawn_helper(argv, export, "socket", start_timeout=0.3)
+    # we killed it: our SIGKILL is not the helper's exit status (no "crash")
+    assert info.value.returncode is None
+
+
+@pytest.mark.parametrize("mode", ["fd", "socket"])
+def test_interrupted_start_stops_the_helper(tmp_path: Path, mode: str) -> None:
+    """Ctrl-C while waiting for a helper to start (fd: its "Started"; socket: its
+    listen) leaves no helper running."""
+    pid_file = tmp_path / "pid"
+    stand_in = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    )
+
+    def interrupt_once_started(signum: int, frame: object) -> None:
+        if not pid_file.exists() or not pid_file.read_text():
+            return  # not yet: the next tick
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt_once_started)
+    signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            spawn_helper(
+                [sys.executable, "-c", stand_in], tmp_path, mode, settle=60, start_timeout=60
+            )  # type: ignore[arg-type]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    # reaped, not only killed: the pid is gone
+    assert _state(int(pid_file.read_text())) == "gone"
 
 
 @pytest.mark.parametrize("mode", ["fd", "socket"])

@@ -23,10 +23,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from dataclasses import dataclass
-from typing import Final
 
+from .._record import Record
 from . import oslib
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Final
 
 LANDLOCK_CREATE_RULESET_VERSION: Final = 1 << 0
 LANDLOCK_RULE_PATH_BENEATH: Final = 1
@@ -95,15 +98,31 @@ def abi_version() -> int:
         raise
 
 
-@dataclass(frozen=True, slots=True)
-class LandlockReport:
+class LandlockReport(Record):
     """What :func:`restrict` enforced (for the start-up log and --print-confinement)."""
 
+    __slots__ = ("abi", "allowed_fs", "handled_fs", "handled_net", "scoped")
     abi: int
     handled_fs: tuple[str, ...]
     allowed_fs: tuple[str, ...]  # beneath the export; everything handled is denied elsewhere
     handled_net: tuple[str, ...]  # handled and allowed nowhere
     scoped: tuple[str, ...]
+
+    def __init__(
+        self,
+        abi: int,
+        handled_fs: tuple[str, ...],
+        allowed_fs: tuple[str, ...],
+        handled_net: tuple[str, ...],
+        scoped: tuple[str, ...],
+    ) -> None:
+        self._set(
+            abi=abi,
+            handled_fs=handled_fs,
+            allowed_fs=allowed_fs,
+            handled_net=handled_net,
+            scoped=scoped,
+        )
 
     @property
     def enforced(self) -> bool:

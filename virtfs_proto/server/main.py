@@ -79,19 +79,22 @@ import struct
 import sys
 import syslog
 from collections.abc import Callable
-from dataclasses import dataclass
 from errno import EADDRINUSE, ENOBUFS
-from typing import Any, Final
 
 from .. import _fastpath_generated as wire
 from .. import procfs
+from .._record import Record
 from ..constants import HEADER_SIZE, PROXY_MAX_IO_SZ
-from . import inside, landlock, privileges, sandbox, seccomp, userns
+from . import landlock, privileges, sandbox, seccomp, userns
 from .ops import Operations, error_frame, export_supports_getversion
 from .oslib import fchown_fd, open_own_fd_dir, open_procfs
 from .resolve import Resolver
 from .sandbox import LAYERS, SANDBOXES, Layers, SandboxError
 from .userns import IdMaps, IdRange, UserNamespaceError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 PROG: Final = "virtfs-proxy-helper"
 
@@ -161,8 +164,9 @@ class UsageError(Exception):
         self.usage = usage
 
 
-@dataclass
 class Options:
+    """The parsed command line (class attributes are the defaults)."""
+
     path: str | None = None
     fd: int | None = None
     socket: str | None = None
@@ -587,7 +591,7 @@ def socket_from_fd(fd: int) -> socket.socket:
 
 #: What the serving loop asks of each decoded request: the reply's bytes and
 #: the fd to pass with them, -1 for none (:meth:`Operations.answer`).
-Answerer = Callable[[int, tuple[Any, ...]], tuple[bytes, int]]
+Answerer = Callable[[int, tuple["Any", ...]], tuple[bytes, int]]
 
 
 def serve(sock: socket.socket, answer: Answerer, log: Log) -> int:
@@ -675,13 +679,16 @@ def missing_mount_flags(root_fd: int) -> list[str]:
     ]
 
 
-@dataclass(frozen=True)
-class Mode:
+class Mode(Record):
     """Root or rootless, why, and (rootless) the id maps asked for."""
 
+    __slots__ = ("maps", "rootless", "why")
     rootless: bool
     why: str
-    maps: IdMaps | None = None
+    maps: IdMaps | None
+
+    def __init__(self, rootless: bool, why: str, maps: IdMaps | None = None) -> None:
+        self._set(rootless=rootless, why=why, maps=maps)
 
     def line(self) -> str:
         if not self.rootless:
@@ -849,6 +856,10 @@ def _serve_confined(
     parent_alive: int,
 ) -> int:
     """In the serving process: build the sandbox, confine, report, serve."""
+    if o.test_inside:
+        # test-only, so not on the serving path; imported before the sandbox,
+        # after which no module file can be opened
+        from . import inside
     export_st = os.fstat(root_fd)
     export = (export_st.st_dev, export_st.st_ino)
     if layers.namespaces:

@@ -51,7 +51,6 @@ where QEMU's answer is a defect:
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import stat
@@ -71,36 +70,36 @@ from errno import (
     EPERM,
     ERANGE,
 )
-from typing import TYPE_CHECKING, Any, Final
 
 from .. import _fastpath_generated as wire
 from ..constants import MAX_STRING_LENGTH, REPLY_KIND, V9FS_FD_VALID, MessageType, ReplyKind
-from .oslib import fchown_fd, open_own_fd_dir
+from . import oslib
 from .resolve import (
     MAX_EAGAIN_RETRIES,
     MAX_SYMLINKS,
     Resolver,
     clean_name,
     clean_path,
-    fstatfs,
     normalize_open_flags,
 )
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
 if TYPE_CHECKING:  # the serving path imports neither: see _fastpath_generated
+    from typing import Any, Final
+
     from .. import messages as m
     from .userns import IdMap
 
 #: ``_IOR('v', 1, long)`` (0x80087601 on x86-64, in the generic ioctl
 #: encoding); the kernel writes only a 32-bit int through it.
-FS_IOC_GETVERSION: Final = (2 << 30) | (ctypes.sizeof(ctypes.c_long) << 16) | (ord("v") << 8) | 1
+FS_IOC_GETVERSION: Final = (2 << 30) | (struct.calcsize("l") << 16) | (ord("v") << 8) | 1
 
 #: File systems on which QEMU's helper asks FS_IOC_GETVERSION at all
 #: (ext2/3/4, btrfs, reiserfs, xfs), decided once from the export root.
 GETVERSION_FS_TYPES: Final = frozenset({0xEF53, 0x9123683E, 0x52654973, 0x58465342})
 
-AT_SYMLINK_NOFOLLOW: Final = 0x100
-AT_EMPTY_PATH: Final = 0x1000
-SYS_FCHMODAT2: Final = 452  # Linux >= 6.6: the first chmod that takes an O_PATH fd
+AT_SYMLINK_NOFOLLOW: Final = oslib.AT_SYMLINK_NOFOLLOW
+AT_EMPTY_PATH: Final = oslib.AT_EMPTY_PATH
 
 _U32: Final = 0xFFFFFFFF
 _U64: Final = 0xFFFFFFFFFFFFFFFF
@@ -125,24 +124,6 @@ _FD_VALID: Final = wire.FD_REPLY.pack(V9FS_FD_VALID)
 _STAT_FRAME_PACK: Final = wire.FRAME_STAT.pack
 _STAT_SIZE: Final = wire.FRAME_STAT.size - wire.HEADER.size
 _VERSION_ZERO: Final = wire.frame_version(_T_SUCCESS, 0)
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = (("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_long))
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_utimensat = _libc.utimensat
-_utimensat.restype = ctypes.c_int
-_utimensat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
-
-
-def _check(rc: int) -> None:
-    if rc < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def _error(err: int) -> OSError:
@@ -227,7 +208,7 @@ class Operations:
         self._open_owner = (0, 0) if id_maps is None else (_U32, _U32)
         #: this process's fd directory in a procfs no client path reaches
         #: (:func:`~.oslib.open_own_fd_dir`; opened here if not given)
-        self._fd_dir = open_own_fd_dir()[0] if fd_dir is None else fd_dir
+        self._fd_dir = oslib.open_own_fd_dir()[0] if fd_dir is None else fd_dir
         self._root_fd = resolver.root_fd
         self.get_version = get_version
         #: T_MKNOD may make character and block devices (for uid == gid == 0)
@@ -458,7 +439,7 @@ class Operations:
             st = os.fstat(fd)
             if stat.S_IFMT(st.st_mode) != kind or st.st_uid != os.geteuid():
                 raise _error(EAGAIN)  # replaced before its owner could be set
-            fchown_fd(fd, _id(uid), _id(gid))
+            oslib.fchown_fd(fd, _id(uid), _id(gid))
         finally:
             os.close(fd)
 
@@ -560,7 +541,7 @@ class Operations:
     def statfs(self, path: bytes) -> bytes:
         fd = self.resolver.open(path, _PROBE)
         try:
-            sfs = fstatfs(fd)
+            sfs = oslib.fstatfs(fd)
         finally:
             os.close(fd)
         return wire.frame_statfs(
@@ -585,17 +566,13 @@ class Operations:
         """fchmodat2(2); False (remembered) where the kernel lacks it (Linux < 6.6)."""
         if not self._have_fchmodat2:
             return False
-        rc = _syscall(
-            ctypes.c_long(SYS_FCHMODAT2),
-            ctypes.c_int(dirfd),
-            ctypes.c_char_p(name),
-            ctypes.c_uint(mode),
-            ctypes.c_int(flags),
-        )
-        if rc < 0 and ctypes.get_errno() == ENOSYS:
+        try:
+            oslib.fchmodat2(dirfd, name, mode, flags)
+        except OSError as exc:
+            if exc.errno != ENOSYS:
+                raise
             self._have_fchmodat2 = False
             return False
-        _check(rc)
         return True
 
     def chmod(self, path: bytes, mode: int) -> bytes:
@@ -646,10 +623,11 @@ class Operations:
     def utime(
         self, path: bytes, atime_sec: int, atime_nsec: int, mtime_sec: int, mtime_nsec: int
     ) -> bytes:
-        times = (_Timespec * 2)(_Timespec(atime_sec, atime_nsec), _Timespec(mtime_sec, mtime_nsec))
         dirfd, name = self.resolver.parent(path)
         try:
-            _check(_utimensat(dirfd, name, times, AT_SYMLINK_NOFOLLOW))
+            oslib.utimensat(
+                dirfd, name, (atime_sec, atime_nsec), (mtime_sec, mtime_nsec), AT_SYMLINK_NOFOLLOW
+            )
         finally:
             self.resolver.release(dirfd)
         return _STATUS_OK
@@ -771,4 +749,4 @@ class Operations:
 
 def export_supports_getversion(root_fd: int) -> bool:
     """QEMU's start-up test: FS_IOC_GETVERSION only on these root file systems."""
-    return int(fstatfs(root_fd).f_type) & _U32 in GETVERSION_FS_TYPES
+    return int(oslib.fstatfs(root_fd).f_type) & _U32 in GETVERSION_FS_TYPES

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
-from typing import Final
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Final
 
 # The new mount API has one number on every architecture (Linux >= 5.2).
 SYS_OPEN_TREE: Final = 428
@@ -20,7 +22,7 @@ SYS_FSMOUNT: Final = 432
 SYS_MOUNT_SETATTR: Final = 442
 #: pivot_root has no libc wrapper, and a number per architecture
 SYS_PIVOT_ROOT: Final = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203}.get(
-    platform.machine(), -1
+    os.uname().machine, -1
 )
 
 FSOPEN_CLOEXEC: Final = 0x1
@@ -54,9 +56,14 @@ AT_SYMLINK_NOFOLLOW: Final = 0x100
 AT_EMPTY_PATH: Final = 0x1000
 AT_FDCWD: Final = -100
 
+#: The one libc handle of the helper; every binding below comes from it.
 _libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+#: syscall(2) with no argtypes (it is variadic): each caller passes the
+#: number and every argument as an exact C type (an int, bytes, a byref or a
+#: ctypes scalar). The resolver calls it once per client path: converting
+#: arguments through argtypes would cost more than the call's own overhead.
+syscall = _libc.syscall
+syscall.restype = ctypes.c_long
 _fchownat = _libc.fchownat
 _fchownat.restype = ctypes.c_int
 _fchownat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
@@ -84,10 +91,11 @@ class _MountAttr(ctypes.Structure):
     )
 
 
-def _check(rc: int, what: str) -> int:
+def _check(rc: int, what: str = "") -> int:
+    """``rc``, or the OSError of the kernel's errno when it is negative."""
     if rc < 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+        raise OSError(err, f"{what}: {os.strerror(err)}" if what else os.strerror(err))
     return rc
 
 
@@ -127,15 +135,15 @@ def umount2(target: str, flags: int) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     if SYS_PIVOT_ROOT < 0:
-        raise OSError(38, f"pivot_root: unknown system call number on {platform.machine()}")
-    _check(_syscall(SYS_PIVOT_ROOT, os.fsencode(new_root), os.fsencode(put_old)), "pivot_root")
+        raise OSError(38, f"pivot_root: unknown system call number on {os.uname().machine}")
+    _check(syscall(SYS_PIVOT_ROOT, os.fsencode(new_root), os.fsencode(put_old)), "pivot_root")
 
 
 def clone_tree(fd: int) -> int:
     """A detached copy of the mount tree at ``fd`` (``open_tree(OPEN_TREE_CLONE |
     AT_RECURSIVE)``, the mount API's bind mount): an fd of its root."""
     flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH
-    return _check(_syscall(SYS_OPEN_TREE, fd, b"", flags), "open_tree")
+    return _check(syscall(SYS_OPEN_TREE, fd, b"", flags), "open_tree")
 
 
 def set_mount_attrs(fd: int, attrs: int, *, recursive: bool = True) -> None:
@@ -144,7 +152,7 @@ def set_mount_attrs(fd: int, attrs: int, *, recursive: bool = True) -> None:
     anywhere (mount_setattr)."""
     attr = _MountAttr(attrs, 0, MS_PRIVATE, 0)
     _check(
-        _syscall(
+        syscall(
             SYS_MOUNT_SETATTR,
             fd,
             b"",
@@ -160,7 +168,7 @@ def move_mount(from_fd: int, to_dirfd: int, to_path: str) -> None:
     """Attach the mount ``from_fd`` at ``to_path`` under ``to_dirfd`` ("" = on it)."""
     flags = MOVE_MOUNT_F_EMPTY_PATH | (MOVE_MOUNT_T_EMPTY_PATH if to_path == "" else 0)
     _check(
-        _syscall(SYS_MOVE_MOUNT, from_fd, b"", to_dirfd, os.fsencode(to_path), flags),
+        syscall(SYS_MOVE_MOUNT, from_fd, b"", to_dirfd, os.fsencode(to_path), flags),
         "move_mount",
     )
 
@@ -168,18 +176,18 @@ def move_mount(from_fd: int, to_dirfd: int, to_path: str) -> None:
 def new_mount(fstype: str, options: dict[str, str], attrs: int) -> int:
     """A new ``fstype`` mount, attached nowhere (fsopen + fsconfig + fsmount):
     its root's fd. ``attrs`` are ``MOUNT_ATTR_*``."""
-    fs_fd = _check(_syscall(SYS_FSOPEN, fstype.encode(), FSOPEN_CLOEXEC), f"fsopen({fstype})")
+    fs_fd = _check(syscall(SYS_FSOPEN, fstype.encode(), FSOPEN_CLOEXEC), f"fsopen({fstype})")
     try:
         for key, value in options.items():
             _check(
-                _syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_SET_STRING, key.encode(), value.encode(), 0),
+                syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_SET_STRING, key.encode(), value.encode(), 0),
                 f"fsconfig({key}={value})",
             )
         _check(
-            _syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_CMD_CREATE, None, None, 0),
+            syscall(SYS_FSCONFIG, fs_fd, FSCONFIG_CMD_CREATE, None, None, 0),
             f"fsconfig({fstype}: create)",
         )
-        return _check(_syscall(SYS_FSMOUNT, fs_fd, FSMOUNT_CLOEXEC, attrs), "fsmount")
+        return _check(syscall(SYS_FSMOUNT, fs_fd, FSMOUNT_CLOEXEC, attrs), "fsmount")
     finally:
         os.close(fs_fd)
 
@@ -190,7 +198,7 @@ def landlock_create_ruleset(attr: ctypes.Structure | None, flags: int = 0) -> in
     size = ctypes.sizeof(attr) if attr is not None else 0
     ref = ctypes.byref(attr) if attr is not None else None
     return _check(
-        _syscall(SYS_LANDLOCK_CREATE_RULESET, ref, ctypes.c_size_t(size), ctypes.c_uint32(flags)),
+        syscall(SYS_LANDLOCK_CREATE_RULESET, ref, ctypes.c_size_t(size), ctypes.c_uint32(flags)),
         "landlock_create_ruleset",
     )
 
@@ -198,7 +206,7 @@ def landlock_create_ruleset(attr: ctypes.Structure | None, flags: int = 0) -> in
 def landlock_add_rule(ruleset_fd: int, rule_type: int, attr: ctypes.Structure) -> None:
     """landlock_add_rule(2); ``attr`` is the rule's struct."""
     _check(
-        _syscall(
+        syscall(
             SYS_LANDLOCK_ADD_RULE, ruleset_fd, rule_type, ctypes.byref(attr), ctypes.c_uint32(0)
         ),
         "landlock_add_rule",
@@ -208,7 +216,7 @@ def landlock_add_rule(ruleset_fd: int, rule_type: int, attr: ctypes.Structure) -
 def landlock_restrict_self(ruleset_fd: int, flags: int = 0) -> None:
     """landlock_restrict_self(2): the calling thread enters the ruleset's domain."""
     _check(
-        _syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, ctypes.c_uint32(flags)),
+        syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, ctypes.c_uint32(flags)),
         "landlock_restrict_self",
     )
 
@@ -277,3 +285,163 @@ _ptrace.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_
 def ptrace(request: int, pid: int) -> None:
     """ptrace(2) for a request with no address or data (attach, detach)."""
     _check(_ptrace(request, pid, None, None), "ptrace")
+
+
+# -- openat2 (the resolver's lookup) ---------------------------------------------
+
+SYS_OPENAT2: Final = 437  # the same number on every architecture (Linux >= 5.6)
+#: the number as a prebuilt C long, for the resolver's per-path call
+SYS_OPENAT2_C: Final = ctypes.c_long(SYS_OPENAT2)
+
+
+class OpenHow(ctypes.Structure):
+    """struct open_how (linux/openat2.h)"""
+
+    _fields_ = (
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    )
+
+
+#: sizeof(struct open_how), as openat2's size argument
+OPEN_HOW_SIZE: Final = ctypes.c_size_t(ctypes.sizeof(OpenHow))
+
+
+def openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    """``openat2(dirfd, path, {flags, mode, resolve})``; raises OSError."""
+    how = OpenHow(flags, mode, resolve)
+    return _check(syscall(SYS_OPENAT2_C, dirfd, path, ctypes.byref(how), OPEN_HOW_SIZE))
+
+
+# -- file systems, times, modes ----------------------------------------------------
+
+
+class Statfs(ctypes.Structure):
+    """struct statfs of the 64-bit Linux ABI (not a wire layout: the kernel's)"""
+
+    _fields_ = (
+        ("f_type", ctypes.c_long),
+        ("f_bsize", ctypes.c_long),
+        ("f_blocks", ctypes.c_uint64),
+        ("f_bfree", ctypes.c_uint64),
+        ("f_bavail", ctypes.c_uint64),
+        ("f_files", ctypes.c_uint64),
+        ("f_ffree", ctypes.c_uint64),
+        ("f_fsid", ctypes.c_int * 2),
+        ("f_namelen", ctypes.c_long),
+        ("f_frsize", ctypes.c_long),
+        ("f_flags", ctypes.c_long),
+        ("f_spare", ctypes.c_long * 4),
+    )
+
+
+_fstatfs = _libc.fstatfs
+_fstatfs.argtypes = (ctypes.c_int, ctypes.POINTER(Statfs))
+_fstatfs.restype = ctypes.c_int
+
+
+def fstatfs(fd: int) -> Statfs:
+    """fstatfs(2) on any fd, O_PATH included; raises OSError."""
+    buf = Statfs()
+    _check(_fstatfs(fd, ctypes.byref(buf)))
+    return buf
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_long))
+
+
+_utimensat = _libc.utimensat
+_utimensat.restype = ctypes.c_int
+_utimensat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int)
+
+
+def utimensat(
+    dirfd: int, name: bytes, atime: tuple[int, int], mtime: tuple[int, int], flags: int
+) -> None:
+    """utimensat(2) with raw (sec, nsec) pairs: ``UTIME_NOW``/``UTIME_OMIT`` pass
+    through as the kernel knows them (``os.utime`` cannot express them)."""
+    times = (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))
+    _check(_utimensat(dirfd, name, times, flags))
+
+
+SYS_FCHMODAT2: Final = 452  # Linux >= 6.6: the first chmod that takes an O_PATH fd
+_SYS_FCHMODAT2_C: Final = ctypes.c_long(SYS_FCHMODAT2)
+
+
+def fchmodat2(dirfd: int, name: bytes, mode: int, flags: int) -> None:
+    """fchmodat2(2); OSError(ENOSYS) where the kernel lacks it."""
+    _check(
+        syscall(
+            _SYS_FCHMODAT2_C,
+            ctypes.c_int(dirfd),
+            ctypes.c_char_p(name),
+            ctypes.c_uint(mode),
+            ctypes.c_int(flags),
+        )
+    )
+
+
+# -- process attributes and capabilities ---------------------------------------------
+
+_prctl = _libc.prctl
+_prctl.restype = ctypes.c_int
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """prctl(2); raises OSError."""
+    return _check(int(_prctl(option, arg2, arg3, arg4, arg5)), f"prctl({option})")
+
+
+def prctl_status(option: int, arg2: int = 0) -> int:
+    """prctl(2) whose failure is an answer, not an error: the return value, -1 on failure."""
+    return int(_prctl(option, arg2, 0, 0, 0))
+
+
+_LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+_capget = _libc.capget
+_capget.restype = ctypes.c_int
+_capget.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
+_capset = _libc.capset
+_capset.restype = ctypes.c_int
+_capset.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
+
+
+def capget() -> tuple[int, int, int]:
+    """capget(2) for the calling thread: (effective, permitted, inheritable), 64-bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_capget(ctypes.byref(header), data), "capget")
+    return (
+        data[0].effective | data[1].effective << 32,
+        data[0].permitted | data[1].permitted << 32,
+        data[0].inheritable | data[1].inheritable << 32,
+    )
+
+
+def capset(effective: int, permitted: int, inheritable: int = 0) -> None:
+    """capset(2) for the calling thread; the masks are 64-bit."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = effective >> shift & 0xFFFFFFFF
+        data[i].permitted = permitted >> shift & 0xFFFFFFFF
+        data[i].inheritable = inheritable >> shift & 0xFFFFFFFF
+    _check(_capset(ctypes.byref(header), data), "capset")

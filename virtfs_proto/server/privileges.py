@@ -25,16 +25,18 @@ thread only and leaves its RCU thread with every capability.
 
 from __future__ import annotations
 
-import ctypes
 import grp
 import os
 import pwd
-import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Final
 
+from .._record import Record
 from ..procfs import capability_name
+from . import oslib
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Final
 
 CAP_CHOWN: Final = 0
 CAP_DAC_OVERRIDE: Final = 1
@@ -86,8 +88,6 @@ def kept_capabilities(*, allow_device_nodes: bool) -> dict[int, str]:
     return kept
 
 
-_LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
-
 PR_SET_KEEPCAPS: Final = 8
 PR_CAPBSET_READ: Final = 23
 PR_CAPBSET_DROP: Final = 24
@@ -97,87 +97,38 @@ PR_CAP_AMBIENT: Final = 47
 PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    )
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_prctl = _libc.prctl
-_prctl.restype = ctypes.c_int
-_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
-_capget = _libc.capget
-_capget.restype = ctypes.c_int
-_capget.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
-_capset = _libc.capset
-_capset.restype = ctypes.c_int
-_capset.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
-
-
 class ConfinementError(Exception):
     """The helper could not confine itself; it must not serve requests."""
 
 
-def _raise_errno(what: str) -> None:
-    err = ctypes.get_errno()
-    raise OSError(err, f"{what}: {os.strerror(err)}")
+#: prctl(2) and capset(2) are :mod:`.oslib`'s (one libc handle, one errno check)
+prctl = oslib.prctl
+capset = oslib.capset
 
 
-def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    """prctl(2); raises OSError."""
-    rc = int(_prctl(option, arg2, arg3, arg4, arg5))
-    if rc < 0:
-        _raise_errno(f"prctl({option})")
-    return rc
-
-
-@dataclass(frozen=True, slots=True)
-class CapabilitySets:
+class CapabilitySets(Record):
     """The calling thread's capability sets as 64-bit masks."""
 
+    __slots__ = ("effective", "inheritable", "permitted")
     effective: int
     permitted: int
     inheritable: int
 
+    def __init__(self, effective: int, permitted: int, inheritable: int) -> None:
+        self._set(effective=effective, permitted=permitted, inheritable=inheritable)
+
 
 def capget() -> CapabilitySets:
     """capget(2) for the calling thread."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    if _capget(ctypes.byref(header), data) != 0:
-        _raise_errno("capget")
-    return CapabilitySets(
-        effective=data[0].effective | data[1].effective << 32,
-        permitted=data[0].permitted | data[1].permitted << 32,
-        inheritable=data[0].inheritable | data[1].inheritable << 32,
-    )
-
-
-def capset(effective: int, permitted: int, inheritable: int = 0) -> None:
-    """capset(2) for the calling thread; the masks are 64-bit."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    for i in range(2):
-        shift = 32 * i
-        data[i].effective = effective >> shift & 0xFFFFFFFF
-        data[i].permitted = permitted >> shift & 0xFFFFFFFF
-        data[i].inheritable = inheritable >> shift & 0xFFFFFFFF
-    if _capset(ctypes.byref(header), data) != 0:
-        _raise_errno("capset")
+    effective, permitted, inheritable = oslib.capget()
+    return CapabilitySets(effective, permitted, inheritable)
 
 
 def last_capability() -> int:
     """The highest capability number this kernel knows (without /proc)."""
     cap = 0
     while cap < 63:
-        if _prctl(PR_CAPBSET_READ, cap + 1, 0, 0, 0) < 0:
+        if oslib.prctl_status(PR_CAPBSET_READ, cap + 1) < 0:
             break
         cap += 1
     return cap
@@ -226,6 +177,8 @@ def thread_count(proc_fd: int | None) -> int:
         try:
             return len(os.listdir(f"/proc/{os.getpid()}/task"))
         except FileNotFoundError:
+            import threading  # only without /proc: not on the helper's path
+
             return threading.active_count()
     fd = os.open(f"{os.getpid()}/task", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
     try:

@@ -46,9 +46,12 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from typing import Final
 
-SYS_OPENAT2: Final = 437  # the same number on every architecture (Linux >= 5.6)
+from . import oslib
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Final
 
 RESOLVE_NO_XDEV: Final = 0x01
 RESOLVE_NO_MAGICLINKS: Final = 0x02
@@ -103,51 +106,10 @@ class _Moved(Exception):
     """The walk's ``..`` was not the directory it came from: a rename raced it."""
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = (
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    )
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
-_syscall.argtypes = (
-    ctypes.c_long,
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.POINTER(_OpenHow),
-    ctypes.c_size_t,
-)
-_fstatfs = _libc.fstatfs
-
-# The resolver's own handle on syscall(2) for openat2, called once per client
-# path: without argtypes (converting five arguments through them costs more
-# than the syscall's own Python overhead), so every argument is passed as an
-# exact C type: the number as a prebuilt c_long, the root fd and the path as
-# int and bytes (ctypes' int and char *), the open_how by reference and its
-# size as a prebuilt c_size_t.
-_syscall_openat2 = ctypes.CDLL(None, use_errno=True).syscall
-_syscall_openat2.restype = ctypes.c_long
-_SYS_OPENAT2_C: Final = ctypes.c_long(SYS_OPENAT2)
-
-
-def raw_openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
-    """``openat2(dirfd, path, {flags, mode, resolve})``; raises OSError."""
-    how = _OpenHow(flags, mode, resolve)
-    fd = _syscall(SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(fd)
-
-
 def openat2_available() -> bool:
     """True when the running kernel implements openat2(2)."""
     try:
-        fd = raw_openat2(-100, b"/", _DIR_PATH, 0, 0)  # AT_FDCWD
+        fd = oslib.openat2(oslib.AT_FDCWD, b"/", _DIR_PATH, 0, 0)
     except OSError as exc:
         return exc.errno != errno.ENOSYS
     os.close(fd)
@@ -208,9 +170,8 @@ class Resolver:
         self.uses_openat2 = contain and (
             openat2_available() if use_openat2 is None else use_openat2
         )
-        self._how = _OpenHow(0, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+        self._how = oslib.OpenHow(0, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
         self._how_ref = ctypes.byref(self._how)
-        self._how_size = ctypes.c_size_t(ctypes.sizeof(self._how))
         root = os.fstat(root_fd)
         self._root_id = (root.st_dev, root.st_ino)
         #: :meth:`open` for a path already passed through :func:`clean_path`
@@ -256,8 +217,9 @@ class Resolver:
         how.mode = mode
         retries = MAX_EAGAIN_RETRIES
         while True:
-            fd: int = _syscall_openat2(
-                _SYS_OPENAT2_C, self.root_fd, path, self._how_ref, self._how_size
+            # syscall(2) with exact C types, no argtypes (see oslib.syscall)
+            fd: int = oslib.syscall(
+                oslib.SYS_OPENAT2_C, self.root_fd, path, self._how_ref, oslib.OPEN_HOW_SIZE
             )
             if fd >= 0:
                 return fd
@@ -429,36 +391,5 @@ def _link_text(fd: int, links: int) -> bytes:
     return os.readlink(b"", dir_fd=fd)
 
 
-class _Statfs(ctypes.Structure):
-    # struct statfs of the 64-bit Linux ABI (not a wire layout: the kernel's)
-    _fields_ = (
-        ("f_type", ctypes.c_long),
-        ("f_bsize", ctypes.c_long),
-        ("f_blocks", ctypes.c_uint64),
-        ("f_bfree", ctypes.c_uint64),
-        ("f_bavail", ctypes.c_uint64),
-        ("f_files", ctypes.c_uint64),
-        ("f_ffree", ctypes.c_uint64),
-        ("f_fsid", ctypes.c_int * 2),
-        ("f_namelen", ctypes.c_long),
-        ("f_frsize", ctypes.c_long),
-        ("f_flags", ctypes.c_long),
-        ("f_spare", ctypes.c_long * 4),
-    )
-
-
-_fstatfs.argtypes = (ctypes.c_int, ctypes.POINTER(_Statfs))
-_fstatfs.restype = ctypes.c_int
-
-
-def fstatfs(fd: int) -> _Statfs:
-    """fstatfs(2) on any fd, O_PATH included; raises OSError."""
-    buf = _Statfs()
-    if _fstatfs(fd, ctypes.byref(buf)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return buf
-
-
 def _on_procfs(dirfd: int) -> bool:
-    return int(fstatfs(dirfd).f_type) == PROC_SUPER_MAGIC
+    return int(oslib.fstatfs(dirfd).f_type) == PROC_SUPER_MAGIC

@@ -25,11 +25,14 @@ import select
 import signal
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import FrameType
-from typing import Final
 
+from .._record import Record
 from . import oslib, privileges
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Final
 
 SANDBOXES: Final = ("namespace", "chroot", "none")
 
@@ -59,15 +62,27 @@ class SandboxError(Exception):
     """The requested sandbox cannot be built: the helper refuses to start."""
 
 
-@dataclass(frozen=True)
-class Layers:
+class Layers(Record):
     """Which layers are on (``--sandbox`` less ``--test-disable``)."""
 
-    namespaces: bool = True
-    chroot: bool = True
-    drop: bool = True
-    landlock: bool = True
-    seccomp: bool = True
+    __slots__ = LAYERS
+    namespaces: bool
+    chroot: bool
+    drop: bool
+    landlock: bool
+    seccomp: bool
+
+    def __init__(
+        self,
+        namespaces: bool = True,
+        chroot: bool = True,
+        drop: bool = True,
+        landlock: bool = True,
+        seccomp: bool = True,
+    ) -> None:
+        self._set(
+            namespaces=namespaces, chroot=chroot, drop=drop, landlock=landlock, seccomp=seccomp
+        )
 
     @classmethod
     def from_options(cls, sandbox: str, disabled: frozenset[str]) -> Layers:

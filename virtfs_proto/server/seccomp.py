@@ -26,11 +26,14 @@ import os
 import socket
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from typing import Final
 
+from .._record import Record
 from . import privileges
 from .ops import FS_IOC_GETVERSION
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from typing import Final
 
 #: (why, system calls): the allowlist, one group per reason.
 ALLOW_GROUPS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
@@ -207,24 +210,41 @@ def _check(rc: int, what: str) -> None:
         raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
 
 
-@dataclass(frozen=True, slots=True)
-class SeccompReport:
+class SeccompReport(Record):
     """What :func:`install` loaded, and what the kernel says about it."""
 
+    __slots__ = ("allowed", "device_nodes", "filters", "killed", "mode", "rules")
     allowed: int  # system calls allowed, CONDITIONAL ones included
     killed: int  # system calls that kill the process
     rules: int  # every rule, argument-checked ones included
     device_nodes: bool  # whether mknodat may make char/block nodes
-    mode: int | None = None  # "Seccomp:" of the thread's status (2 = filter); None: unread
-    filters: int | None = None  # "Seccomp_filters:"
+    mode: int | None  # "Seccomp:" of the thread's status (2 = filter); None: unread
+    filters: int | None  # "Seccomp_filters:"
+
+    def __init__(
+        self,
+        allowed: int,
+        killed: int,
+        rules: int,
+        device_nodes: bool,
+        mode: int | None = None,
+        filters: int | None = None,
+    ) -> None:
+        self._set(
+            allowed=allowed,
+            killed=killed,
+            rules=rules,
+            device_nodes=device_nodes,
+            mode=mode,
+            filters=filters,
+        )
 
     def read(self, status_text: str) -> SeccompReport:
         """This report with the mode and filter count a ``/proc/.../status`` text gives."""
         fields = dict(line.split(":", 1) for line in status_text.splitlines() if ":" in line)
         mode = fields.get("Seccomp")
         filters = fields.get("Seccomp_filters")
-        return replace(
-            self,
+        return self.replace(
             mode=int(mode) if mode is not None else None,
             filters=int(filters) if filters is not None else None,
         )

@@ -33,13 +33,14 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shutil
-import subprocess
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final
 
+from .._record import Record
 from . import oslib
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Final
 
 SUBUID_FILE: Final = "/etc/subuid"
 SUBGID_FILE: Final = "/etc/subgid"
@@ -64,13 +65,16 @@ class UserNamespaceError(Exception):
     """The user namespace cannot be made or mapped: a rootless helper refuses to start."""
 
 
-@dataclass(frozen=True, slots=True)
-class IdRange:
+class IdRange(Record):
     """One map line: ``count`` ids from ``inside`` are ``outside`` onwards on the host."""
 
+    __slots__ = ("count", "inside", "outside")
     inside: int
     outside: int
     count: int
+
+    def __init__(self, inside: int, outside: int, count: int) -> None:
+        self._set(inside=inside, outside=outside, count=count)
 
     def __str__(self) -> str:
         return f"{self.inside} {self.outside} {self.count}"
@@ -87,11 +91,14 @@ class IdRange:
         return cls(inside, outside, count)
 
 
-@dataclass(frozen=True, slots=True)
-class IdMap:
+class IdMap(Record):
     """A user namespace's uid or gid map."""
 
+    __slots__ = ("ranges",)
     ranges: tuple[IdRange, ...]
+
+    def __init__(self, ranges: tuple[IdRange, ...]) -> None:
+        self._set(ranges=ranges)
 
     @classmethod
     def parse(cls, text: str) -> IdMap:
@@ -118,12 +125,15 @@ class IdMap:
         return ", ".join(f'"{r}"' for r in self.ranges) or "(empty)"
 
 
-@dataclass(frozen=True, slots=True)
-class IdMaps:
+class IdMaps(Record):
     """The uid and gid maps a rootless helper asks for (None: identity, written by itself)."""
 
-    uid: IdMap | None = None
-    gid: IdMap | None = None
+    __slots__ = ("gid", "uid")
+    uid: IdMap | None
+    gid: IdMap | None
+
+    def __init__(self, uid: IdMap | None = None, gid: IdMap | None = None) -> None:
+        self._set(uid=uid, gid=gid)
 
     @property
     def identity(self) -> bool:
@@ -251,6 +261,8 @@ def describe_status(status: int) -> str:
 def _run_mapper(go: int, result: int, commands: list[list[str]]) -> int:
     """In the mapper child (still in the initial user namespace, unconfined):
     wait for the parent's unshare, then map its namespace."""
+    import subprocess  # only with newuidmap maps: not on the usual start-up path
+
     os.read(go, 1)  # EOF when the parent has unshared (or failed to)
     with contextlib.suppress(OSError):
         if os.readlink(f"/proc/{commands[0][1]}/ns/user") == os.readlink("/proc/self/ns/user"):
@@ -269,6 +281,8 @@ def _run_mapper(go: int, result: int, commands: list[list[str]]) -> int:
 
 
 def _program(name: str) -> str:
+    import shutil  # only with newuidmap maps: not on the usual start-up path
+
     path = shutil.which(name)
     if path is None:
         raise UserNamespaceError(

@@ -14,6 +14,12 @@ from typing import Any, Final
 
 from ... import messages as m
 from ...errnos import errno_name
+
+# the cases build their requests through these (see paths.py)
+from .paths import Name as Name
+from .paths import qemu as qemu
+from .paths import qpath as qpath
+from .paths import wrong_nul as wrong_nul
 from .session import DEFAULT_TIMEOUT, HelperSession
 from .workspace import Workspace
 
@@ -157,17 +163,6 @@ def case(
 
 def errname(errno: int) -> str:
     return errno_name(errno)
-
-
-def vpath(name: str | bytes) -> bytes:
-    """A path as QEMU sends a V9fsPath: ``//name`` with a trailing NUL (root: ``/``)."""
-    raw = os.fsencode(name)
-    return (b"//" + raw if raw else b"/") + b"\0"
-
-
-def spath(name: str | bytes) -> bytes:
-    """A path as QEMU builds a new name: ``//name`` without a NUL."""
-    return b"//" + os.fsencode(name)
 
 
 def show(reply: m.Reply) -> str:

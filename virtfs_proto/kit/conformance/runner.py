@@ -34,9 +34,10 @@ from .model import (
     Verdict,
     count_line,
     not_applicable_reason,
+    qemu,
+    qpath,
     rootless_runner,
     select,
-    vpath,
 )
 from .session import (
     EXIT_TIMEOUT,
@@ -178,7 +179,7 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> tuple[int, in
     helper = HelperSession(helper_argv, ws.export, mode, rundir=ws.rundir)
     reply = None
     try:
-        reply = helper.call(LstatRequest(vpath("")), timeout=START_TIMEOUT)
+        reply = helper.call(qemu(LstatRequest, qpath("")), timeout=START_TIMEOUT)
     except (HelperGone, HelperHung) as exc:
         hung = isinstance(exc, HelperHung)
         status = None if hung else helper.wait_exit()
@@ -192,7 +193,7 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> tuple[int, in
         raise HelperStartError(
             f"the helper {what} ({mode} mode)",
             returncode=status,
-            stderr=helper.final_log,
+            stderr=helper.log(),
             argv=tuple(helper_argv),
         ) from None
     except ProxyProtocolError:
@@ -343,9 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``virtfs-proto conformance`` parser."""
     parser = argparse.ArgumentParser(
         prog="virtfs-proto conformance",
-        description="Run the conformance and security suite against a proxy helper. "
-        "Run by a user other than root (rootless mode), the export is that user's and "
-        "the cases that need root are reported not applicable.",
+        description="Run the conformance and security suite against a proxy helper.",
     )
     parser.add_argument("--helper", help="the helper command, split like a shell would (shlex)")
     parser.add_argument("--mode", choices=("fd", "socket", "both"), default="both")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,8 +19,9 @@ from typing import Final
 from ... import messages as m
 from ... import procfs
 from ...connection import ClientConnection
-from ...errors import ConnectionClosed, HelperStartError, ProxyProtocolError, TransportTimeout
-from ...transport import Transport, close_fds
+from ...errors import ConnectionClosed, ProxyProtocolError, TransportTimeout
+from ...launcher import describe_exit, spawn_helper
+from ...transport import close_fds
 
 #: Seconds a single reply may take before the helper counts as blocked. Generous,
 #: so that a loaded machine does not turn a slow reply into a failure; the cases
@@ -44,29 +43,23 @@ class HelperGone(Exception):
 
 
 def describe_status(returncode: int | None) -> str:
-    """``exit 0``, ``killed by SIGABRT``, or ``running``."""
-    if returncode is None:
-        return "running"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit {returncode}"
+    """``exited with status 0``, ``was killed by SIGABRT``, or ``running``."""
+    return "running" if returncode is None else describe_exit(returncode)
 
 
 class HelperSession:
     """Start ``argv`` on ``export`` in ``mode`` ("fd" or "socket") and talk to it.
 
-    ``extra_fds`` are inherited by the helper besides its socket (to check that
-    it closes them). In socket mode ``uid``/``gid`` are given as ``-u``/``-g``
-    (default: nobody as root; the invoker otherwise, the only owner a
-    rootless helper can give its socket). stdout and stderr go to a file read by :meth:`log`.
-
-    Not :func:`virtfs_proto.launcher.spawn_helper`: the suite needs raw access
-    to the connection (malformed frames), extra inherited descriptors, the
-    socket file's owner before it is unlinked, and its own process group so
-    that a helper which forks can be killed whole.
+    The helper is started by :func:`virtfs_proto.launcher.spawn_helper` in a
+    session of its own (a helper that forks is stopped whole), with
+    ``extra_fds`` inherited besides its socket (to check that it closes
+    them); in socket mode it listens on ``socket_path`` (default: a fresh
+    name in ``rundir``), owned ``uid``:``gid`` (default: nobody when we are
+    root; else ourselves, the only owner a rootless helper can give it), which is unlinked once
+    connected unless ``unlink_socket`` is false. stdout and stderr go to a
+    file in ``rundir``, read by :meth:`log`. The suite talks through the
+    connection's :class:`Transport` and a codec connection of its own, so
+    that it can send malformed frames and descriptors.
     """
 
     def __init__(
@@ -82,6 +75,8 @@ class HelperSession:
         socket_path: Path | None = None,
         unlink_socket: bool = True,
     ) -> None:
+        if mode not in ("fd", "socket"):
+            raise ValueError(f"mode must be 'fd' or 'socket', not {mode!r}")
         self.argv = list(argv)
         self.export = export
         self.mode = mode
@@ -89,92 +84,33 @@ class HelperSession:
         self.uid = uid if uid is not None else (NOBODY if root else os.geteuid())
         self.gid = gid if gid is not None else (NOBODY if root else os.getegid())
         self.conn = ClientConnection()
-        # owned by the session for its whole life, closed in close()
-        self._log = tempfile.TemporaryFile(dir=rundir, prefix="helper-log-")  # noqa: SIM115
         self._closed = False
         self._serving_pid: int | None = None
-        self.final_log = ""
+        if mode == "socket" and socket_path is None:
+            socket_path = rundir / f"helper-{os.getpid()}-{time.monotonic_ns()}.sock"
+        # the launcher's to close (Helper.close), read until then by log()
+        log = tempfile.TemporaryFile(dir=rundir, prefix="helper-log-")  # noqa: SIM115
         try:
-            sock = self._start(export, mode, rundir, extra_fds, socket_path, unlink_socket)
-        except BaseException:
-            # e.g. Ctrl-C while waiting for its socket: never leave it running
-            if hasattr(self, "proc"):
-                self.kill()
-            self._log.close()
-            raise
-        self.transport = Transport(sock, timeout=DEFAULT_TIMEOUT)
-
-    def _start(
-        self,
-        export: Path,
-        mode: str,
-        rundir: Path,
-        extra_fds: Sequence[int],
-        socket_path: Path | None,
-        unlink_socket: bool,
-    ) -> socket.socket:
-        """Run the helper the way ``mode`` says and return our end of its connection."""
-        if mode == "fd":
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            cmd = [*self.argv, "-p", str(export), "-f", str(theirs.fileno()), "-n"]
-            try:
-                self.proc = self._popen(cmd, [theirs.fileno(), *extra_fds])
-            except BaseException:
-                ours.close()
-                raise
-            finally:
-                theirs.close()
-            return ours
-        if mode == "socket":
-            path = socket_path or rundir / f"helper-{os.getpid()}-{time.monotonic_ns()}.sock"
-            cmd = [*self.argv, "-p", str(export), "-s", str(path)]
-            cmd += ["-u", str(self.uid), "-g", str(self.gid), "-n"]
-            self.proc = self._popen(cmd, list(extra_fds))
-            return self._connect(path, unlink_socket)
-        raise ValueError(f"mode must be 'fd' or 'socket', not {mode!r}")
-
-    def _popen(self, cmd: list[str], pass_fds: list[int]) -> subprocess.Popen[bytes]:
-        try:
-            return subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=self._log,
-                pass_fds=pass_fds,
-                start_new_session=True,  # a helper that forks is killed whole (killpg)
+            self._helper = spawn_helper(
+                self.argv,
+                export,
+                "socket" if mode == "socket" else "fd",
+                self.uid,
+                self.gid,
+                timeout=DEFAULT_TIMEOUT,
+                start_timeout=START_TIMEOUT,
+                socket_path=None if socket_path is None else os.fspath(socket_path),
+                extra_fds=extra_fds,
+                new_session=True,
+                keep_socket=not unlink_socket,
+                log=log,
             )
-        except OSError as exc:  # not executable, a directory, gone
-            raise HelperStartError(
-                f"cannot run {cmd[0]}: {exc.strerror or exc}", argv=tuple(cmd)
-            ) from None
-
-    def _connect(self, path: Path, unlink: bool) -> socket.socket:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise HelperStartError(
-                    "the helper exited at once instead of listening on its socket",
-                    returncode=self.proc.returncode,
-                    stderr=self.log()[-2000:],
-                    argv=tuple(self.argv),
-                )
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(os.fsencode(path))
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise HelperStartError(
-                        f"the helper never listened on its socket ({START_TIMEOUT:g} s)"
-                    ) from None
-                time.sleep(0.005)
-                continue
-            # as QEMU does: the client unlinks the socket file after connect
-            if unlink:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            return sock
+        except BaseException:
+            log.close()
+            raise
+        self.proc = self._helper.process
+        #: raw access to the connection: frames, partial frames, SCM_RIGHTS
+        self.transport = self._helper.client.transport
 
     # -- process state ------------------------------------------------------
 
@@ -204,10 +140,8 @@ class HelperSession:
         return describe_status(self.proc.poll())
 
     def log(self) -> str:
-        if self._log.closed:
-            return self.final_log
-        self._log.seek(0)
-        return self._log.read(1 << 20).decode(errors="replace")
+        """What the helper has written to stdout and stderr (all of it, once closed)."""
+        return self._helper.stderr
 
     # -- requests -------------------------------------------------------------
 
@@ -280,22 +214,19 @@ class HelperSession:
         self.transport.close()
 
     def close(self) -> int | None:
-        """EOF to the helper, then wait for it to exit; kill it if it does not."""
+        """EOF to the helper, then wait for it to exit; kill it if it does not.
+
+        The exit status, or None if it had to be killed. Whatever it forked
+        is stopped either way."""
         if self._closed:
             return self.proc.returncode
         self._closed = True
         close_fds(self.conn.discard_fds())
         self.transport.close()
         status = self.wait_exit()
-        if status is None:
-            self.kill()
-        self.final_log = self.log()
-        self._log.close()
+        self._helper.close(timeout=0)
         return status
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(EXIT_TIMEOUT)
+        """SIGKILL the helper's whole process group and reap it."""
+        self._helper.kill()

@@ -11,7 +11,17 @@ import time
 
 from .... import messages as m
 from ....constants import UTIME_NOW, UTIME_OMIT
-from ..model import DEVICE_NODES, ROOT_IDS, SETID_BITS, CheckFailed, Context, case, spath, vpath
+from ..model import (
+    DEVICE_NODES,
+    ROOT_IDS,
+    SETID_BITS,
+    CheckFailed,
+    Context,
+    Name,
+    case,
+    qemu,
+    qpath,
+)
 from ..workspace import COMMENT, FILE_CONTENT, NESTED_CONTENT
 
 #: FS_IOC_GETVERSION = _IOR('v', 1, long)
@@ -42,7 +52,7 @@ def host_generation(path: str | os.PathLike[str] | bytes, dir_fd: int | None = N
 @case("behaviour", "open")
 def open_read(ctx: Context) -> None:
     """T_OPEN O_RDONLY passes back an fd to the file, which reads its content."""
-    fd = ctx.fd(m.OpenRequest(vpath("file.txt"), os.O_RDONLY))
+    fd = ctx.fd(qemu(m.OpenRequest, qpath("file.txt"), os.O_RDONLY))
     ctx.expect(ctx.same_file(fd, ctx.host("file.txt")), "the fd is not file.txt")
     ctx.expect(read_all(fd) == FILE_CONTENT, "reading the fd does not give the file's content")
     ctx.expect(os.get_blocking(fd), "O_NONBLOCK set although not asked for")
@@ -51,7 +61,7 @@ def open_read(ctx: Context) -> None:
 @case("behaviour", "open")
 def open_write_trunc(ctx: Context) -> None:
     """T_OPEN O_WRONLY|O_TRUNC truncates; writes through the fd reach the host file."""
-    fd = ctx.fd(m.OpenRequest(vpath("dir/nested.txt"), os.O_WRONLY | os.O_TRUNC))
+    fd = ctx.fd(qemu(m.OpenRequest, qpath("dir/nested.txt"), os.O_WRONLY | os.O_TRUNC))
     ctx.expect(ctx.host("dir/nested.txt").read_bytes() == b"", "O_TRUNC did not truncate")
     os.write(fd, b"written through the fd")
     ctx.expect(
@@ -65,9 +75,9 @@ def open_write_trunc(ctx: Context) -> None:
 @case("behaviour", "open")
 def open_directory(ctx: Context) -> None:
     """T_OPEN O_DIRECTORY of a directory (and of the root) passes back a directory fd."""
-    fd = ctx.fd(m.OpenRequest(vpath("dir"), os.O_RDONLY | os.O_DIRECTORY))
+    fd = ctx.fd(qemu(m.OpenRequest, qpath("dir"), os.O_RDONLY | os.O_DIRECTORY))
     ctx.expect(sorted(os.listdir(fd)) == ["nested.txt", "sub"], "the fd does not list dir/")
-    root = ctx.fd(m.OpenRequest(vpath(""), os.O_RDONLY | os.O_DIRECTORY))
+    root = ctx.fd(qemu(m.OpenRequest, qpath(""), os.O_RDONLY | os.O_DIRECTORY))
     ctx.expect(ctx.same_file(root, ctx.host()), "opening / does not give the export root")
 
 
@@ -75,22 +85,22 @@ def open_directory(ctx: Context) -> None:
 def open_follows_symlink(ctx: Context) -> None:
     """T_OPEN follows a final symlink; an absolute target resolves inside the export."""
     for link in ("link_file", "link_abs_inside"):
-        fd = ctx.fd(m.OpenRequest(vpath(link), os.O_RDONLY))
+        fd = ctx.fd(qemu(m.OpenRequest, qpath(link), os.O_RDONLY))
         ctx.expect(ctx.same_file(fd, ctx.host("file.txt")), f"{link} did not open file.txt")
 
 
 @case("behaviour", "open")
 def open_errors(ctx: Context) -> None:
     """T_OPEN: ENOENT for a missing name, ENOTDIR for O_DIRECTORY on a file."""
-    ctx.err(m.OpenRequest(vpath("missing"), os.O_RDONLY), E.ENOENT)
-    ctx.err(m.OpenRequest(vpath("file.txt"), os.O_RDONLY | os.O_DIRECTORY), E.ENOTDIR)
-    ctx.err(m.OpenRequest(vpath("file.txt/x"), os.O_RDONLY), E.ENOTDIR)
+    ctx.err(qemu(m.OpenRequest, qpath("missing"), os.O_RDONLY), E.ENOENT)
+    ctx.err(qemu(m.OpenRequest, qpath("file.txt"), os.O_RDONLY | os.O_DIRECTORY), E.ENOTDIR)
+    ctx.err(qemu(m.OpenRequest, qpath("file.txt/x"), os.O_RDONLY), E.ENOTDIR)
 
 
 @case("behaviour", "open", needs=ROOT_IDS)
 def open_with_o_creat(ctx: Context) -> None:
     """T_OPEN with O_CREAT: either EINVAL, or a file is created (QEMU's mode 0000 file)."""
-    reply = ctx.call(m.OpenRequest(vpath("created_by_open"), os.O_RDWR | os.O_CREAT))
+    reply = ctx.call(qemu(m.OpenRequest, qpath("created_by_open"), os.O_RDWR | os.O_CREAT))
     if isinstance(reply, m.ErrorReply):
         ctx.expect(reply.errno == E.EINVAL, f"failed with {reply.errno}, expected EINVAL")
         ctx.expect(not ctx.host("created_by_open").exists(), "failed but created the file")
@@ -107,7 +117,9 @@ def open_with_o_creat(ctx: Context) -> None:
 @case("behaviour", "create", needs=ROOT_IDS)
 def create_owner_mode(ctx: Context) -> None:
     """T_CREATE makes a file owned by uid:gid with the exact mode, and passes it back."""
-    req = m.CreateRequest(spath("new.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640, 1000, 1001)
+    req = qemu(
+        m.CreateRequest, qpath("new.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640, 1000, 1001
+    )
     fd = ctx.fd(req)
     st = os.lstat(ctx.host("new.txt"))
     ctx.expect(stat.S_ISREG(st.st_mode), "not a regular file")
@@ -122,10 +134,19 @@ def create_owner_mode(ctx: Context) -> None:
 def create_existing(ctx: Context) -> None:
     """T_CREATE: EEXIST with O_EXCL; without it the existing file is opened, owner kept."""
     ctx.err(
-        m.CreateRequest(spath("file.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, 1000, 1000),
+        qemu(
+            m.CreateRequest,
+            qpath("file.txt"),
+            os.O_RDWR | os.O_CREAT | os.O_EXCL,
+            0o600,
+            1000,
+            1000,
+        ),
         E.EEXIST,
     )
-    fd = ctx.fd(m.CreateRequest(spath("file.txt"), os.O_RDONLY | os.O_CREAT, 0o600, 1000, 1000))
+    fd = ctx.fd(
+        qemu(m.CreateRequest, qpath("file.txt"), os.O_RDONLY | os.O_CREAT, 0o600, 1000, 1000)
+    )
     ctx.expect(ctx.same_file(fd, ctx.host("file.txt")), "did not open the existing file")
     st = os.lstat(ctx.host("file.txt"))
     ctx.expect((st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o644), "changed owner or mode")
@@ -135,8 +156,8 @@ def create_existing(ctx: Context) -> None:
 def create_errors(ctx: Context) -> None:
     """T_CREATE: ENOENT in a missing directory, ENOTDIR under a file."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-    ctx.err(m.CreateRequest(spath("missing/new"), flags, 0o600, *ctx.ids), E.ENOENT)
-    ctx.err(m.CreateRequest(spath("file.txt/new"), flags, 0o600, *ctx.ids), E.ENOTDIR)
+    ctx.err(qemu(m.CreateRequest, qpath("missing/new"), flags, 0o600, *ctx.ids), E.ENOENT)
+    ctx.err(qemu(m.CreateRequest, qpath("file.txt/new"), flags, 0o600, *ctx.ids), E.ENOTDIR)
 
 
 # -- T_MKNOD ----------------------------------------------------------------
@@ -145,7 +166,7 @@ def create_errors(ctx: Context) -> None:
 @case("behaviour", "mknod", needs=ROOT_IDS)
 def mknod_fifo(ctx: Context) -> None:
     """T_MKNOD S_IFIFO makes a FIFO owned by uid:gid with the exact mode."""
-    ctx.ok(m.MknodRequest(1000, 1001, spath("newfifo"), stat.S_IFIFO | 0o640, 0))
+    ctx.ok(qemu(m.MknodRequest, 1000, 1001, qpath("newfifo"), stat.S_IFIFO | 0o640, 0))
     st = os.lstat(ctx.host("newfifo"))
     ctx.expect(stat.S_ISFIFO(st.st_mode), "not a FIFO")
     ctx.expect((st.st_uid, st.st_gid) == (1000, 1001), f"owner {st.st_uid}:{st.st_gid}")
@@ -155,7 +176,7 @@ def mknod_fifo(ctx: Context) -> None:
 @case("behaviour", "mknod", needs=ROOT_IDS)
 def mknod_regular(ctx: Context) -> None:
     """T_MKNOD S_IFREG makes an empty regular file."""
-    ctx.ok(m.MknodRequest(1000, 1000, spath("newreg"), stat.S_IFREG | 0o600, 0))
+    ctx.ok(qemu(m.MknodRequest, 1000, 1000, qpath("newreg"), stat.S_IFREG | 0o600, 0))
     st = os.lstat(ctx.host("newreg"))
     ctx.expect(stat.S_ISREG(st.st_mode) and st.st_size == 0, "not an empty regular file")
     ctx.expect(stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 1000, "mode or owner wrong")
@@ -165,7 +186,8 @@ def mknod_regular(ctx: Context) -> None:
 def mknod_device_unprivileged(ctx: Context) -> None:
     """T_MKNOD of a character device for uid 1000 fails with EPERM and makes nothing."""
     ctx.err(
-        m.MknodRequest(1000, 1000, spath("newdev"), stat.S_IFCHR | 0o666, os.makedev(1, 3)), E.EPERM
+        qemu(m.MknodRequest, 1000, 1000, qpath("newdev"), stat.S_IFCHR | 0o666, os.makedev(1, 3)),
+        E.EPERM,
     )
     ctx.expect(not os.path.lexists(ctx.host("newdev")), "a device node was created")
 
@@ -173,8 +195,9 @@ def mknod_device_unprivileged(ctx: Context) -> None:
 @case("behaviour", "mknod")
 def mknod_exists(ctx: Context) -> None:
     """T_MKNOD over an existing name (even a dangling symlink) fails with EEXIST."""
-    ctx.err(m.MknodRequest(*ctx.ids, spath("file.txt"), stat.S_IFIFO | 0o600, 0), E.EEXIST)
-    ctx.err(m.MknodRequest(*ctx.ids, spath("escape_dangling"), stat.S_IFIFO | 0o600, 0), E.EEXIST)
+    for name in ("file.txt", "escape_dangling"):
+        fifo = qemu(m.MknodRequest, *ctx.ids, qpath(name), stat.S_IFIFO | 0o600, 0)
+        ctx.err(fifo, E.EEXIST)
 
 
 # -- T_MKDIR ----------------------------------------------------------------
@@ -183,8 +206,8 @@ def mknod_exists(ctx: Context) -> None:
 @case("behaviour", "mkdir", needs=ROOT_IDS)
 def mkdir_owner_mode(ctx: Context) -> None:
     """T_MKDIR makes a directory owned by uid:gid with the exact mode (sticky bit kept)."""
-    ctx.ok(m.MkdirRequest(1000, 1001, spath("newdir"), 0o750))
-    ctx.ok(m.MkdirRequest(1000, 1001, spath("newdir/sticky"), 0o1777))
+    ctx.ok(qemu(m.MkdirRequest, 1000, 1001, qpath("newdir"), 0o750))
+    ctx.ok(qemu(m.MkdirRequest, 1000, 1001, qpath("newdir/sticky"), 0o1777))
     st = os.lstat(ctx.host("newdir"))
     ctx.expect(stat.S_ISDIR(st.st_mode), "not a directory")
     ctx.expect((st.st_uid, st.st_gid) == (1000, 1001), f"owner {st.st_uid}:{st.st_gid}")
@@ -196,9 +219,9 @@ def mkdir_owner_mode(ctx: Context) -> None:
 @case("behaviour", "mkdir")
 def mkdir_errors(ctx: Context) -> None:
     """T_MKDIR: EEXIST for an existing name or a symlink (not followed); ENOENT without parent."""
-    ctx.err(m.MkdirRequest(*ctx.ids, spath("dir"), 0o755), E.EEXIST)
-    ctx.err(m.MkdirRequest(*ctx.ids, spath("escape_dangling"), 0o755), E.EEXIST)
-    ctx.err(m.MkdirRequest(*ctx.ids, spath("missing/newdir"), 0o755), E.ENOENT)
+    ctx.err(qemu(m.MkdirRequest, *ctx.ids, qpath("dir"), 0o755), E.EEXIST)
+    ctx.err(qemu(m.MkdirRequest, *ctx.ids, qpath("escape_dangling"), 0o755), E.EEXIST)
+    ctx.err(qemu(m.MkdirRequest, *ctx.ids, qpath("missing/newdir"), 0o755), E.ENOENT)
 
 
 # -- T_SYMLINK --------------------------------------------------------------
@@ -208,7 +231,7 @@ def mkdir_errors(ctx: Context) -> None:
 def symlink_owner_target(ctx: Context) -> None:
     """T_SYMLINK stores the target verbatim, owned by uid:gid."""
     for name, target in (("newlink", b"some/relative/target"), ("newabs", b"/etc/shadow")):
-        ctx.ok(m.SymlinkRequest(1000, 1001, target, spath(name)))
+        ctx.ok(qemu(m.SymlinkRequest, 1000, 1001, target, qpath(name)))
         ctx.expect(os.readlink(os.fsencode(ctx.host(name))) == target, "target changed")
         st = os.lstat(ctx.host(name))
         ctx.expect((st.st_uid, st.st_gid) == (1000, 1001), f"owner {st.st_uid}:{st.st_gid}")
@@ -217,7 +240,7 @@ def symlink_owner_target(ctx: Context) -> None:
 @case("behaviour", "symlink")
 def symlink_exists(ctx: Context) -> None:
     """T_SYMLINK over an existing name fails with EEXIST."""
-    ctx.err(m.SymlinkRequest(*ctx.ids, b"x", spath("file.txt")), E.EEXIST)
+    ctx.err(qemu(m.SymlinkRequest, *ctx.ids, b"x", qpath("file.txt")), E.EEXIST)
 
 
 # -- T_LINK -----------------------------------------------------------------
@@ -226,7 +249,7 @@ def symlink_exists(ctx: Context) -> None:
 @case("behaviour", "link")
 def link_file(ctx: Context) -> None:
     """T_LINK makes a second name for the same inode (link count 2)."""
-    ctx.ok(m.LinkRequest(vpath("file.txt"), spath("dir/hard.txt")))
+    ctx.ok(qemu(m.LinkRequest, qpath("file.txt"), qpath("dir/hard.txt")))
     a, b = os.lstat(ctx.host("file.txt")), os.lstat(ctx.host("dir/hard.txt"))
     ctx.expect(a.st_ino == b.st_ino and a.st_nlink == 2, "not the same inode with 2 links")
 
@@ -234,12 +257,12 @@ def link_file(ctx: Context) -> None:
 @case("behaviour", "link")
 def link_symlink_not_followed(ctx: Context) -> None:
     """T_LINK of a symlink links the symlink itself; directories cannot be linked."""
-    ctx.ok(m.LinkRequest(vpath("link_file"), spath("hardsym")))
+    ctx.ok(qemu(m.LinkRequest, qpath("link_file"), qpath("hardsym")))
     st = os.lstat(ctx.host("hardsym"))
     ctx.expect(stat.S_ISLNK(st.st_mode), "the new name is not the symlink")
     ctx.expect(os.lstat(ctx.host("file.txt")).st_nlink == 1, "the target got a link")
-    ctx.err(m.LinkRequest(vpath("dir"), spath("dirlink")), E.EPERM)
-    ctx.err(m.LinkRequest(vpath("missing"), spath("x")), E.ENOENT)
+    ctx.err(qemu(m.LinkRequest, qpath("dir"), qpath("dirlink")), E.EPERM)
+    ctx.err(qemu(m.LinkRequest, qpath("missing"), qpath("x")), E.ENOENT)
 
 
 # -- T_LSTAT ----------------------------------------------------------------
@@ -274,7 +297,7 @@ def check_stat(ctx: Context, reply: m.StatReply, name: str) -> None:
 def lstat_fields(ctx: Context) -> None:
     """T_LSTAT of a file, a directory, the root and a device: every field as the host sees it."""
     for name in ("file.txt", "dir", "", "chardev", "fifo"):
-        reply = ctx.ok(m.LstatRequest(vpath(name)))
+        reply = ctx.ok(qemu(m.LstatRequest, qpath(name)))
         check_stat(ctx, reply, name)
 
 
@@ -282,7 +305,7 @@ def lstat_fields(ctx: Context) -> None:
 def lstat_symlink(ctx: Context) -> None:
     """T_LSTAT does not follow a final symlink (even one pointing outside)."""
     for name in ("link_file", "escape_rel", "escape_abs"):
-        reply = ctx.ok(m.LstatRequest(vpath(name)))
+        reply = ctx.ok(qemu(m.LstatRequest, qpath(name)))
         check_stat(ctx, reply, name)
         ctx.expect(stat.S_ISLNK(reply.st_mode), f"{name} is not reported as a symlink")
 
@@ -290,8 +313,8 @@ def lstat_symlink(ctx: Context) -> None:
 @case("behaviour", "lstat")
 def lstat_errors(ctx: Context) -> None:
     """T_LSTAT: ENOENT for a missing name, ENOTDIR under a file."""
-    ctx.err(m.LstatRequest(vpath("missing")), E.ENOENT)
-    ctx.err(m.LstatRequest(vpath("file.txt/x")), E.ENOTDIR)
+    ctx.err(qemu(m.LstatRequest, qpath("missing")), E.ENOENT)
+    ctx.err(qemu(m.LstatRequest, qpath("file.txt/x")), E.ENOTDIR)
 
 
 # -- T_READLINK -------------------------------------------------------------
@@ -300,21 +323,21 @@ def lstat_errors(ctx: Context) -> None:
 @case("behaviour", "readlink")
 def readlink_target(ctx: Context) -> None:
     """T_READLINK returns the target without a NUL; bufsize-1 bytes at most."""
-    reply = ctx.ok(m.ReadlinkRequest(vpath("link_file"), 4096))
+    reply = ctx.ok(qemu(m.ReadlinkRequest, qpath("link_file"), 4096))
     ctx.expect(reply.target == b"file.txt", f"target {reply.target!r}")
-    reply = ctx.ok(m.ReadlinkRequest(vpath("escape_rel"), 4096))
+    reply = ctx.ok(qemu(m.ReadlinkRequest, qpath("escape_rel"), 4096))
     ctx.expect(reply.target == b"../outside/secret.txt", f"target {reply.target!r}")
-    reply = ctx.ok(m.ReadlinkRequest(vpath("link_file"), 5))
+    reply = ctx.ok(qemu(m.ReadlinkRequest, qpath("link_file"), 5))
     ctx.expect(reply.target == b"file", f"bufsize 5 gave {reply.target!r}, not b'file'")
 
 
 @case("behaviour", "readlink")
 def readlink_errors(ctx: Context) -> None:
     """T_READLINK: EINVAL for a non-symlink and for bufsize 0 or 1; ENOENT if missing."""
-    ctx.err(m.ReadlinkRequest(vpath("file.txt"), 4096), E.EINVAL)
-    ctx.err(m.ReadlinkRequest(vpath("link_file"), 0), E.EINVAL)
-    ctx.err(m.ReadlinkRequest(vpath("link_file"), 1), E.EINVAL)
-    ctx.err(m.ReadlinkRequest(vpath("missing"), 4096), E.ENOENT)
+    ctx.err(qemu(m.ReadlinkRequest, qpath("file.txt"), 4096), E.EINVAL)
+    ctx.err(qemu(m.ReadlinkRequest, qpath("link_file"), 0), E.EINVAL)
+    ctx.err(qemu(m.ReadlinkRequest, qpath("link_file"), 1), E.EINVAL)
+    ctx.err(qemu(m.ReadlinkRequest, qpath("missing"), 4096), E.ENOENT)
 
 
 # -- T_STATFS ---------------------------------------------------------------
@@ -323,7 +346,7 @@ def readlink_errors(ctx: Context) -> None:
 @case("behaviour", "statfs")
 def statfs_root(ctx: Context) -> None:
     """T_STATFS: type, block size, name length and fsid are those of the export's file system."""
-    reply = ctx.ok(m.StatfsRequest(vpath("")))
+    reply = ctx.ok(qemu(m.StatfsRequest, qpath("")))
     sv = os.statvfs(ctx.host())
     ctx.expect(reply.f_bsize == sv.f_bsize, f"f_bsize {reply.f_bsize} != {sv.f_bsize}")
     ctx.expect(reply.f_namelen == sv.f_namemax, f"f_namelen {reply.f_namelen}")
@@ -332,7 +355,7 @@ def statfs_root(ctx: Context) -> None:
     fsid = (reply.f_fsid0 & 0xFFFFFFFF) | (reply.f_fsid1 & 0xFFFFFFFF) << 32
     ctx.expect(fsid == sv.f_fsid, f"fsid {fsid:#x} != {sv.f_fsid:#x}")
     ctx.expect(reply.f_type != 0, "f_type is 0")
-    ctx.err(m.StatfsRequest(vpath("missing")), E.ENOENT)
+    ctx.err(qemu(m.StatfsRequest, qpath("missing")), E.ENOENT)
 
 
 # -- T_CHMOD ----------------------------------------------------------------
@@ -341,15 +364,15 @@ def statfs_root(ctx: Context) -> None:
 @case("behaviour", "chmod", needs=SETID_BITS)
 def chmod_file(ctx: Context) -> None:
     """T_CHMOD sets the permission bits (set-id and sticky too); type bits are ignored."""
-    ctx.ok(m.ChmodRequest(vpath("file.txt"), 0o600))
+    ctx.ok(qemu(m.ChmodRequest, qpath("file.txt"), 0o600))
     ctx.expect(stat.S_IMODE(os.lstat(ctx.host("file.txt")).st_mode) == 0o600, "mode not 0600")
-    ctx.ok(m.ChmodRequest(vpath("dir"), stat.S_IFREG | 0o3750))
+    ctx.ok(qemu(m.ChmodRequest, qpath("dir"), stat.S_IFREG | 0o3750))
     st = os.lstat(ctx.host("dir"))
     ctx.expect(
         stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o3750,
         f"dir mode {stat.filemode(st.st_mode)}, not 3750",
     )
-    ctx.err(m.ChmodRequest(vpath("missing"), 0o600), E.ENOENT)
+    ctx.err(qemu(m.ChmodRequest, qpath("missing"), 0o600), E.ENOENT)
 
 
 # -- T_CHOWN ----------------------------------------------------------------
@@ -358,10 +381,10 @@ def chmod_file(ctx: Context) -> None:
 @case("behaviour", "chown", needs=ROOT_IDS)
 def chown_file(ctx: Context) -> None:
     """T_CHOWN sets the owner; 0xffffffff leaves an id unchanged."""
-    ctx.ok(m.ChownRequest(vpath("file.txt"), 1000, 1001))
+    ctx.ok(qemu(m.ChownRequest, qpath("file.txt"), 1000, 1001))
     st = os.lstat(ctx.host("file.txt"))
     ctx.expect((st.st_uid, st.st_gid) == (1000, 1001), f"owner {st.st_uid}:{st.st_gid}")
-    ctx.ok(m.ChownRequest(vpath("file.txt"), 0xFFFFFFFF, 1002))
+    ctx.ok(qemu(m.ChownRequest, qpath("file.txt"), 0xFFFFFFFF, 1002))
     st = os.lstat(ctx.host("file.txt"))
     ctx.expect((st.st_uid, st.st_gid) == (1000, 1002), f"owner {st.st_uid}:{st.st_gid}")
 
@@ -369,7 +392,7 @@ def chown_file(ctx: Context) -> None:
 @case("behaviour", "chown", needs=ROOT_IDS)
 def chown_symlink_nofollow(ctx: Context) -> None:
     """T_CHOWN of a symlink changes the symlink, not its target."""
-    ctx.ok(m.ChownRequest(vpath("link_file"), 1000, 1000))
+    ctx.ok(qemu(m.ChownRequest, qpath("link_file"), 1000, 1000))
     ctx.expect(os.lstat(ctx.host("link_file")).st_uid == 1000, "the symlink kept its owner")
     ctx.expect(os.lstat(ctx.host("file.txt")).st_uid == 0, "the target's owner changed")
 
@@ -380,13 +403,13 @@ def chown_symlink_nofollow(ctx: Context) -> None:
 @case("behaviour", "truncate")
 def truncate_file(ctx: Context) -> None:
     """T_TRUNCATE shrinks and extends; a negative length is EINVAL, a directory EISDIR."""
-    ctx.ok(m.TruncateRequest(vpath("file.txt"), 5))
+    ctx.ok(qemu(m.TruncateRequest, qpath("file.txt"), 5))
     ctx.expect(ctx.host("file.txt").read_bytes() == FILE_CONTENT[:5], "not shrunk to 5")
-    ctx.ok(m.TruncateRequest(vpath("file.txt"), 100))
+    ctx.ok(qemu(m.TruncateRequest, qpath("file.txt"), 100))
     ctx.expect(os.lstat(ctx.host("file.txt")).st_size == 100, "not extended to 100")
-    ctx.err(m.TruncateRequest(vpath("file.txt"), -1), E.EINVAL)
-    ctx.err(m.TruncateRequest(vpath("dir"), 0), E.EISDIR)
-    ctx.ok(m.TruncateRequest(vpath("link_file"), 3))
+    ctx.err(qemu(m.TruncateRequest, qpath("file.txt"), -1), E.EINVAL)
+    ctx.err(qemu(m.TruncateRequest, qpath("dir"), 0), E.EISDIR)
+    ctx.ok(qemu(m.TruncateRequest, qpath("link_file"), 3))
     ctx.expect(os.lstat(ctx.host("file.txt")).st_size == 3, "did not follow the symlink")
 
 
@@ -396,7 +419,7 @@ def truncate_file(ctx: Context) -> None:
 @case("behaviour", "utime")
 def utime_exact(ctx: Context) -> None:
     """T_UTIME sets atime and mtime to the nanosecond, in wire slot order."""
-    ctx.ok(m.UtimeRequest(vpath("file.txt"), 1234567890, 111, 1300000000, 222))
+    ctx.ok(qemu(m.UtimeRequest, qpath("file.txt"), 1234567890, 111, 1300000000, 222))
     st = os.lstat(ctx.host("file.txt"))
     ctx.expect(st.st_atime_ns == 1234567890 * 10**9 + 111, f"atime {st.st_atime_ns}")
     ctx.expect(st.st_mtime_ns == 1300000000 * 10**9 + 222, f"mtime {st.st_mtime_ns}")
@@ -406,18 +429,18 @@ def utime_exact(ctx: Context) -> None:
 def utime_now_omit(ctx: Context) -> None:
     """T_UTIME: UTIME_OMIT keeps a time, UTIME_NOW sets it to now (seconds ignored)."""
     os.utime(ctx.host("file.txt"), ns=(10**18, 2 * 10**18))
-    ctx.ok(m.UtimeRequest(vpath("file.txt"), 5, UTIME_OMIT, 7, UTIME_NOW))
+    ctx.ok(qemu(m.UtimeRequest, qpath("file.txt"), 5, UTIME_OMIT, 7, UTIME_NOW))
     st = os.lstat(ctx.host("file.txt"))
     ctx.expect(st.st_atime_ns == 10**18, "UTIME_OMIT did not keep atime")
     ctx.expect(abs(st.st_mtime_ns / 1e9 - time.time()) < 60, "UTIME_NOW did not set mtime")
-    ctx.err(m.UtimeRequest(vpath("file.txt"), 0, 10**9, 0, 0), E.EINVAL)
+    ctx.err(qemu(m.UtimeRequest, qpath("file.txt"), 0, 10**9, 0, 0), E.EINVAL)
 
 
 @case("behaviour", "utime")
 def utime_symlink_nofollow(ctx: Context) -> None:
     """T_UTIME of a symlink changes the symlink's times, not the target's."""
     before = os.lstat(ctx.host("file.txt")).st_mtime_ns
-    ctx.ok(m.UtimeRequest(vpath("link_file"), 1000, 0, 2000, 0))
+    ctx.ok(qemu(m.UtimeRequest, qpath("link_file"), 1000, 0, 2000, 0))
     ctx.expect(os.lstat(ctx.host("link_file")).st_mtime_ns == 2000 * 10**9, "link unchanged")
     ctx.expect(os.lstat(ctx.host("file.txt")).st_mtime_ns == before, "the target changed")
 
@@ -429,20 +452,20 @@ def utime_symlink_nofollow(ctx: Context) -> None:
 def rename_file(ctx: Context) -> None:
     """T_RENAME moves a file (same inode) and replaces an existing target atomically."""
     ino = os.lstat(ctx.host("file.txt")).st_ino
-    ctx.ok(m.RenameRequest(spath("file.txt"), spath("dir/renamed.txt")))
+    ctx.ok(qemu(m.RenameRequest, qpath("file.txt"), qpath("dir/renamed.txt")))
     ctx.expect(not ctx.host("file.txt").exists(), "old name still there")
     ctx.expect(os.lstat(ctx.host("dir/renamed.txt")).st_ino == ino, "not the same inode")
-    ctx.ok(m.RenameRequest(spath("empty.txt"), spath("dir/renamed.txt")))
+    ctx.ok(qemu(m.RenameRequest, qpath("empty.txt"), qpath("dir/renamed.txt")))
     ctx.expect(ctx.host("dir/renamed.txt").read_bytes() == b"", "target not replaced")
 
 
 @case("behaviour", "rename")
 def rename_symlink_and_errors(ctx: Context) -> None:
     """T_RENAME renames a symlink itself; ENOENT for a missing source, ENOTEMPTY onto a dir."""
-    ctx.ok(m.RenameRequest(spath("escape_rel"), spath("moved_link")))
+    ctx.ok(qemu(m.RenameRequest, qpath("escape_rel"), qpath("moved_link")))
     ctx.expect(os.readlink(ctx.host("moved_link")) == "../outside/secret.txt", "link changed")
-    ctx.err(m.RenameRequest(spath("missing"), spath("x")), E.ENOENT)
-    ctx.err(m.RenameRequest(spath("emptydir"), spath("dir")), E.ENOTEMPTY, E.EEXIST)
+    ctx.err(qemu(m.RenameRequest, qpath("missing"), qpath("x")), E.ENOENT)
+    ctx.err(qemu(m.RenameRequest, qpath("emptydir"), qpath("dir")), E.ENOTEMPTY, E.EEXIST)
 
 
 # -- T_REMOVE ---------------------------------------------------------------
@@ -452,7 +475,7 @@ def rename_symlink_and_errors(ctx: Context) -> None:
 def remove_objects(ctx: Context) -> None:
     """T_REMOVE unlinks files, symlinks (not their targets) and special files; rmdirs dirs."""
     for name in ("empty.txt", "link_file", "escape_rel", "fifo", "emptydir"):
-        ctx.ok(m.RemoveRequest(spath(name)))
+        ctx.ok(qemu(m.RemoveRequest, qpath(name)))
         ctx.expect(not os.path.lexists(ctx.host(name)), f"{name} still exists")
     ctx.expect(ctx.host("file.txt").exists(), "the symlink's target was removed")
 
@@ -460,9 +483,9 @@ def remove_objects(ctx: Context) -> None:
 @case("behaviour", "remove")
 def remove_errors(ctx: Context) -> None:
     """T_REMOVE: ENOTEMPTY for a full dir, ENOENT if missing, the root cannot be removed."""
-    ctx.err(m.RemoveRequest(spath("dir")), E.ENOTEMPTY)
-    ctx.err(m.RemoveRequest(spath("missing")), E.ENOENT)
-    ctx.err(m.RemoveRequest(b"/"), E.EBUSY, E.EINVAL, E.EPERM)
+    ctx.err(qemu(m.RemoveRequest, qpath("dir")), E.ENOTEMPTY)
+    ctx.err(qemu(m.RemoveRequest, qpath("missing")), E.ENOENT)
+    ctx.err(qemu(m.RemoveRequest, qpath("")), E.EBUSY, E.EINVAL, E.EPERM)
     ctx.expect(ctx.host("dir/nested.txt").read_bytes() == NESTED_CONTENT, "dir/ was touched")
 
 
@@ -472,12 +495,12 @@ def remove_errors(ctx: Context) -> None:
 @case("behaviour", "xattr")
 def lgetxattr_value(ctx: Context) -> None:
     """T_LGETXATTR: size 0 probes the length, size > 0 returns the value; ERANGE, ENODATA."""
-    reply = ctx.ok(m.LgetxattrRequest(0, vpath("file.txt"), b"user.comment"))
+    reply = ctx.ok(qemu(m.LgetxattrRequest, 0, qpath("file.txt"), b"user.comment"))
     ctx.expect(reply == m.XattrSizeReply(len(COMMENT)), f"probe gave {reply!r}")
-    reply = ctx.ok(m.LgetxattrRequest(100, vpath("file.txt"), b"user.comment"))
+    reply = ctx.ok(qemu(m.LgetxattrRequest, 100, qpath("file.txt"), b"user.comment"))
     ctx.expect(reply == m.XattrValueReply(COMMENT), f"value {reply!r}")
-    ctx.err(m.LgetxattrRequest(2, vpath("file.txt"), b"user.comment"), E.ERANGE)
-    ctx.err(m.LgetxattrRequest(100, vpath("file.txt"), b"user.missing"), E.ENODATA)
+    ctx.err(qemu(m.LgetxattrRequest, 2, qpath("file.txt"), b"user.comment"), E.ERANGE)
+    ctx.err(qemu(m.LgetxattrRequest, 100, qpath("file.txt"), b"user.missing"), E.ENODATA)
 
 
 @case("behaviour", "xattr")
@@ -485,48 +508,53 @@ def llistxattr_names(ctx: Context) -> None:
     """T_LLISTXATTR lists user.* names NUL-terminated; the probe gives the list's length."""
     os.setxattr(ctx.host("empty.txt"), "user.a", b"1")
     os.setxattr(ctx.host("empty.txt"), "user.bb", b"2")
-    probe = ctx.ok(m.LlistxattrRequest(0, vpath("empty.txt")))
-    reply = ctx.ok(m.LlistxattrRequest(4096, vpath("empty.txt")))
+    probe = ctx.ok(qemu(m.LlistxattrRequest, 0, qpath("empty.txt")))
+    reply = ctx.ok(qemu(m.LlistxattrRequest, 4096, qpath("empty.txt")))
     names = sorted(n for n in reply.value.split(b"\0") if n)
     ctx.expect(names == [b"user.a", b"user.bb"], f"names {names}")
     ctx.expect(reply.value.endswith(b"\0"), "list not NUL-terminated")
     ctx.expect(probe == m.XattrSizeReply(len(reply.value)), f"probe {probe!r}")
-    ctx.err(m.LlistxattrRequest(3, vpath("empty.txt")), E.ERANGE)
+    ctx.err(qemu(m.LlistxattrRequest, 3, qpath("empty.txt")), E.ERANGE)
 
 
 @case("behaviour", "xattr")
 def lsetxattr_flags(ctx: Context) -> None:
     """T_LSETXATTR stores a value (a prefix for a smaller size); XATTR_CREATE/REPLACE work."""
-    ctx.ok(m.LsetxattrRequest(vpath("file.txt"), b"user.new", b"value", 5, 0))
+    ctx.ok(qemu(m.LsetxattrRequest, qpath("file.txt"), b"user.new", b"value", 5, 0))
     ctx.expect(os.getxattr(ctx.host("file.txt"), "user.new") == b"value", "value not stored")
-    ctx.ok(m.LsetxattrRequest(vpath("file.txt"), b"user.pre", b"value", 3, 0))
+    ctx.ok(qemu(m.LsetxattrRequest, qpath("file.txt"), b"user.pre", b"value", 3, 0))
     ctx.expect(os.getxattr(ctx.host("file.txt"), "user.pre") == b"val", "prefix not stored")
-    ctx.err(m.LsetxattrRequest(vpath("file.txt"), b"user.comment", b"x", 1, XATTR_CREATE), E.EEXIST)
-    ctx.err(m.LsetxattrRequest(vpath("file.txt"), b"user.nope", b"x", 1, XATTR_REPLACE), E.ENODATA)
-    ctx.ok(m.LsetxattrRequest(vpath("file.txt"), b"user.comment", b"new", 3, XATTR_REPLACE))
+    ctx.err(
+        qemu(m.LsetxattrRequest, qpath("file.txt"), b"user.comment", b"x", 1, XATTR_CREATE),
+        E.EEXIST,
+    )
+    ctx.err(
+        qemu(m.LsetxattrRequest, qpath("file.txt"), b"user.nope", b"x", 1, XATTR_REPLACE), E.ENODATA
+    )
+    ctx.ok(qemu(m.LsetxattrRequest, qpath("file.txt"), b"user.comment", b"new", 3, XATTR_REPLACE))
     ctx.expect(os.getxattr(ctx.host("file.txt"), "user.comment") == b"new", "not replaced")
 
 
 @case("behaviour", "xattr")
 def lsetxattr_symlink(ctx: Context) -> None:
     """T_LSETXATTR user.* on a symlink fails (EPERM) and does not reach the target."""
-    ctx.err(m.LsetxattrRequest(vpath("link_file"), b"user.x", b"v", 1, 0), E.EPERM)
+    ctx.err(qemu(m.LsetxattrRequest, qpath("link_file"), b"user.x", b"v", 1, 0), E.EPERM)
     ctx.expect("user.x" not in os.listxattr(ctx.host("file.txt")), "the target got the xattr")
 
 
 @case("behaviour", "xattr")
 def lremovexattr(ctx: Context) -> None:
     """T_LREMOVEXATTR removes an attribute; ENODATA when absent."""
-    ctx.ok(m.LremovexattrRequest(vpath("file.txt"), b"user.comment"))
+    ctx.ok(qemu(m.LremovexattrRequest, qpath("file.txt"), b"user.comment"))
     ctx.expect("user.comment" not in os.listxattr(ctx.host("file.txt")), "still there")
-    ctx.err(m.LremovexattrRequest(vpath("file.txt"), b"user.comment"), E.ENODATA)
+    ctx.err(qemu(m.LremovexattrRequest, qpath("file.txt"), b"user.comment"), E.ENODATA)
 
 
 # -- T_GETVERSION -----------------------------------------------------------
 
 
 def check_generation(
-    ctx: Context, path: bytes, host: str | os.PathLike[str] | bytes, dir_fd: int | None = None
+    ctx: Context, path: Name, host: str | os.PathLike[str] | bytes, dir_fd: int | None = None
 ) -> bool:
     """T_GETVERSION of ``path`` gives the generation the host's ioctl reports for
     ``host`` (relative to ``dir_fd``); False if the file system has none, where
@@ -534,11 +562,11 @@ def check_generation(
     try:
         want = host_generation(host, dir_fd)
     except OSError:
-        reply = ctx.call(m.GetversionRequest(path))
+        reply = ctx.call(qemu(m.GetversionRequest, path))
         ctx.expect(reply in (m.VersionReply(0), m.ErrorReply(E.ENOTTY)), f"answered {reply!r}")
         ctx.notes.append("the export's file system has no generation numbers")
         return False
-    reply = ctx.ok(m.GetversionRequest(path))
+    reply = ctx.ok(qemu(m.GetversionRequest, path))
     got = reply.version & 0xFFFFFFFF
     if got == 0 and want != 0:
         raise CheckFailed(f"{os.fsdecode(host)}: generation 0, the host says {want:#x}")
@@ -550,6 +578,6 @@ def check_generation(
 def getversion_generation(ctx: Context) -> None:
     """T_GETVERSION: the low 32 bits are the inode generation the host's ioctl reports."""
     for name in ("file.txt", "dir"):
-        if not check_generation(ctx, vpath(name), ctx.host(name)):
+        if not check_generation(ctx, qpath(name), ctx.host(name)):
             return
-    ctx.err(m.GetversionRequest(vpath("missing")), E.ENOENT)
+    ctx.err(qemu(m.GetversionRequest, qpath("missing")), E.ENOENT)

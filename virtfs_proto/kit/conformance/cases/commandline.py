@@ -20,7 +20,8 @@ from typing import Final
 
 from .... import messages as m
 from ....errors import HelperStartError
-from ..model import ROOT_IDS, CheckFailed, Context, case, vpath
+from ....launcher import helper_args
+from ..model import ROOT_IDS, CheckFailed, Context, case, qemu, qpath
 from ..session import HelperSession
 
 #: A helper that validates its arguments answers at once; one that does not may
@@ -29,7 +30,10 @@ CLI_TIMEOUT: Final = 5.0
 
 
 def _run(ctx: Context, args: Sequence[str]) -> tuple[int | None, str]:
-    """The helper's exit status (None: still running after CLI_TIMEOUT) and stderr."""
+    """The helper's exit status (None: still running after CLI_TIMEOUT) and stderr.
+
+    Not spawn_helper: these command lines are the wrong ones, and the helper
+    must exit instead of serving."""
     proc = subprocess.Popen(
         [*ctx.argv, *args],
         stdin=subprocess.DEVNULL,
@@ -184,7 +188,9 @@ def socket_one_client(ctx: Context) -> None:
         unlink_socket=False,
     )
     try:
-        ctx.expect(isinstance(helper.call(m.LstatRequest(vpath(""))), m.StatReply), "no lstat")
+        ctx.expect(
+            isinstance(helper.call(qemu(m.LstatRequest, qpath(""))), m.StatReply), "no lstat"
+        )
         second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with second:
             second.settimeout(2.0)
@@ -259,12 +265,12 @@ def _start_with_swap(ctx: Context, name: str, spare: str) -> str:
         raise CheckFailed("this case needs strace (fault injection holds up bind)")
     path = ctx.ws.rundir / name
     dirfd = os.open(ctx.ws.rundir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    owner = str(SOCKET_OWNER)
+    options = helper_args(ctx.ws.export, socket_path=str(path), uid=SOCKET_OWNER, gid=SOCKET_OWNER)
+    # not spawn_helper: the helper runs under strace, and nobody may connect
     proc = subprocess.Popen(
         [
             *(strace, "-f", "-qq", "-o", os.devnull, "-e", "trace=bind"),
-            *("-e", f"inject=bind:delay_exit={BIND_DELAY_US}", *ctx.argv),
-            *("-p", str(ctx.ws.export), "-s", str(path), "-u", owner, "-g", owner, "-n"),
+            *("-e", f"inject=bind:delay_exit={BIND_DELAY_US}", *ctx.argv, *options),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -299,13 +305,12 @@ def _status(proc: subprocess.Popen[bytes]) -> str:
     return "still runs" if proc.poll() is None else f"exited with status {proc.returncode}"
 
 
-@case(
-    "security",
-    "socket-path",
-    name="socket.chown_follows_no_symlink",
-    modes=("socket",),
-    needs=ROOT_IDS,  # the socket's owner (-u/-g) must differ from the invoker's
-)
+def _socket_race(name: str) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
+    """Register a socket-swap race; its socket's owner (-u/-g) must not be the invoker's."""
+    return case("security", "socket-path", name=f"socket.{name}", modes=("socket",), needs=ROOT_IDS)
+
+
+@_socket_race("chown_follows_no_symlink")
 def socket_chown_no_symlink(ctx: Context) -> None:
     """The socket swapped for a symlink to a sentinel between bind and chown: no chown of it."""
     before = _owner(ctx.ws.secret)
@@ -319,13 +324,7 @@ def socket_chown_no_symlink(ctx: Context) -> None:
         )
 
 
-@case(
-    "security",
-    "socket-path",
-    name="socket.chown_only_its_own_socket",
-    modes=("socket",),
-    needs=ROOT_IDS,  # the socket's owner (-u/-g) must differ from the invoker's
-)
+@_socket_race("chown_only_its_own_socket")
 def socket_chown_own_socket(ctx: Context) -> None:
     """The socket swapped for another (listening) socket between bind and chown: not chowned."""
     decoy = ctx.ws.rundir / "decoy.sock"

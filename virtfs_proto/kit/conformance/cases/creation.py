@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from .... import messages as m
-from ..model import ROOT_IDS, CheckFailed, Context, case, errname, spath, vpath
+from ..model import ROOT_IDS, CheckFailed, Context, Name, case, errname, qemu, qpath
 from .security._common import RACE_ITERATIONS
 from .security.races import ForkedLoop, _Swapper
 
@@ -53,7 +53,7 @@ class Creator:
     """One creating request: how to ask for ``path``, and the owner and mode to expect."""
 
     name: str
-    make: Callable[[bytes], m.Request]
+    make: Callable[[Name], m.Request]
     uid: int
     gid: int
     #: the permission bits the created object must carry (None: not checked)
@@ -61,22 +61,22 @@ class Creator:
     #: whether O_CREAT semantics apply (a dangling final symlink is followed)
     follows_dangling: bool
     #: whether it takes O_TMPFILE
-    tmpfile: Callable[[bytes], m.Request] | None = None
+    tmpfile: Callable[[Name], m.Request] | None = None
 
 
 CREATORS: Final = (
     Creator(
         "create",
-        lambda p: m.CreateRequest(p, _CREAT, SETUID_MODE, UID, GID),
+        lambda p: qemu(m.CreateRequest, p, _CREAT, SETUID_MODE, UID, GID),
         UID,
         GID,
         SETUID_MODE,
         True,
-        lambda p: m.CreateRequest(p, os.O_RDWR | _O_TMPFILE, SETUID_MODE, UID, GID),
+        lambda p: qemu(m.CreateRequest, p, os.O_RDWR | _O_TMPFILE, SETUID_MODE, UID, GID),
     ),
     Creator(
         "create_excl",
-        lambda p: m.CreateRequest(p, _CREAT | os.O_EXCL, SETUID_MODE, UID, GID),
+        lambda p: qemu(m.CreateRequest, p, _CREAT | os.O_EXCL, SETUID_MODE, UID, GID),
         UID,
         GID,
         SETUID_MODE,
@@ -85,16 +85,16 @@ CREATORS: Final = (
     # QEMU's T_OPEN with O_CREAT creates a mode-0 file owned by root
     Creator(
         "open_creat",
-        lambda p: m.OpenRequest(p, _CREAT),
+        lambda p: qemu(m.OpenRequest, p, _CREAT),
         0,
         0,
         0,
         True,
-        lambda p: m.OpenRequest(p, os.O_RDWR | _O_TMPFILE),
+        lambda p: qemu(m.OpenRequest, p, os.O_RDWR | _O_TMPFILE),
     ),
     Creator(
         "mknod_file",
-        lambda p: m.MknodRequest(UID, GID, p, stat.S_IFREG | SETUID_MODE, 0),
+        lambda p: qemu(m.MknodRequest, UID, GID, p, stat.S_IFREG | SETUID_MODE, 0),
         UID,
         GID,
         SETUID_MODE,
@@ -102,15 +102,20 @@ CREATORS: Final = (
     ),
     Creator(
         "mknod_fifo",
-        lambda p: m.MknodRequest(UID, GID, p, stat.S_IFIFO | 0o640, 0),
+        lambda p: qemu(m.MknodRequest, UID, GID, p, stat.S_IFIFO | 0o640, 0),
         UID,
         GID,
         0o640,
         False,
     ),
-    Creator("mkdir", lambda p: m.MkdirRequest(UID, GID, p, 0o750), UID, GID, 0o750, False),
+    Creator("mkdir", lambda p: qemu(m.MkdirRequest, UID, GID, p, 0o750), UID, GID, 0o750, False),
     Creator(
-        "symlink", lambda p: m.SymlinkRequest(UID, GID, b"file.txt\0", p), UID, GID, None, False
+        "symlink",
+        lambda p: qemu(m.SymlinkRequest, UID, GID, b"file.txt", p),
+        UID,
+        GID,
+        None,
+        False,
     ),
 )
 
@@ -127,7 +132,7 @@ def _expect_owner(ctx: Context, st: os.stat_result, creator: Creator, what: str)
         )
 
 
-def _created(ctx: Context, creator: Creator, wire: bytes, host: Path, what: str) -> None:
+def _created(ctx: Context, creator: Creator, wire: Name, host: Path, what: str) -> None:
     """``creator`` on ``wire`` must succeed and leave ``host`` with the requested owner."""
     reply = ctx.ok(creator.make(wire))
     if isinstance(reply, m.FdReply):
@@ -136,13 +141,13 @@ def _created(ctx: Context, creator: Creator, wire: bytes, host: Path, what: str)
 
 
 def _plain(ctx: Context, c: Creator) -> None:
-    _created(ctx, c, spath("co_new"), ctx.host("co_new"), "plain path")
+    _created(ctx, c, qpath("co_new"), ctx.host("co_new"), "plain path")
 
 
 def _symlinked_dir(ctx: Context, c: Creator) -> None:
     os.mkdir(ctx.host("co_real"))
     os.symlink("co_real", ctx.host("co_linkdir"))
-    _created(ctx, c, spath("co_linkdir/x"), ctx.host("co_real/x"), "through a symlinked dir")
+    _created(ctx, c, qpath("co_linkdir/x"), ctx.host("co_real/x"), "through a symlinked dir")
 
 
 def _dangling(target: str) -> Callable[[Context, Creator], None]:
@@ -151,9 +156,9 @@ def _dangling(target: str) -> Callable[[Context, Creator], None]:
         host = ctx.host(target.lstrip("/"))
         what = f"through a dangling symlink to {target}"
         if c.follows_dangling:
-            _created(ctx, c, spath("co_dangling"), host, what)
+            _created(ctx, c, qpath("co_dangling"), host, what)
         else:  # the link itself exists: nothing is created, nothing changes owner
-            ctx.err(c.make(spath("co_dangling")))
+            ctx.err(c.make(qpath("co_dangling")))
             ctx.expect(not os.path.lexists(host), f"{what}: {host.name} was created")
 
     return run
@@ -161,7 +166,7 @@ def _dangling(target: str) -> Callable[[Context, Creator], None]:
 
 def _tmpfile(ctx: Context, c: Creator) -> None:
     assert c.tmpfile is not None
-    reply = ctx.call(c.tmpfile(spath("emptydir")))
+    reply = ctx.call(c.tmpfile(qpath("emptydir")))
     if isinstance(reply, m.ErrorReply):
         ctx.notes.append(f"O_TMPFILE refused with {errname(reply.errno)}")
         return
@@ -186,7 +191,7 @@ def _owner_case(creator: Creator, shape: str) -> None:
         check(ctx, creator)
 
     run.__doc__ = (
-        f"{creator.make(b'').TYPE.name} ({creator.name}) through {what}: what it creates "
+        f"{creator.make(Name(b'')).TYPE.name} ({creator.name}) through {what}: what it creates "
         "gets the requested owner and mode"
     )
     case("security", "created-owner", name=f"owner.{creator.name}.{shape}", needs=ROOT_IDS)(run)
@@ -228,7 +233,7 @@ def _race_case(creator: Creator) -> None:
         mine = theirs = refused = 0
         with _racer(target, make_dir=creator.name == "mkdir"):
             for _ in range(RACE_ITERATIONS):
-                reply = ctx.call(creator.make(spath("race_dir/new")))
+                reply = ctx.call(creator.make(qpath("race_dir/new")))
                 try:
                     st = os.fstat(reply.fd) if isinstance(reply, m.FdReply) else os.lstat(target)
                 except FileNotFoundError:
@@ -357,30 +362,30 @@ def _special_race_case(
 _special_race_case(
     "open_rdonly",
     "T_OPEN O_RDONLY of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda ctx: m.OpenRequest(vpath("race"), os.O_RDONLY),
+    lambda ctx: qemu(m.OpenRequest, qpath("race"), os.O_RDONLY),
     os.O_WRONLY,
 )
 _special_race_case(
     "open_wronly",
     "T_OPEN O_WRONLY of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda ctx: m.OpenRequest(vpath("race"), os.O_WRONLY),
+    lambda ctx: qemu(m.OpenRequest, qpath("race"), os.O_WRONLY),
     os.O_RDONLY,
 )
 _special_race_case(
     "create_no_excl",
     "T_CREATE O_RDONLY|O_CREAT of a swapped name (it exists) never opens the FIFO",
-    lambda ctx: m.CreateRequest(spath("race"), os.O_RDONLY | os.O_CREAT, 0o644, *ctx.ids),
+    lambda ctx: qemu(m.CreateRequest, qpath("race"), os.O_RDONLY | os.O_CREAT, 0o644, *ctx.ids),
     os.O_WRONLY,
 )
 _special_race_case(
     "truncate",
     "T_TRUNCATE of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda ctx: m.TruncateRequest(vpath("race"), 0),
+    lambda ctx: qemu(m.TruncateRequest, qpath("race"), 0),
     os.O_RDONLY,
 )
 _special_race_case(
     "getversion",
     "T_GETVERSION of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda ctx: m.GetversionRequest(vpath("race")),
+    lambda ctx: qemu(m.GetversionRequest, qpath("race")),
     os.O_WRONLY,
 )

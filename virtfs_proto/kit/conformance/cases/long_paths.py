@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .... import messages as m
-from ..model import ROOT_IDS, CheckFailed, Context, Requirement, case, spath, vpath
+from ..model import ROOT_IDS, CheckFailed, Context, Name, Requirement, case, qemu, qpath
 from ..workspace import COMMENT, FILE_CONTENT, deep_dir
 from .behaviour import check_generation, read_all
 
-#: wire lengths of the long path (its trailing NUL counted where it has one)
+#: lengths of the long path (before the counted NUL where its field has one)
 LENGTHS: Final = (4100, 8200, 60000)
 #: the length of each directory name on the way down (the last one takes the rest)
 STEP: Final = 250
@@ -37,14 +37,14 @@ TARGET: Final = b"target-of-the-deep-link"
 OWNER: Final = (1000, 1001)
 
 
-def deep_path(length: int, nul: bool) -> tuple[list[bytes], bytes]:
-    """Directory names and the wire path ``//d1/d2/.../leaf`` (``\\0`` with ``nul``)
-    of exactly ``length`` bytes, as QEMU builds it."""
-    tail = b"/" + LEAF + (b"\0" if nul else b"")
+def deep_path(length: int) -> tuple[list[bytes], Name]:
+    """Directory names and the path ``//d1/d2/.../leaf`` of exactly ``length``
+    bytes, as QEMU builds it (its request adds the NUL where it counts one)."""
+    tail = b"/" + LEAF
     room = length - 2 - len(tail)  # the names and the slashes between them
     names = [b"%03d" % i + b"d" * (STEP - 3) for i in range((room - 1) // (STEP + 1))]
     names.append(b"z" * (room - len(names) * (STEP + 1)))  # 1 to STEP + 1 <= NAME_MAX bytes
-    path = b"//" + b"/".join(names) + tail
+    path = qpath(b"/".join(names) + tail)
     assert len(path) == length
     return names, path
 
@@ -167,14 +167,12 @@ class LongOp:
     name: str
     doc: str
     prepare: Prepare
-    #: the long path as QEMU sends it: a V9fsPath (NUL) or a new name (none)
-    nul: bool
-    request: Callable[[bytes], m.Request]
+    request: Callable[[Name], m.Request]
     check: Check
     #: the case's requirements (ROOT_IDS: it asks for owner 1000:1001)
     needs: tuple[Requirement, ...] = ()
 
-    def run(self, ctx: Context, deep: int, path: bytes) -> None:
+    def run(self, ctx: Context, deep: int, path: Name) -> None:
         self.prepare(deep)
         self.check(ctx, deep, ctx.ok(self.request(path)))
 
@@ -187,16 +185,14 @@ OPS: Final = (
         "open",
         "T_OPEN O_RDWR passes back the deep file",
         _file,
-        True,
-        lambda p: m.OpenRequest(p, _RW),
+        lambda p: qemu(m.OpenRequest, p, _RW),
         _check_open,
     ),
     LongOp(
         "create",
         "T_CREATE makes the deep file with owner and mode, and passes it back",
         _nothing,
-        False,
-        lambda p: m.CreateRequest(p, _EXCL, 0o640, *OWNER),
+        lambda p: qemu(m.CreateRequest, p, _EXCL, 0o640, *OWNER),
         _check_create,
         needs=(ROOT_IDS,),
     ),
@@ -204,8 +200,7 @@ OPS: Final = (
         "mknod",
         "T_MKNOD makes a FIFO with owner and mode",
         _nothing,
-        False,
-        lambda p: m.MknodRequest(*OWNER, p, stat.S_IFIFO | 0o600, 0),
+        lambda p: qemu(m.MknodRequest, *OWNER, p, stat.S_IFIFO | 0o600, 0),
         lambda ctx, d, r: _owner_mode(ctx, _leaf(d), stat.S_ISFIFO, 0o600),
         needs=(ROOT_IDS,),
     ),
@@ -213,8 +208,7 @@ OPS: Final = (
         "mkdir",
         "T_MKDIR makes a directory with owner and mode",
         _nothing,
-        False,
-        lambda p: m.MkdirRequest(*OWNER, p, 0o750),
+        lambda p: qemu(m.MkdirRequest, *OWNER, p, 0o750),
         lambda ctx, d, r: _owner_mode(ctx, _leaf(d), stat.S_ISDIR, 0o750),
         needs=(ROOT_IDS,),
     ),
@@ -222,8 +216,7 @@ OPS: Final = (
         "symlink",
         "T_SYMLINK makes a symlink with its target and owner",
         _nothing,
-        False,
-        lambda p: m.SymlinkRequest(*OWNER, TARGET, p),
+        lambda p: qemu(m.SymlinkRequest, *OWNER, TARGET, p),
         lambda ctx, d, r: ctx.expect(
             os.readlink(LEAF, dir_fd=d) == TARGET and _leaf(d).st_uid == OWNER[0],
             "not the symlink asked for",
@@ -234,23 +227,20 @@ OPS: Final = (
         "link_from_long",
         "T_LINK of the deep file to a short name",
         _file,
-        True,
-        lambda p: m.LinkRequest(p, spath("short")),
+        lambda p: qemu(m.LinkRequest, p, qpath("short")),
         _check_link_out,
     ),
     LongOp(
         "link_to_long",
         "T_LINK of file.txt to a deep name",
         _nothing,
-        False,
-        lambda p: m.LinkRequest(vpath("file.txt"), p),
+        lambda p: qemu(m.LinkRequest, qpath("file.txt"), p),
         _check_link_in,
     ),
     LongOp(
         "lstat",
         "T_LSTAT of the deep file",
         _file,
-        True,
         m.LstatRequest,
         _check_lstat,
     ),
@@ -258,15 +248,13 @@ OPS: Final = (
         "readlink",
         "T_READLINK of a deep symlink",
         _symlink,
-        True,
-        lambda p: m.ReadlinkRequest(p, 4096),
+        lambda p: qemu(m.ReadlinkRequest, p, 4096),
         lambda ctx, d, r: ctx.expect(r.target == TARGET, f"target {r.target!r}"),
     ),
     LongOp(
         "statfs",
         "T_STATFS of the deep file is the export's file system",
         _file,
-        True,
         m.StatfsRequest,
         _check_statfs,
     ),
@@ -274,16 +262,14 @@ OPS: Final = (
         "chmod",
         "T_CHMOD of the deep file",
         _file,
-        True,
-        lambda p: m.ChmodRequest(p, 0o604),
+        lambda p: qemu(m.ChmodRequest, p, 0o604),
         lambda ctx, d, r: ctx.expect(stat.S_IMODE(_leaf(d).st_mode) == 0o604, "mode not 0604"),
     ),
     LongOp(
         "chown",
         "T_CHOWN of the deep file",
         _file,
-        True,
-        lambda p: m.ChownRequest(p, *OWNER),
+        lambda p: qemu(m.ChownRequest, p, *OWNER),
         lambda ctx, d, r: ctx.expect(
             (_leaf(d).st_uid, _leaf(d).st_gid) == OWNER, "owner not 1000:1001"
         ),
@@ -293,39 +279,34 @@ OPS: Final = (
         "truncate",
         "T_TRUNCATE of the deep file",
         _file,
-        True,
-        lambda p: m.TruncateRequest(p, 3),
+        lambda p: qemu(m.TruncateRequest, p, 3),
         _check_truncate,
     ),
     LongOp(
         "utime",
         "T_UTIME of the deep file, to the nanosecond",
         _file,
-        True,
-        lambda p: m.UtimeRequest(p, 1234567890, 111, 1300000000, 222),
+        lambda p: qemu(m.UtimeRequest, p, 1234567890, 111, 1300000000, 222),
         _check_utime,
     ),
     LongOp(
         "rename_from_long",
         "T_RENAME of the deep file to a short name",
         _file,
-        False,
-        lambda p: m.RenameRequest(p, spath("short")),
+        lambda p: qemu(m.RenameRequest, p, qpath("short")),
         _check_rename_out,
     ),
     LongOp(
         "rename_to_long",
         "T_RENAME of file.txt to a deep name",
         _nothing,
-        False,
-        lambda p: m.RenameRequest(spath("file.txt"), p),
+        lambda p: qemu(m.RenameRequest, qpath("file.txt"), p),
         _check_rename_in,
     ),
     LongOp(
         "remove",
         "T_REMOVE of the deep file",
         _file,
-        False,
         m.RemoveRequest,
         lambda ctx, d, r: _absent(ctx, d, LEAF),
     ),
@@ -333,24 +314,21 @@ OPS: Final = (
         "lgetxattr",
         "T_LGETXATTR of the deep file",
         _file,
-        True,
-        lambda p: m.LgetxattrRequest(100, p, b"user.comment"),
+        lambda p: qemu(m.LgetxattrRequest, 100, p, b"user.comment"),
         lambda ctx, d, r: ctx.expect(r == m.XattrValueReply(COMMENT), f"value {r!r}"),
     ),
     LongOp(
         "llistxattr",
         "T_LLISTXATTR of the deep file",
         _file,
-        True,
-        lambda p: m.LlistxattrRequest(4096, p),
+        lambda p: qemu(m.LlistxattrRequest, 4096, p),
         lambda ctx, d, r: ctx.expect(b"user.comment" in r.value.split(b"\0"), f"list {r!r}"),
     ),
     LongOp(
         "lsetxattr",
         "T_LSETXATTR of the deep file",
         _file,
-        True,
-        lambda p: m.LsetxattrRequest(p, b"user.new", b"value", 5, 0),
+        lambda p: qemu(m.LsetxattrRequest, p, b"user.new", b"value", 5, 0),
         lambda ctx, d, r: ctx.expect(
             _with_leaf_fd(d, lambda fd: os.getxattr(fd, "user.new")) == b"value", "not stored"
         ),
@@ -359,8 +337,7 @@ OPS: Final = (
         "lremovexattr",
         "T_LREMOVEXATTR of the deep file",
         _file,
-        True,
-        lambda p: m.LremovexattrRequest(p, b"user.comment"),
+        lambda p: qemu(m.LremovexattrRequest, p, b"user.comment"),
         lambda ctx, d, r: ctx.expect(
             "user.comment" not in _with_leaf_fd(d, os.listxattr), "still there"
         ),
@@ -368,7 +345,7 @@ OPS: Final = (
 )
 
 
-def _getversion(ctx: Context, deep: int, path: bytes) -> None:
+def _getversion(ctx: Context, deep: int, path: Name) -> None:
     _file(deep)
     check_generation(ctx, path, LEAF, deep)
 
@@ -376,15 +353,14 @@ def _getversion(ctx: Context, deep: int, path: bytes) -> None:
 def _register(
     name: str,
     doc: str,
-    nul: bool,
-    act: Callable[[Context, int, bytes], None],
+    act: Callable[[Context, int, Name], None],
     needs: tuple[Requirement, ...] = (),
 ) -> None:
     """One case per length: ``act`` gets the deepest directory's fd and the path to it."""
     for length in LENGTHS:
 
         def run(ctx: Context, length: int = length) -> None:
-            names, path = deep_path(length, nul)
+            names, path = deep_path(length)
             root = ctx.adopt(os.open(ctx.host(), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
             act(ctx, ctx.adopt(deep_dir(root, names, create=True)), path)
 
@@ -393,5 +369,5 @@ def _register(
 
 
 for _op in OPS:
-    _register(_op.name, _op.doc, _op.nul, _op.run, _op.needs)
-_register("getversion", "T_GETVERSION of the deep file is its generation", True, _getversion)
+    _register(_op.name, _op.doc, _op.run, _op.needs)
+_register("getversion", "T_GETVERSION of the deep file is its generation", _getversion)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from ..... import messages as m
-from ...model import DEVICE_NODES, Context, case, show, spath, vpath
+from ...model import DEVICE_NODES, Context, case, qemu, qpath, show
 from ._common import SPECIAL_TIMEOUT
 from .races import _libc
 
@@ -34,7 +34,7 @@ def device_mknod_refused(ctx: Context) -> None:
     """T_MKNOD of a character (10:232, /dev/kvm) or block device as uid 0 / gid 0
     fails with EPERM and makes nothing (the helper must not make device nodes)."""
     for name, kind, rdev in (("kvm", stat.S_IFCHR, KVM_RDEV), ("loop0", stat.S_IFBLK, LOOP0_RDEV)):
-        reply = ctx.call(m.MknodRequest(*ctx.ids, spath(name), kind | 0o666, rdev))
+        reply = ctx.call(qemu(m.MknodRequest, *ctx.ids, qpath(name), kind | 0o666, rdev))
         ctx.expect(not os.path.lexists(ctx.host(name)), f"made the device node {name!r}")
         ctx.expect(
             isinstance(reply, m.ErrorReply) and reply.errno == E.EPERM,
@@ -78,8 +78,8 @@ def _unprivileged_open(dirfd: int, name: str) -> str | None:
 def device_mknod_attack(ctx: Context) -> None:
     """The whole attack: T_MKNOD c 10:232 0666 as uid 0, T_OPEN "/" O_DIRECTORY, then an
     unprivileged openat() of the node through that fd must not yield a device."""
-    reply = ctx.call(m.MknodRequest(*ctx.ids, spath("kvm"), stat.S_IFCHR | 0o666, KVM_RDEV))
-    dirfd = ctx.fd(m.OpenRequest(vpath(""), os.O_RDONLY | os.O_DIRECTORY))
+    reply = ctx.call(qemu(m.MknodRequest, *ctx.ids, qpath("kvm"), stat.S_IFCHR | 0o666, KVM_RDEV))
+    dirfd = ctx.fd(qemu(m.OpenRequest, qpath(""), os.O_RDONLY | os.O_DIRECTORY))
     got = _unprivileged_open(dirfd, "kvm")
     ctx.expect(
         got is None,
@@ -120,19 +120,19 @@ def device_existing_never_opened(ctx: Context) -> None:
         watch = _OpenWatch(ctx.host(name))
         try:
             for label, request, errnos in (
-                ("T_OPEN O_RDWR", m.OpenRequest(vpath(name), os.O_RDWR), (E.ENXIO,)),
+                ("T_OPEN O_RDWR", qemu(m.OpenRequest, qpath(name), os.O_RDWR), (E.ENXIO,)),
                 (
                     "T_OPEN O_RDONLY|O_NONBLOCK",
-                    m.OpenRequest(vpath(name), os.O_RDONLY | os.O_NONBLOCK),
+                    qemu(m.OpenRequest, qpath(name), os.O_RDONLY | os.O_NONBLOCK),
                     (E.ENXIO,),
                 ),
                 (
                     "T_CREATE O_RDWR|O_CREAT",
-                    m.CreateRequest(spath(name), os.O_RDWR | os.O_CREAT, 0o666, *ctx.ids),
+                    qemu(m.CreateRequest, qpath(name), os.O_RDWR | os.O_CREAT, 0o666, *ctx.ids),
                     (E.ENXIO,),
                 ),
-                ("T_TRUNCATE", m.TruncateRequest(vpath(name), 0), (E.EINVAL,)),
-                ("T_GETVERSION", m.GetversionRequest(vpath(name)), (E.ENXIO, E.EINVAL)),
+                ("T_TRUNCATE", qemu(m.TruncateRequest, qpath(name), 0), (E.EINVAL,)),
+                ("T_GETVERSION", qemu(m.GetversionRequest, qpath(name)), (E.ENXIO, E.EINVAL)),
             ):
                 what = f"{label} of {name!r}"
                 reply = ctx.call(request, timeout=SPECIAL_TIMEOUT)

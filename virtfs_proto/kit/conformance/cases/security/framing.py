@@ -12,7 +12,7 @@ from ..... import messages as m
 from ..... import procfs
 from .....codec import encode_request
 from .....constants import HEADER_SIZE, MessageType
-from ...model import Context, Deviation, case, errname, show, spath, vpath
+from ...model import Context, Deviation, Name, case, errname, qemu, qpath, show
 from ...workspace import FILE_CONTENT
 from ..behaviour import read_all
 from ._common import O_RD, H
@@ -44,7 +44,7 @@ def _expect_hangup(ctx: Context, data: bytes, *, shutdown: bool = False) -> None
     ctx.expect(eof, "the helper did not close the connection")
 
 
-_LSTAT = m.LstatRequest(vpath("file.txt"))
+_LSTAT = qemu(m.LstatRequest, qpath("file.txt"))
 
 _FATAL: list[tuple[str, str, Callable[[], bytes], bool]] = [
     (
@@ -111,7 +111,7 @@ for _fname, _fdoc, _fmake, _fshut in _FATAL:
 
 
 def _in_sync(ctx: Context) -> None:
-    reply = ctx.ok(m.ReadlinkRequest(vpath("link_file"), 4096))
+    reply = ctx.ok(qemu(m.ReadlinkRequest, qpath("link_file"), 4096))
     ctx.expect(reply == m.ReadlinkReply(b"file.txt"), "out of step after the bad frame")
 
 
@@ -121,8 +121,8 @@ def frame_short(ctx: Context) -> None:
     owner = os.lstat(ctx.host("file.txt")).st_uid  # root's, or a rootless run's user's
     for req, size in (
         (_LSTAT, 1),
-        (m.OpenRequest(vpath("file.txt"), O_RD), 3),
-        (m.ChownRequest(vpath("file.txt"), 1, 1), 12),
+        (qemu(m.OpenRequest, qpath("file.txt"), O_RD), 3),
+        (qemu(m.ChownRequest, qpath("file.txt"), 1, 1), 12),
     ):
         data = encode_request(req)
         t, _ = H.unpack_from(data, 0)
@@ -145,8 +145,8 @@ def frame_string_overrun(ctx: Context) -> None:
 @case("security", "framing", name="frame.short_create_does_nothing")
 def frame_short_create(ctx: Context) -> None:
     """A T_CREATE cut after its path: bare -ENOBUFS, no fd, no file."""
-    req = m.CreateRequest(spath("short_new"), os.O_RDWR | os.O_CREAT, 0o644, *ctx.ids)
-    reply = ctx.helper.call_raw(_frame(req, cut=12, size=len(spath("short_new")) + 2 + 4), req)
+    req = qemu(m.CreateRequest, qpath("short_new"), os.O_RDWR | os.O_CREAT, 0o644, *ctx.ids)
+    reply = ctx.helper.call_raw(_frame(req, cut=12, size=len(req.path) + 2 + 4), req)
     ctx.expect(reply == m.ErrorReply(E.ENOBUFS), show(reply))
     ctx.expect(not ctx.host("short_new").exists(), "the file was created")
     _in_sync(ctx)
@@ -167,7 +167,7 @@ def frame_trailing(ctx: Context) -> None:
 @case("security", "framing", name="frame.max_size_accepted")
 def frame_max_size(ctx: Context) -> None:
     """A frame of exactly 65536 payload bytes is read and answered (here ENAMETOOLONG)."""
-    req = m.LstatRequest(b"/" + b"m" * 65533)
+    req = qemu(m.LstatRequest, Name(b"/" + b"m" * 65532))
     data = encode_request(req)
     ctx.expect(H.unpack_from(data, 0)[1] == 65536, "test frame is not 65536 bytes")
     reply = ctx.helper.call_raw(data, req)
@@ -181,10 +181,10 @@ def frame_pipelined(ctx: Context) -> None:
     reqs: list[m.Request] = []
     for i in range(30):
         reqs += [
-            m.OpenRequest(vpath("file.txt" if i % 2 else "dir/nested.txt"), O_RD),
-            m.LstatRequest(vpath("missing")),
-            m.ReadlinkRequest(vpath("link_file"), 4096),
-            m.LgetxattrRequest(100, vpath("file.txt"), b"user.comment"),
+            qemu(m.OpenRequest, qpath("file.txt" if i % 2 else "dir/nested.txt"), O_RD),
+            qemu(m.LstatRequest, qpath("missing")),
+            qemu(m.ReadlinkRequest, qpath("link_file"), 4096),
+            qemu(m.LgetxattrRequest, 100, qpath("file.txt"), b"user.comment"),
         ]
     ctx.helper.pipeline(reqs)
     for i, req in enumerate(reqs):
@@ -204,8 +204,8 @@ def frame_pipelined(ctx: Context) -> None:
 @case("security", "framing", name="frame.byte_at_a_time")
 def frame_bytewise(ctx: Context) -> None:
     """A request sent one byte per write (1 ms apart) is parsed the same."""
-    data = encode_request(m.ReadlinkRequest(vpath("link_file"), 4096))
-    ctx.helper.conn.send_request(m.ReadlinkRequest(vpath("link_file"), 4096))
+    data = encode_request(qemu(m.ReadlinkRequest, qpath("link_file"), 4096))
+    ctx.helper.conn.send_request(qemu(m.ReadlinkRequest, qpath("link_file"), 4096))
     for i in range(len(data)):
         ctx.helper.send_raw(data[i : i + 1])
         time.sleep(0.001)
@@ -258,7 +258,7 @@ def frame_close_before_reply(ctx: Context) -> None:
 @case("security", "framing", name="frame.close_before_fd_reply", fatal=True)
 def frame_close_before_fd(ctx: Context) -> None:
     """The client hangs up before an FD reply: the helper exits, not killed by SIGPIPE."""
-    _close_before_reply(ctx, m.OpenRequest(vpath("file.txt"), O_RD))
+    _close_before_reply(ctx, qemu(m.OpenRequest, qpath("file.txt"), O_RD))
 
 
 @case("security", "framing", name="frame.eof_between_requests", fatal=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..... import messages as m
-from ...model import CheckFailed, Context, case, vpath
+from ...model import CheckFailed, Context, case, qemu, qpath
 from ._common import O_RD
 
 
@@ -14,10 +14,10 @@ def getversion_high_bits(ctx: Context) -> None:
     on the stack is what leaks)."""
     before: list[m.Request | None] = [
         None,
-        m.OpenRequest(vpath("file.txt"), O_RD),
-        m.LstatRequest(vpath("file.txt")),
-        m.ChmodRequest(vpath("empty.txt"), 0o644),
-        m.LgetxattrRequest(0, vpath("file.txt"), b"user.comment"),
+        qemu(m.OpenRequest, qpath("file.txt"), O_RD),
+        qemu(m.LstatRequest, qpath("file.txt")),
+        qemu(m.ChmodRequest, qpath("empty.txt"), 0o644),
+        qemu(m.LgetxattrRequest, 0, qpath("file.txt"), b"user.comment"),
     ]
     names = ("file.txt", "dir", "", "empty.txt", "file.txt")
     for name, previous in zip(names, before, strict=True):
@@ -25,7 +25,7 @@ def getversion_high_bits(ctx: Context) -> None:
             first = ctx.call(previous)
             if isinstance(first, m.FdReply):
                 ctx.close(first.fd)
-        reply = ctx.call(m.GetversionRequest(vpath(name)))
+        reply = ctx.call(qemu(m.GetversionRequest, qpath(name)))
         if isinstance(reply, m.VersionReply) and reply.version >> 32:
             raise CheckFailed(
                 f"{name or '/'}: version {reply.version:#018x}: the high 32 bits are not zero"

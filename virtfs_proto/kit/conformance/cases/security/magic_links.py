@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Final
 
 from ..... import messages as m
-from ...model import MOUNTS, CheckFailed, Context, case, vpath
+from ...model import MOUNTS, CheckFailed, Context, Name, case, qemu, qpath
 from ...session import HelperSession
 from ._common import O_RD, secret_rel
 
@@ -49,7 +49,7 @@ def _own_helper(
         return None
     # fd mode: a refusal shows as EOF on the first request
     try:
-        reply = helper.call(m.LstatRequest(vpath("")))
+        reply = helper.call(qemu(m.LstatRequest, qpath("")))
     except Exception:
         status = helper.wait_exit(2.0)
         helper.close()
@@ -66,12 +66,12 @@ def _probe_magic(ctx: Context, helper: HelperSession, paths: list[bytes]) -> int
     opened = 0
     for p in paths:
         for flags in (O_RD, O_RD | os.O_DIRECTORY):
-            reply = helper.call(m.OpenRequest(p + b"\0", flags))
+            reply = helper.call(qemu(m.OpenRequest, Name(p), flags))
             if isinstance(reply, m.FdReply):
                 ctx.adopt(reply.fd)
                 ctx.expect_inside(reply.fd, f"T_OPEN {p!r}")
                 opened += 1
-        reply = helper.call(m.LstatRequest(p + b"\0"))
+        reply = helper.call(qemu(m.LstatRequest, Name(p)))
         if isinstance(reply, m.StatReply):
             secret = os.lstat(ctx.ws.secret)
             ctx.expect(

@@ -8,51 +8,62 @@ import stat
 from collections.abc import Callable
 
 from ..... import messages as m
-from ...model import CheckFailed, Context, Deviation, case, errname, show, spath
+from ...model import (
+    CheckFailed,
+    Context,
+    Deviation,
+    Name,
+    case,
+    errname,
+    qemu,
+    qpath,
+    show,
+    wrong_nul,
+)
 from ._common import O_RD, escape_case, secret_rel
 
 escape_case(
     "names.dotdot_open",
     "bad-names",
     "T_OPEN //../outside/secret.txt: .. at the root stays at the root",
-    lambda c: m.OpenRequest(b"//../outside/secret.txt\0", O_RD),
+    lambda c: qemu(m.OpenRequest, qpath(b"../outside/secret.txt"), O_RD),
 )
 escape_case(
     "names.dotdot_deep_open",
     "bad-names",
     "T_OPEN dir/ followed by 20 .. and the secret's host path",
-    lambda c: m.OpenRequest(b"//dir/" + b"../" * 20 + os.fsencode(secret_rel(c)) + b"\0", O_RD),
+    lambda c: qemu(m.OpenRequest, qpath(b"dir/" + b"../" * 20 + os.fsencode(secret_rel(c))), O_RD),
 )
 escape_case(
     "names.absolute_host_path_open",
     "bad-names",
     "T_OPEN of the secret's absolute host path resolves inside the export",
-    lambda c: m.OpenRequest(os.fsencode(c.ws.secret) + b"\0", O_RD),
+    lambda c: qemu(m.OpenRequest, Name(os.fsencode(c.ws.secret)), O_RD),
 )
 escape_case(
     "names.absolute_host_path_lstat",
     "bad-names",
     "T_LSTAT of the secret's absolute host path must not leak its metadata",
-    lambda c: m.LstatRequest(os.fsencode(c.ws.secret) + b"\0"),
+    lambda c: qemu(m.LstatRequest, Name(os.fsencode(c.ws.secret))),
 )
 escape_case(
     "names.dotdot_getxattr",
     "bad-names",
     "T_LGETXATTR of ../outside/secret.txt must not read the sentinel's xattr",
-    lambda c: m.LgetxattrRequest(100, b"//../outside/secret.txt\0", b"user.sentinel"),
+    lambda c: qemu(m.LgetxattrRequest, 100, qpath(b"../outside/secret.txt"), b"user.sentinel"),
 )
 escape_case(
     "names.dotdot_rename_in",
     "bad-names",
     "T_RENAME ../outside/secret.txt into the export must fail",
-    lambda c: m.RenameRequest(b"//../outside/secret.txt", spath("stolen")),
+    lambda c: qemu(m.RenameRequest, qpath(b"../outside/secret.txt"), qpath("stolen")),
 )
 
 
 @case("security", "bad-names", name="names.dotdot_clamped_at_root")
 def dotdot_clamped(ctx: Context) -> None:
     """T_OPEN //../../file.txt opens the export's file.txt (.. at the root is the root)."""
-    reply = ctx.call(m.OpenRequest(b"//../../file.txt\0", O_RD))
+    reply = ctx.call(qemu(m.OpenRequest, qpath(b"../../file.txt"), O_RD))
     if isinstance(reply, m.ErrorReply):
         raise CheckFailed(f"failed with {errname(reply.errno)}; .. at the root must stay there")
     assert isinstance(reply, m.FdReply)
@@ -70,20 +81,26 @@ def _created_inside_or_refused(ctx: Context, request: m.Request, name: str) -> N
 def dotdot_create_objects(ctx: Context) -> None:
     """T_MKDIR/T_CREATE/T_SYMLINK/T_MKNOD named ../../x create inside the export or fail."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-    _created_inside_or_refused(ctx, m.MkdirRequest(*ctx.ids, b"//../../esc_dir", 0o755), "esc_dir")
     _created_inside_or_refused(
-        ctx, m.CreateRequest(b"//../../esc_file", flags, 0o644, *ctx.ids), "esc_file"
+        ctx, qemu(m.MkdirRequest, *ctx.ids, qpath(b"../../esc_dir"), 0o755), "esc_dir"
     )
-    _created_inside_or_refused(ctx, m.SymlinkRequest(*ctx.ids, b"x", b"//../esc_link"), "esc_link")
     _created_inside_or_refused(
-        ctx, m.MknodRequest(*ctx.ids, b"//../esc_fifo", stat.S_IFIFO | 0o600, 0), "esc_fifo"
+        ctx, qemu(m.CreateRequest, qpath(b"../../esc_file"), flags, 0o644, *ctx.ids), "esc_file"
+    )
+    _created_inside_or_refused(
+        ctx, qemu(m.SymlinkRequest, *ctx.ids, b"x", qpath(b"../esc_link")), "esc_link"
+    )
+    _created_inside_or_refused(
+        ctx,
+        qemu(m.MknodRequest, *ctx.ids, qpath(b"../esc_fifo"), stat.S_IFIFO | 0o600, 0),
+        "esc_fifo",
     )
 
 
 @case("security", "bad-names", name="names.dotdot_rename_out")
 def dotdot_rename_out(ctx: Context) -> None:
     """T_RENAME file.txt to ../../moved.txt keeps it inside the export (or fails)."""
-    reply = ctx.call(m.RenameRequest(spath("file.txt"), b"//../../moved.txt"))
+    reply = ctx.call(qemu(m.RenameRequest, qpath("file.txt"), qpath(b"../../moved.txt")))
     if not isinstance(reply, m.ErrorReply):
         ctx.expect(ctx.host("moved.txt").exists(), "renamed, but not to the export's root")
 
@@ -91,12 +108,13 @@ def dotdot_rename_out(ctx: Context) -> None:
 @case("security", "bad-names", name="names.empty_path")
 def empty_path(ctx: Context) -> None:
     """An empty path (or a lone NUL) is ENOENT for every kind of operation."""
-    for raw in (b"", b"\0"):
-        ctx.err(m.LstatRequest(raw), E.ENOENT)
-        ctx.err(m.OpenRequest(raw, O_RD), E.ENOENT)
-        ctx.err(m.MkdirRequest(*ctx.ids, raw, 0o755), E.ENOENT)
-        ctx.err(m.RemoveRequest(raw), E.ENOENT)
-        ctx.err(m.ChmodRequest(raw, 0o777), E.ENOENT)
+    # both forms for every field: with the NUL QEMU would not send, too
+    for raw in (Name(b""), wrong_nul(Name(b""))):
+        ctx.err(qemu(m.LstatRequest, raw), E.ENOENT)
+        ctx.err(qemu(m.OpenRequest, raw, O_RD), E.ENOENT)
+        ctx.err(qemu(m.MkdirRequest, *ctx.ids, raw, 0o755), E.ENOENT)
+        ctx.err(qemu(m.RemoveRequest, raw), E.ENOENT)
+        ctx.err(qemu(m.ChmodRequest, raw, 0o777), E.ENOENT)
 
 
 def _nul_case(
@@ -122,7 +140,7 @@ def embedded_nul_open(ctx: Context) -> None:
     """T_OPEN file.txt\\0/../../outside/secret.txt: EINVAL or file.txt, never the secret."""
     _nul_case(
         ctx,
-        m.OpenRequest(b"//file.txt\0/../../outside/secret.txt\0", O_RD),
+        qemu(m.OpenRequest, qpath(b"file.txt\0/../../outside/secret.txt"), O_RD),
         lambda r: isinstance(r, m.FdReply) and ctx.same_file(r.fd, ctx.host("file.txt")),
     )
 
@@ -132,7 +150,7 @@ def embedded_nul_mkdir(ctx: Context) -> None:
     """T_MKDIR newdir\\0junk: EINVAL (SHOULD), or a truncated name (tolerated)."""
     _nul_case(
         ctx,
-        m.MkdirRequest(*ctx.ids, b"//newdir\0junk", 0o755),
+        qemu(m.MkdirRequest, *ctx.ids, qpath(b"newdir\0junk"), 0o755),
         lambda r: ctx.host("newdir").exists(),
     )
 
@@ -142,7 +160,7 @@ def embedded_nul_remove(ctx: Context) -> None:
     """T_REMOVE empty.txt\\0garbage: EINVAL (SHOULD), or removes empty.txt (tolerated)."""
     _nul_case(
         ctx,
-        m.RemoveRequest(b"//empty.txt\0garbage"),
+        qemu(m.RemoveRequest, qpath(b"empty.txt\0garbage")),
         lambda r: not ctx.host("empty.txt").exists(),
     )
 
@@ -150,8 +168,8 @@ def embedded_nul_remove(ctx: Context) -> None:
 @case("security", "bad-names", name="names.long_component")
 def long_component(ctx: Context) -> None:
     """A 256-byte component is ENAMETOOLONG (never truncated to 255)."""
-    ctx.err(m.MkdirRequest(*ctx.ids, b"//" + b"a" * 256, 0o755), E.ENAMETOOLONG)
-    ctx.err(m.LstatRequest(b"//" + b"b" * 300 + b"\0"), E.ENAMETOOLONG)
+    ctx.err(qemu(m.MkdirRequest, *ctx.ids, qpath(b"a" * 256), 0o755), E.ENAMETOOLONG)
+    ctx.err(qemu(m.LstatRequest, qpath(b"b" * 300)), E.ENAMETOOLONG)
     ctx.expect(not ctx.host("a" * 255).exists(), "created a truncated name")
 
 
@@ -159,22 +177,22 @@ def long_component(ctx: Context) -> None:
 def long_path(ctx: Context) -> None:
     """A path over PATH_MAX is resolved, not refused: 5000 bytes through missing
     directories are ENOENT; a 65000-byte component is ENAMETOOLONG (NAME_MAX)."""
-    ctx.err(m.LstatRequest(b"//" + b"d/" * 2500 + b"\0"), E.ENOENT)
-    ctx.err(m.OpenRequest(b"/" + b"x" * 65000 + b"\0", O_RD), E.ENAMETOOLONG)
+    ctx.err(qemu(m.LstatRequest, qpath(b"d/" * 2500)), E.ENOENT)
+    ctx.err(qemu(m.OpenRequest, Name(b"/" + b"x" * 65000), O_RD), E.ENAMETOOLONG)
 
 
 @case("security", "bad-names", name="names.non_utf8")
 def non_utf8(ctx: Context) -> None:
     """Names are bytes: a non-UTF-8 name is created and found exactly as sent."""
     name = b"\xff\xfe-not-utf8-\x80"
-    ctx.ok(m.MkdirRequest(*ctx.ids, b"//" + name, 0o755))
+    ctx.ok(qemu(m.MkdirRequest, *ctx.ids, qpath(name), 0o755))
     ctx.expect(os.path.isdir(os.path.join(os.fsencode(ctx.host()), name)), "name was altered")
-    ctx.ok(m.LstatRequest(b"//" + name + b"\0"))
+    ctx.ok(qemu(m.LstatRequest, qpath(name)))
 
 
 @case("security", "bad-names", name="names.remove_root")
 def remove_root(ctx: Context) -> None:
     """Removing the export root (/, //.., //.) fails and the export stays."""
-    for raw in (b"/", b"//..", b"//."):
-        ctx.err(m.RemoveRequest(raw), E.EBUSY, E.EINVAL, E.EPERM, E.ENOTEMPTY)
+    for raw in (qpath(""), qpath(b".."), qpath(b".")):
+        ctx.err(qemu(m.RemoveRequest, raw), E.EBUSY, E.EINVAL, E.EPERM, E.ENOTEMPTY)
     ctx.expect(ctx.host("file.txt").exists(), "the export lost its content")

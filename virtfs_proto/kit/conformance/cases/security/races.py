@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Final, Self
 
 from ..... import messages as m
-from ...model import Context, case, spath, vpath
+from ...model import Context, case, qemu, qpath
 from ...workspace import DECOY_CONTENT
 from ._common import O_RD, RACE_ITERATIONS, secret_rel
 
@@ -141,7 +141,7 @@ def race_intermediate_abs(ctx: Context) -> None:
         ctx,
         _decoy_dir(rel),
         _symlink_to("/"),
-        m.OpenRequest(vpath(f"race/{rel}"), O_RD),
+        qemu(m.OpenRequest, qpath(f"race/{rel}"), O_RD),
     )
 
 
@@ -152,7 +152,7 @@ def race_intermediate_dotdot(ctx: Context) -> None:
         ctx,
         _decoy_dir("secret.txt"),
         _symlink_to("../outside"),
-        m.OpenRequest(vpath("race/secret.txt"), O_RD),
+        qemu(m.OpenRequest, qpath("race/secret.txt"), O_RD),
     )
 
 
@@ -167,7 +167,7 @@ def race_final_truncate(ctx: Context) -> None:
         ctx,
         decoy,
         _symlink_to(str(ctx.ws.secret)),
-        m.TruncateRequest(vpath("race"), 0),
+        qemu(m.TruncateRequest, qpath("race"), 0),
     )
 
 
@@ -182,5 +182,5 @@ def race_final_create(ctx: Context) -> None:
         ctx,
         empty_dir,
         _symlink_to("../outside/planted_race"),
-        m.CreateRequest(spath("race"), os.O_WRONLY | os.O_CREAT, 0o644, *ctx.ids),
+        qemu(m.CreateRequest, qpath("race"), os.O_WRONLY | os.O_CREAT, 0o644, *ctx.ids),
     )

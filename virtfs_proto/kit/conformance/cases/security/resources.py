@@ -6,7 +6,7 @@ import os
 
 from ..... import messages as m
 from ..... import procfs
-from ...model import Context, case, spath, vpath
+from ...model import Context, Name, case, qemu, qpath
 from ._common import O_RD
 from .framing import _in_sync
 
@@ -29,7 +29,7 @@ def resource_many_opens(ctx: Context) -> None:
     base = _baseline(ctx)
     kept = []
     for i in range(500):
-        fd = ctx.fd(m.OpenRequest(vpath("file.txt" if i % 2 else "dir"), O_RD))
+        fd = ctx.fd(qemu(m.OpenRequest, qpath("file.txt" if i % 2 else "dir"), O_RD))
         if i % 2:
             kept.append(fd)
         else:
@@ -42,16 +42,18 @@ def resource_error_paths(ctx: Context) -> None:
     """400 failing requests of every kind: no descriptor leaks on error paths."""
     base = _baseline(ctx)
     bad: list[m.Request] = [
-        m.OpenRequest(vpath("missing"), O_RD),
-        m.OpenRequest(vpath("sock"), O_RD),
-        m.OpenRequest(vpath("fifo"), O_RD | os.O_NONBLOCK),
-        m.OpenRequest(vpath("file.txt"), O_RD | os.O_DIRECTORY),
-        m.CreateRequest(spath("file.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, *ctx.ids),
-        m.GetversionRequest(vpath("missing")),
-        m.LgetxattrRequest(100, vpath("file.txt"), b"user.missing"),
-        m.ReadlinkRequest(vpath("file.txt"), 4096),
-        m.TruncateRequest(vpath("dir"), 0),
-        m.ChmodRequest(vpath("escape_rel"), 0o600),
+        qemu(m.OpenRequest, qpath("missing"), O_RD),
+        qemu(m.OpenRequest, qpath("sock"), O_RD),
+        qemu(m.OpenRequest, qpath("fifo"), O_RD | os.O_NONBLOCK),
+        qemu(m.OpenRequest, qpath("file.txt"), O_RD | os.O_DIRECTORY),
+        qemu(
+            m.CreateRequest, qpath("file.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, *ctx.ids
+        ),
+        qemu(m.GetversionRequest, qpath("missing")),
+        qemu(m.LgetxattrRequest, 100, qpath("file.txt"), b"user.missing"),
+        qemu(m.ReadlinkRequest, qpath("file.txt"), 4096),
+        qemu(m.TruncateRequest, qpath("dir"), 0),
+        qemu(m.ChmodRequest, qpath("escape_rel"), 0o600),
     ]
     for i in range(400):
         reply = ctx.call(bad[i % len(bad)])
@@ -64,10 +66,10 @@ def resource_memory(ctx: Context) -> None:
     """200 maximal frames and INT_MAX-sized reads: the helper's RSS grows by < 64 MiB."""
     _in_sync(ctx)
     before = procfs.rss_kib(ctx.helper.pid)
-    big = m.LstatRequest(b"/" + b"m" * 65533)
+    big = qemu(m.LstatRequest, Name(b"/" + b"m" * 65532))
     for _ in range(100):
         ctx.call(big)
-        ctx.call(m.LgetxattrRequest(0x7FFFFFFF, vpath("file.txt"), b"user.comment"))
+        ctx.call(qemu(m.LgetxattrRequest, 0x7FFFFFFF, qpath("file.txt"), b"user.comment"))
     after = procfs.rss_kib(ctx.helper.pid)
     ctx.expect(after - before < 64 * 1024, f"RSS grew from {before} to {after} KiB")
     ctx.notes.append(f"RSS {before} -> {after} KiB")

@@ -8,7 +8,7 @@ import stat
 from collections.abc import Callable
 
 from ..... import messages as m
-from ...model import DEVICE_NODES, CheckFailed, Context, case, errname, show, spath, vpath
+from ...model import DEVICE_NODES, CheckFailed, Context, case, errname, qemu, qpath, show
 from ._common import O_RD, SPECIAL_TIMEOUT
 
 
@@ -29,67 +29,67 @@ _SPECIAL: list[tuple[str, str, Callable[[Context], m.Request], tuple[int, ...]]]
     (
         "open_fifo",
         "T_OPEN O_RDONLY of a FIFO: ENXIO without blocking",
-        lambda ctx: m.OpenRequest(vpath("fifo"), O_RD),
+        lambda ctx: qemu(m.OpenRequest, qpath("fifo"), O_RD),
         (E.ENXIO,),
     ),
     (
         "open_fifo_wronly",
         "T_OPEN O_WRONLY of a FIFO: ENXIO without blocking",
-        lambda ctx: m.OpenRequest(vpath("fifo"), os.O_WRONLY),
+        lambda ctx: qemu(m.OpenRequest, qpath("fifo"), os.O_WRONLY),
         (E.ENXIO,),
     ),
     (
         "open_fifo_nonblock",
         "T_OPEN O_RDONLY|O_NONBLOCK of a FIFO: ENXIO",
-        lambda ctx: m.OpenRequest(vpath("fifo"), O_RD | os.O_NONBLOCK),
+        lambda ctx: qemu(m.OpenRequest, qpath("fifo"), O_RD | os.O_NONBLOCK),
         (E.ENXIO,),
     ),
     (
         "open_fifo_via_symlink",
         "T_OPEN of a symlink to a FIFO: ENXIO without blocking",
-        lambda ctx: m.OpenRequest(vpath("link_fifo"), O_RD),
+        lambda ctx: qemu(m.OpenRequest, qpath("link_fifo"), O_RD),
         (E.ENXIO,),
     ),
     (
         "create_existing_fifo",
         "T_CREATE (no O_EXCL) on an existing FIFO: ENXIO, no block",
-        lambda ctx: m.CreateRequest(spath("fifo"), os.O_WRONLY | os.O_CREAT, 0o644, *ctx.ids),
+        lambda ctx: qemu(m.CreateRequest, qpath("fifo"), os.O_WRONLY | os.O_CREAT, 0o644, *ctx.ids),
         (E.ENXIO,),
     ),
     (
         "open_chardev",
         "T_OPEN of a character device: ENXIO, no fd",
-        lambda ctx: m.OpenRequest(vpath("chardev"), os.O_RDWR),
+        lambda ctx: qemu(m.OpenRequest, qpath("chardev"), os.O_RDWR),
         (E.ENXIO,),
     ),
     (
         "open_socket",
         "T_OPEN of a socket file: ENXIO",
-        lambda ctx: m.OpenRequest(vpath("sock"), os.O_RDWR),
+        lambda ctx: qemu(m.OpenRequest, qpath("sock"), os.O_RDWR),
         (E.ENXIO,),
     ),
     (
         "getversion_fifo",
         "T_GETVERSION of a FIFO must not open (block on) it",
-        lambda ctx: m.GetversionRequest(vpath("fifo")),
+        lambda ctx: qemu(m.GetversionRequest, qpath("fifo")),
         (E.ENOTTY, E.ENXIO),
     ),
     (
         "getversion_chardev",
         "T_GETVERSION of a device: ENOTTY or ENXIO",
-        lambda ctx: m.GetversionRequest(vpath("chardev")),
+        lambda ctx: qemu(m.GetversionRequest, qpath("chardev")),
         (E.ENOTTY, E.ENXIO),
     ),
     (
         "truncate_fifo",
         "T_TRUNCATE of a FIFO: EINVAL without opening it",
-        lambda ctx: m.TruncateRequest(vpath("fifo"), 0),
+        lambda ctx: qemu(m.TruncateRequest, qpath("fifo"), 0),
         (E.EINVAL,),
     ),
     (
         "truncate_chardev",
         "T_TRUNCATE of a character device: EINVAL",
-        lambda ctx: m.TruncateRequest(vpath("chardev"), 0),
+        lambda ctx: qemu(m.TruncateRequest, qpath("chardev"), 0),
         (E.EINVAL,),
     ),
 ]
@@ -114,8 +114,8 @@ for _sname, _sdoc, _smake, _serr in _SPECIAL:
 def special_metadata(ctx: Context) -> None:
     """T_STATFS/T_CHMOD/T_LSTAT of a FIFO answer without blocking (they need no open)."""
     for request in (
-        m.StatfsRequest(vpath("fifo")),
-        m.ChmodRequest(vpath("fifo"), 0o600),
-        m.LstatRequest(vpath("fifo")),
+        qemu(m.StatfsRequest, qpath("fifo")),
+        qemu(m.ChmodRequest, qpath("fifo"), 0o600),
+        qemu(m.LstatRequest, qpath("fifo")),
     ):
         ctx.call(request, timeout=SPECIAL_TIMEOUT)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from ..... import messages as m
 from .....constants import UTIME_NOW
-from ...model import ROOT_IDS, Context, case, spath, vpath
+from ...model import ROOT_IDS, Context, Name, case, qemu, qpath
 from ._common import ESCAPE_ERRNOS, O_RD, contained, escape_case, secret_rel
 
 _FINAL = [
@@ -63,37 +63,39 @@ _INTERMEDIATE = [
 ]
 
 
-def _op(op: str, path: bytes, new: bytes, ids: tuple[int, int]) -> m.Request:
+def _op(op: str, path: Name, new: Name, ids: tuple[int, int]) -> m.Request:
     """One request of kind ``op`` on ``path`` (a V9fsPath) / ``new`` (a new name)."""
     excl = os.O_RDWR | os.O_CREAT | os.O_EXCL
     makers: dict[str, Callable[[], m.Request]] = {
-        "open": lambda: m.OpenRequest(path, O_RD),
-        "write": lambda: m.OpenRequest(path, os.O_WRONLY | os.O_TRUNC),
-        "truncate": lambda: m.TruncateRequest(path, 0),
-        "chmod": lambda: m.ChmodRequest(path, 0o777),
-        "chown": lambda: m.ChownRequest(path, *ids),
-        "statfs": lambda: m.StatfsRequest(path),
-        "getversion": lambda: m.GetversionRequest(path),
-        "lstat": lambda: m.LstatRequest(path),
-        "utime": lambda: m.UtimeRequest(path, 0, UTIME_NOW, 0, UTIME_NOW),
-        "setxattr": lambda: m.LsetxattrRequest(path, b"user.evil", b"x", 1, 0),
-        "getxattr": lambda: m.LgetxattrRequest(100, path, b"user.sentinel"),
-        "listxattr": lambda: m.LlistxattrRequest(4096, path),
-        "remove": lambda: m.RemoveRequest(path.rstrip(b"\0")),
-        "rename_in": lambda: m.RenameRequest(path.rstrip(b"\0"), spath("stolen")),
-        "rename_out": lambda: m.RenameRequest(spath("file.txt"), new),
-        "mkdir": lambda: m.MkdirRequest(*ids, new, 0o755),
-        "create": lambda: m.CreateRequest(new, excl, 0o644, *ids),
-        "symlink": lambda: m.SymlinkRequest(*ids, b"x", new),
-        "mknod": lambda: m.MknodRequest(*ids, new, stat.S_IFIFO | 0o600, 0),
+        "open": lambda: qemu(m.OpenRequest, path, O_RD),
+        "write": lambda: qemu(m.OpenRequest, path, os.O_WRONLY | os.O_TRUNC),
+        "truncate": lambda: qemu(m.TruncateRequest, path, 0),
+        "chmod": lambda: qemu(m.ChmodRequest, path, 0o777),
+        "chown": lambda: qemu(m.ChownRequest, path, *ids),
+        "statfs": lambda: qemu(m.StatfsRequest, path),
+        "getversion": lambda: qemu(m.GetversionRequest, path),
+        "lstat": lambda: qemu(m.LstatRequest, path),
+        "utime": lambda: qemu(m.UtimeRequest, path, 0, UTIME_NOW, 0, UTIME_NOW),
+        "setxattr": lambda: qemu(m.LsetxattrRequest, path, b"user.evil", b"x", 1, 0),
+        "getxattr": lambda: qemu(m.LgetxattrRequest, 100, path, b"user.sentinel"),
+        "listxattr": lambda: qemu(m.LlistxattrRequest, 4096, path),
+        "remove": lambda: qemu(m.RemoveRequest, path),
+        "rename_in": lambda: qemu(m.RenameRequest, path, qpath("stolen")),
+        "rename_out": lambda: qemu(m.RenameRequest, qpath("file.txt"), new),
+        "mkdir": lambda: qemu(m.MkdirRequest, *ids, new, 0o755),
+        "create": lambda: qemu(m.CreateRequest, new, excl, 0o644, *ids),
+        "symlink": lambda: qemu(m.SymlinkRequest, *ids, b"x", new),
+        "mknod": lambda: qemu(m.MknodRequest, *ids, new, stat.S_IFIFO | 0o600, 0),
     }
     return makers[op]()
 
 
 def _through(link: str, kind: str, final: bool) -> Callable[[Context], m.Request]:
     if final:
-        return lambda ctx: _op(kind, vpath(link), b"", ctx.ids)
-    return lambda ctx: _op(kind, vpath(f"{link}/secret.txt"), spath(f"{link}/planted"), ctx.ids)
+        return lambda ctx: _op(kind, qpath(link), Name(b""), ctx.ids)
+    return lambda ctx: _op(
+        kind, qpath(f"{link}/secret.txt"), qpath(f"{link}/planted"), ctx.ids
+    )
 
 
 for _name, _doc, _link, _kind in _FINAL:
@@ -118,7 +120,7 @@ def final_dangling_create(ctx: Context) -> None:
     for link in ("escape_dangling", "escape_dangling_abs"):
         contained(
             ctx,
-            m.CreateRequest(spath(link), os.O_WRONLY | os.O_CREAT, 0o644, *ctx.ids),
+            qemu(m.CreateRequest, qpath(link), os.O_WRONLY | os.O_CREAT, 0o644, *ctx.ids),
             (*ESCAPE_ERRNOS, E.EEXIST),
         )
 
@@ -129,7 +131,7 @@ def final_dangling_open_creat(ctx: Context) -> None:
     for link in ("escape_dangling", "escape_dangling_abs"):
         contained(
             ctx,
-            m.OpenRequest(vpath(link), os.O_WRONLY | os.O_CREAT),
+            qemu(m.OpenRequest, qpath(link), os.O_WRONLY | os.O_CREAT),
             (*ESCAPE_ERRNOS, E.EEXIST, E.EINVAL),
         )
 
@@ -137,26 +139,26 @@ def final_dangling_open_creat(ctx: Context) -> None:
 @case("security", "symlink-escape", name="symlink.final_nofollow_ops", needs=ROOT_IDS)
 def final_nofollow_ops(ctx: Context) -> None:
     """T_LSTAT/T_CHOWN/T_UTIME/T_LGETXATTR of a symlink to outside act on the link itself."""
-    reply = ctx.ok(m.LstatRequest(vpath("escape_abs")))
+    reply = ctx.ok(qemu(m.LstatRequest, qpath("escape_abs")))
     ctx.expect(stat.S_ISLNK(reply.st_mode), "lstat followed the link out of the export")
-    ctx.ok(m.ChownRequest(vpath("escape_abs"), 1000, 1000))
+    ctx.ok(qemu(m.ChownRequest, qpath("escape_abs"), 1000, 1000))
     ctx.expect(os.lstat(ctx.host("escape_abs")).st_uid == 1000, "the link kept its owner")
-    ctx.ok(m.UtimeRequest(vpath("escape_rel"), 5, 0, 5, 0))
+    ctx.ok(qemu(m.UtimeRequest, qpath("escape_rel"), 5, 0, 5, 0))
     ctx.expect(os.lstat(ctx.host("escape_rel")).st_mtime == 5, "the link's mtime did not change")
-    reply = ctx.call(m.LgetxattrRequest(100, vpath("escape_rel"), b"user.sentinel"))
+    reply = ctx.call(qemu(m.LgetxattrRequest, 100, qpath("escape_rel"), b"user.sentinel"))
     ctx.expect(isinstance(reply, m.ErrorReply), "read the sentinel's xattr through the link")
 
 
 @case("security", "symlink-escape", name="symlink.deep_dotdot_clamped")
 def deep_dotdot_clamped(ctx: Context) -> None:
     """escape_deep (../../..) resolves to the export root, or fails: never the host root."""
-    reply = ctx.call(m.OpenRequest(vpath("escape_deep"), O_RD | os.O_DIRECTORY))
+    reply = ctx.call(qemu(m.OpenRequest, qpath("escape_deep"), O_RD | os.O_DIRECTORY))
     if isinstance(reply, m.FdReply):
         ctx.expect(ctx.same_file(reply.fd, ctx.host()), "escape_deep is not the export root")
-    reply = ctx.call(m.OpenRequest(vpath("escape_deep/file.txt"), O_RD))
+    reply = ctx.call(qemu(m.OpenRequest, qpath("escape_deep/file.txt"), O_RD))
     if isinstance(reply, m.FdReply):
         ctx.expect(ctx.same_file(reply.fd, ctx.host("file.txt")), "not the export's file.txt")
-    reply = ctx.call(m.OpenRequest(vpath(f"escape_deep/{secret_rel(ctx)}"), O_RD))
+    reply = ctx.call(qemu(m.OpenRequest, qpath(f"escape_deep/{secret_rel(ctx)}"), O_RD))
     if isinstance(reply, m.FdReply):
         ctx.expect_inside(reply.fd, "T_OPEN")
 
@@ -164,5 +166,5 @@ def deep_dotdot_clamped(ctx: Context) -> None:
 @case("security", "symlink-escape", name="symlink.loop")
 def symlink_loop(ctx: Context) -> None:
     """A symlink to itself gives ELOOP (no hang, no crash)."""
-    ctx.err(m.OpenRequest(vpath("loop"), O_RD), E.ELOOP)
-    ctx.err(m.OpenRequest(vpath("loop/x"), O_RD), E.ELOOP)
+    ctx.err(qemu(m.OpenRequest, qpath("loop"), O_RD), E.ELOOP)
+    ctx.err(qemu(m.OpenRequest, qpath("loop/x"), O_RD), E.ELOOP)

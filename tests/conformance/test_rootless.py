@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,13 @@ def user_dir() -> Iterator[Path]:
 
 
 def run_as_user(python: str, helper_options: list[str], where: Path) -> tuple[Any, str]:
+    """The JSON report and the output of the suite run as the user (JUnit in where)."""
     helper = " ".join([python, "-m", "virtfs_proto.server", *helper_options])
     report = where / "report.json"
     argv = [python, "-m", "virtfs_proto.cli", "conformance", "--helper", helper]
+    argv += ["--mode", "both", "--json", str(report), "--junit", str(where / "report.xml")]
     proc = subprocess.run(
-        ciuser.as_user([*argv, "--mode", "both", "--json", str(report)]),
+        ciuser.as_user(argv),
         cwd=where,
         env={**os.environ, "TMPDIR": str(where)},
         capture_output=True,
@@ -102,6 +105,20 @@ def test_conformance_as_the_user_against_a_rootless_helper(
     )
     assert na == sum(r["verdict"] == "not-applicable" for r in report["results"])
     assert report["passed"] > 2 * na, summary
+    # --junit: each N/A case a skipped testcase with its reason
+    suite = ET.parse(user_dir / "report.xml").getroot().find("testsuite")
+    assert suite is not None
+    skipped = {
+        tc.get("name"): skip.get("message")
+        for tc in suite.iter("testcase")
+        if (skip := tc.find("skipped")) is not None
+        and (skip.get("message") or "").startswith("not applicable: ")
+    }
+    assert skipped == {
+        f"{r['name']}[{r['mode']}]": f"not applicable: {r['detail']}"
+        for r in report["results"]
+        if r["verdict"] == "not-applicable"
+    }
     assert {r["group"] for r in report["results"] if r["verdict"] == "pass"} == {
         "wire",
         "behaviour",

@@ -45,7 +45,6 @@ T_ERROR: Final = 1
 
 # -- requests: field values in definition order, or None ---------------------
 
-
 def decode_open(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_OPEN: (path, flags)."""
     pos = start
@@ -53,17 +52,13 @@ def decode_open(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
         v0 = bytes(buf[at:pos])
-        (v1,) = _S1.unpack_from(buf, pos)
+        v1, = _S1.unpack_from(buf, pos)
         pos += 4
     except _StructError:
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-    )
-
+    return (v0, v1,)
 
 def decode_create(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_CREATE: (path, flags, mode, uid, gid)."""
@@ -72,90 +67,53 @@ def decode_create(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
         v0 = bytes(buf[at:pos])
-        (
-            v1,
-            v2,
-            v3,
-            v4,
-        ) = _S2.unpack_from(buf, pos)
+        v1, v2, v3, v4, = _S2.unpack_from(buf, pos)
         pos += 16
     except _StructError:
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-        v2,
-        v3,
-        v4,
-    )
-
+    return (v0, v1, v2, v3, v4,)
 
 def decode_mknod(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_MKNOD: (uid, gid, path, mode, rdev)."""
     pos = start
     try:
-        (
-            v0,
-            v1,
-        ) = _S3.unpack_from(buf, pos)
+        v0, v1, = _S3.unpack_from(buf, pos)
         pos += 8
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
         v2 = bytes(buf[at:pos])
-        (
-            v3,
-            v4,
-        ) = _S4.unpack_from(buf, pos)
+        v3, v4, = _S4.unpack_from(buf, pos)
         pos += 12
     except _StructError:
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-        v2,
-        v3,
-        v4,
-    )
-
+    return (v0, v1, v2, v3, v4,)
 
 def decode_mkdir(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_MKDIR: (uid, gid, path, mode)."""
     pos = start
     try:
-        (
-            v0,
-            v1,
-        ) = _S3.unpack_from(buf, pos)
+        v0, v1, = _S3.unpack_from(buf, pos)
         pos += 8
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
         v2 = bytes(buf[at:pos])
-        (v3,) = _S5.unpack_from(buf, pos)
+        v3, = _S5.unpack_from(buf, pos)
         pos += 4
     except _StructError:
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-        v2,
-        v3,
-    )
-
+    return (v0, v1, v2, v3,)
 
 def decode_symlink(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_SYMLINK: (uid, gid, target, linkpath)."""
     pos = start
     try:
-        (
-            v0,
-            v1,
-        ) = _S3.unpack_from(buf, pos)
+        v0, v1, = _S3.unpack_from(buf, pos)
         pos += 8
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
@@ -167,13 +125,7 @@ def decode_symlink(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decode
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-        v2,
-        v3,
-    )
-
+    return (v0, v1, v2, v3,)
 
 def decode_link(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_LINK: (oldpath, newpath)."""
@@ -189,11 +141,7 @@ def decode_link(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-    )
-
+    return (v0, v1,)
 
 def decode_lstat(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_LSTAT: (path)."""
@@ -208,7 +156,6 @@ def decode_lstat(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
         return None
     return (v0,)
 
-
 def decode_readlink(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_READLINK: (path, bufsize)."""
     pos = start
@@ -216,17 +163,13 @@ def decode_readlink(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decod
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
         v0 = bytes(buf[at:pos])
-        (v1,) = _S1.unpack_from(buf, pos)
+        v1, = _S1.unpack_from(buf, pos)
         pos += 4
     except _StructError:
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-    )
-
+    return (v0, v1,)
 
 def decode_statfs(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_STATFS: (path)."""
@@ -241,7 +184,6 @@ def decode_statfs(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded
         return None
     return (v0,)
 
-
 def decode_chmod(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_CHMOD: (path, mode)."""
     pos = start
@@ -249,17 +191,13 @@ def decode_chmod(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
         v0 = bytes(buf[at:pos])
-        (v1,) = _S5.unpack_from(buf, pos)
+        v1, = _S5.unpack_from(buf, pos)
         pos += 4
     except _StructError:
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-    )
-
+    return (v0, v1,)
 
 def decode_chown(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_CHOWN: (path, uid, gid)."""
@@ -268,21 +206,13 @@ def decode_chown(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
         v0 = bytes(buf[at:pos])
-        (
-            v1,
-            v2,
-        ) = _S3.unpack_from(buf, pos)
+        v1, v2, = _S3.unpack_from(buf, pos)
         pos += 8
     except _StructError:
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-        v2,
-    )
-
+    return (v0, v1, v2,)
 
 def decode_truncate(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_TRUNCATE: (path, length)."""
@@ -291,17 +221,13 @@ def decode_truncate(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decod
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
         v0 = bytes(buf[at:pos])
-        (v1,) = _S6.unpack_from(buf, pos)
+        v1, = _S6.unpack_from(buf, pos)
         pos += 8
     except _StructError:
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-    )
-
+    return (v0, v1,)
 
 def decode_utime(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_UTIME: (path, atime_sec, atime_nsec, mtime_sec, mtime_nsec)."""
@@ -310,25 +236,13 @@ def decode_utime(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
         v0 = bytes(buf[at:pos])
-        (
-            v1,
-            v2,
-            v3,
-            v4,
-        ) = _S7.unpack_from(buf, pos)
+        v1, v2, v3, v4, = _S7.unpack_from(buf, pos)
         pos += 32
     except _StructError:
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-        v2,
-        v3,
-        v4,
-    )
-
+    return (v0, v1, v2, v3, v4,)
 
 def decode_rename(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_RENAME: (oldpath, newpath)."""
@@ -344,11 +258,7 @@ def decode_rename(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-    )
-
+    return (v0, v1,)
 
 def decode_remove(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_REMOVE: (path)."""
@@ -363,12 +273,11 @@ def decode_remove(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded
         return None
     return (v0,)
 
-
 def decode_lgetxattr(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_LGETXATTR: (size, path, name)."""
     pos = start
     try:
-        (v0,) = _S1.unpack_from(buf, pos)
+        v0, = _S1.unpack_from(buf, pos)
         pos += 4
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
@@ -380,18 +289,13 @@ def decode_lgetxattr(buf: _Buffer, start: int, end: int, lenient: bool) -> _Deco
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-        v2,
-    )
-
+    return (v0, v1, v2,)
 
 def decode_llistxattr(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_LLISTXATTR: (size, path)."""
     pos = start
     try:
-        (v0,) = _S1.unpack_from(buf, pos)
+        v0, = _S1.unpack_from(buf, pos)
         pos += 4
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
@@ -400,11 +304,7 @@ def decode_llistxattr(buf: _Buffer, start: int, end: int, lenient: bool) -> _Dec
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-    )
-
+    return (v0, v1,)
 
 def decode_lsetxattr(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_LSETXATTR: (path, name, value, size, flags)."""
@@ -419,23 +319,13 @@ def decode_lsetxattr(buf: _Buffer, start: int, end: int, lenient: bool) -> _Deco
         at = pos + 2
         pos = at + _S0.unpack_from(buf, pos)[0]
         v2 = bytes(buf[at:pos])
-        (
-            v3,
-            v4,
-        ) = _S8.unpack_from(buf, pos)
+        v3, v4, = _S8.unpack_from(buf, pos)
         pos += 8
     except _StructError:
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-        v2,
-        v3,
-        v4,
-    )
-
+    return (v0, v1, v2, v3, v4,)
 
 def decode_lremovexattr(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_LREMOVEXATTR: (path, name)."""
@@ -451,11 +341,7 @@ def decode_lremovexattr(buf: _Buffer, start: int, end: int, lenient: bool) -> _D
         return None
     if pos != end and (pos > end or not lenient):
         return None
-    return (
-        v0,
-        v1,
-    )
-
+    return (v0, v1,)
 
 def decode_getversion(buf: _Buffer, start: int, end: int, lenient: bool) -> _Decoded:
     """T_GETVERSION: (path)."""
@@ -469,7 +355,6 @@ def decode_getversion(buf: _Buffer, start: int, end: int, lenient: bool) -> _Dec
     if pos != end and (pos > end or not lenient):
         return None
     return (v0,)
-
 
 #: request type code -> its decoder
 REQUEST_DECODERS: Final = {
@@ -510,41 +395,33 @@ FRAME_XATTR_SIZE: Final = _S9
 #: the whole 'version' reply: (type, 8, version)
 FRAME_VERSION: Final = _S12
 
-
 def frame_status(message_type: int, status: int) -> bytes:
     """The 'status' reply (status), header included."""
     return _S9.pack(message_type, 4, status)
-
 
 def frame_error(message_type: int, status: int) -> bytes:
     """The 'error' reply (status), header included."""
     return _S9.pack(message_type, 4, status)
 
-
 def frame_stat(message_type: int, *values: int) -> bytes:
     """The 'stat' reply (st_dev, st_ino, st_nlink, st_mode, st_uid, st_gid, st_rdev, st_size, st_blksize, st_blocks, st_atim_sec, st_atim_nsec, st_mtim_sec, st_mtim_nsec, st_ctim_sec, st_ctim_nsec), header included."""
     return _S10.pack(message_type, 116, *values)
-
 
 def frame_statfs(message_type: int, *values: int) -> bytes:
     """The 'statfs' reply (f_type, f_bsize, f_blocks, f_bfree, f_bavail, f_files, f_ffree, f_fsid0, f_fsid1, f_namelen, f_frsize), header included."""
     return _S11.pack(message_type, 88, *values)
 
-
 def frame_readlink(message_type: int, target: bytes) -> bytes:
     """The 'readlink' reply (target), header included."""
     return b"".join((_S3.pack(message_type, 2 + len(target)), _S0.pack(len(target)), target))
-
 
 def frame_xattr_size(message_type: int, size: int) -> bytes:
     """The 'xattr_size' reply (size), header included."""
     return _S9.pack(message_type, 4, size)
 
-
 def frame_xattr_value(message_type: int, value: bytes) -> bytes:
     """The 'xattr_value' reply (value), header included."""
     return b"".join((_S3.pack(message_type, 2 + len(value)), _S0.pack(len(value)), value))
-
 
 def frame_version(message_type: int, version: int) -> bytes:
     """The 'version' reply (version), header included."""

@@ -31,6 +31,7 @@ from helpers import OUR_HELPER
 from virtfs_proto import messages as m
 from virtfs_proto import procfs
 from virtfs_proto.client import ProxyClient
+from virtfs_proto.kit.conformance.cases.security.races import ForkedLoop
 from virtfs_proto.launcher import Helper, spawn_helper
 from virtfs_proto.server.userns import IdMap, IdRange, subid_range
 
@@ -256,6 +257,115 @@ def test_unmapped_owner_is_eperm_and_nothing_is_left(
     assert h.client.request(m.ChownRequest(b"file.txt", 0xFFFFFFFF, 0xFFFFFFFF)) == (
         m.StatusReply()
     )
+
+
+# -- a set-gid directory whose group the namespace does not map -------------------------
+
+#: a host group no map of the CI user's covers
+FOREIGN_GID = 4242
+
+
+@pytest.fixture
+def setgid_dir(rl_export: Export, user: User) -> Path:
+    """The user's own directory, set-gid, its group one the user namespace does
+    not map (e.g. a shared group the user belongs to on the host)."""
+    _needs_ci_user(user)  # giving it a foreign group needs root on the host
+    d = rl_export.root / "sg"
+    d.mkdir()
+    os.chown(d, user.uid, FOREIGN_GID)
+    os.chmod(d, 0o2777)
+    return d
+
+
+def _creations(uid: int, gid: int, tag: str = "") -> list[tuple[str, m.Request]]:
+    """Every request that makes a node in ``sg``, as (name, request)."""
+    creat = os.O_RDWR | os.O_CREAT
+    return [
+        (f"c{tag}", m.CreateRequest(f"sg/c{tag}".encode(), creat, 0o644, uid, gid)),
+        (f"x{tag}", m.CreateRequest(f"sg/x{tag}".encode(), os.O_RDWR | os.O_CREAT | os.O_EXCL,
+                                    0o644, uid, gid)),
+        (f"n{tag}", m.MknodRequest(uid, gid, f"sg/n{tag}".encode(), stat.S_IFIFO | 0o644, 0)),
+        (f"r{tag}", m.MknodRequest(uid, gid, f"sg/r{tag}".encode(), stat.S_IFREG | 0o644, 0)),
+        (f"d{tag}", m.MkdirRequest(uid, gid, f"sg/d{tag}".encode(), 0o755)),
+        (f"s{tag}", m.SymlinkRequest(uid, gid, b"c", f"sg/s{tag}".encode())),
+    ]  # fmt: skip
+
+
+def _close_fd(reply: m.Reply) -> None:
+    if isinstance(reply, m.FdReply):
+        os.close(reply.fd)
+
+
+def test_setgid_parent_unmapped_group_identity(
+    start: Starter, setgid_dir: Path, user: User
+) -> None:
+    """Identity map: the directory's group reads as unmapped, so nothing is made
+    there (the node would take that group): EPERM, before anything is created."""
+    h = start()
+    for name, request in _creations(user.uid, user.gid):
+        reply = h.client.request(request)
+        _close_fd(reply)
+        assert reply == m.ErrorReply(errno.EPERM), (name, reply)
+    assert os.listdir(setgid_dir) == []
+    # the same directory without S_ISGID: the nodes are the user's
+    os.chmod(setgid_dir, 0o777)
+    for name, request in _creations(user.uid, user.gid):
+        _close_fd(h.client.request(request))
+        assert _lstat_ids(setgid_dir / name) == (user.uid, user.gid), name
+
+
+def test_setgid_parent_unmapped_group_subids(start: Starter, setgid_dir: Path, user: User) -> None:
+    """--subids maps 65534, the overflow gid an unmapped group reads as, so the
+    look before creating cannot tell: the owner's fix-up fails (CAP_CHOWN acts
+    only on inodes whose ids are all mapped) and the node is removed again."""
+    h = start("--subids")
+    for name, request in _creations(1000, 1000):
+        reply = h.client.request(request)
+        _close_fd(reply)
+        assert reply == m.ErrorReply(errno.EPERM), (name, reply)
+    assert os.listdir(setgid_dir) == []
+    # guest root is the user: chgrp to one's own group needs no capability,
+    # so these end with the requested owner and the request succeeds
+    for name, request in _creations(0, 0):
+        reply = h.client.request(request)
+        _close_fd(reply)
+        assert not isinstance(reply, m.ErrorReply), (name, reply)
+        assert _lstat_ids(setgid_dir / name) == (user.uid, user.gid), name
+
+
+def test_setgid_parent_flipped_while_creating(start: Starter, setgid_dir: Path, user: User) -> None:
+    """A host process flips the directory's S_ISGID while nodes are made there,
+    with maps that do not cover 65534 (so the look before creating decides
+    when the bit is on then): each request either made a node with the
+    requested owner or failed EPERM and left nothing."""
+    first, _ = CI_SUBIDS
+    h = start(
+        "--uid-map", f"0:{CI_UID}:1", "--uid-map", f"1:{first}:1000",
+        "--gid-map", f"0:{CI_UID}:1", "--gid-map", f"1:{first}:1000",
+    )  # fmt: skip
+    host = (first + 4, first + 4)
+
+    def flip() -> None:
+        os.chmod(setgid_dir, 0o2777)
+        os.chmod(setgid_dir, 0o777)
+
+    made: set[str] = set()
+    refused = 0
+    with ForkedLoop(flip) as flipper:
+        for i in range(150):
+            for name, request in _creations(5, 5, str(i)):
+                reply = h.client.request(request)
+                _close_fd(reply)
+                if isinstance(reply, m.ErrorReply):
+                    assert reply.errno == errno.EPERM, (name, reply)
+                    refused += 1
+                else:
+                    made.add(name)
+    assert flipper.steps > 0
+    assert set(os.listdir(setgid_dir)) == made
+    for name in made:
+        assert _lstat_ids(setgid_dir / name) == host, name
+    print(f"made {len(made)}, refused {refused}, flips {flipper.steps}")
 
 
 # -- set-uid and set-gid bits -------------------------------------------------------

@@ -599,17 +599,18 @@ def test_root_cannot_ask_for_rootless_or_its_options(rl_export: Export) -> None:
 def test_socket_is_the_users(rl_export: Export, user: User, helpers: list[Helper]) -> None:
     sockdir = tempfile.mkdtemp(prefix="virtfs-rootless-sock-")
     os.chown(sockdir, user.uid, user.gid)
-    seen: list[os.stat_result] = []
     try:
         h = spawn_helper(
             user.helper(), rl_export.root, "socket", user.uid, user.gid, timeout=5.0,
-            socket_path=os.path.join(sockdir, "s"),
-            before_unlink=lambda p: seen.append(os.lstat(p)),
+            socket_path=os.path.join(sockdir, "s"), keep_socket=True,
         )  # fmt: skip
         helpers.append(h)
         assert isinstance(h.client.request(m.LstatRequest(b"/\0")), m.StatReply)
-        assert (seen[0].st_uid, seen[0].st_gid) == (user.uid, user.gid)
-        assert stat.S_ISSOCK(seen[0].st_mode)
+        # looked at once it answered: it accepts only after the chown (the
+        # connect alone can come between its listen and its chown)
+        seen = os.lstat(os.path.join(sockdir, "s"))
+        assert (seen.st_uid, seen.st_gid) == (user.uid, user.gid)
+        assert stat.S_ISSOCK(seen.st_mode)
         # an owner the user cannot give: a clear error before anything is bound
         out = subprocess.run(
             user.helper("-s", os.path.join(sockdir, "t"), "-u", "0", "-g", "0", "-n",

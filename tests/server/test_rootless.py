@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -33,7 +34,7 @@ from virtfs_proto import procfs
 from virtfs_proto.client import ProxyClient
 from virtfs_proto.kit.conformance.cases.security.races import ForkedLoop
 from virtfs_proto.launcher import Helper, spawn_helper
-from virtfs_proto.server.userns import IdMap, IdRange, subid_range
+from virtfs_proto.server.userns import IdMap, IdRange, UserNamespaceError, subid_ranges
 
 from .conftest import NO_LAYER, Export, build_export
 from .test_containment import (
@@ -458,9 +459,16 @@ def test_confinement_seen_from_the_host(start: Starter, rl_export: Export, user:
         assert IdMap.parse(f.read()).ranges == IdMap.parse(f"{user.uid} {user.uid} 1").ranges
     root = os.stat(f"/proc/{serving}/root")
     assert (root.st_dev, root.st_ino) == procfs.object_id(rl_export.root)
-    # the waiting parent holds no capability
+    # the waiting parent holds no capability, and no fd but its stdio and the
+    # pipe that tells the child it is alive: not the export, not the client
     for t in procfs.confinement_report(h.pid):
         assert t.cap_eff == t.cap_prm == t.cap_bnd == 0 and t.no_new_privs == 1
+    held = {
+        int(fd): os.readlink(f"/proc/{h.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{h.pid}/fd")
+    }
+    assert [
+        target for fd, target in held.items() if fd > 2 and not target.startswith("pipe:")
+    ] == []
 
 
 @pytest.fixture
@@ -559,6 +567,41 @@ def test_explicit_maps_through_newuidmap(rl_export: Export, user: User) -> None:
     out = _run(user, "-p", str(rl_export.root), "--print-confinement",
                "--uid-map", f"0:{first}:10")  # fmt: skip
     assert out.returncode == 1 and f"must map your own uid {CI_UID}" in out.stderr
+
+
+def test_newuidmap_is_never_taken_from_the_callers_path(
+    rl_export: Export, user: User, tmp_path: Path
+) -> None:
+    """A PATH that names a newuidmap of someone else's first: the helper runs
+    the system's (the fake one would fail the start)."""
+    _needs_ci_user(user)
+    fake = Path(tempfile.mkdtemp(prefix="virtfs-fakebin-"))
+    try:
+        os.chmod(fake, 0o755)
+        for name in ("newuidmap", "newgidmap"):
+            (fake / name).write_text("#!/bin/sh\necho fake >&2\nexit 7\n")
+            os.chmod(fake / name, 0o755)
+        env = {**TESTING, "PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        out = subprocess.run(
+            user.helper("-p", str(rl_export.root), "--print-confinement", "--subids"),
+            capture_output=True, text=True, timeout=30, env=env,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(fake)
+    assert out.returncode == 0, out.stderr
+    assert f'uid_map: "0 {CI_UID} 1", "1 {CI_SUBIDS[0]} {CI_SUBIDS[1]}"' in out.stdout
+
+
+def test_maps_under_no_new_privs_are_one_clear_line(rl_export: Export, user: User) -> None:
+    """Started under NO_NEW_PRIVS, newuidmap's set-uid bit would be ignored: the
+    helper says why it cannot map before trying (the identity map still works)."""
+    _needs_ci_user(user)
+    nnp = User(user.uid, user.gid, (user.prefix[0], "--no-new-privs", *user.prefix[1:]))
+    out = _run(nnp, "-p", str(rl_export.root), "--print-confinement", "--subids")
+    assert out.returncode == 1 and out.stdout == "", out.stderr
+    assert "cannot work under NO_NEW_PRIVS" in out.stderr.splitlines()[-1], out.stderr
+    out = _run(nnp, "-p", str(rl_export.root), "--print-confinement")
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.rootless
@@ -682,13 +725,37 @@ def test_id_maps_and_sub_id_ranges(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert ids.to_inside(200999) == 1000 and ids.to_inside(2344) is None
     assert ids.maps_inside(65536) and not ids.maps_inside(65537)
-    subuid = tmp_path / "subuid"
-    subuid.write_text("other:100000:65536\nbroken\n2345:300000:10\nme:400000:5\n")
-    assert subid_range(str(subuid), "me", 2345) == IdRange(1, 300000, 10)  # first match
-    assert subid_range(str(subuid), "me", 99) == IdRange(1, 400000, 5)
-    assert subid_range(str(subuid), "nobody-here", 99) is None
-    assert subid_range(str(tmp_path / "missing"), "me", 2345) is None
     with pytest.raises(ValueError, match="INSIDE:OUTSIDE:COUNT"):
         IdRange.parse_option("1:2", "--uid-map")
-    with pytest.raises(ValueError, match="out of range"):
-        IdRange.parse_option("0:4294967295:2", "--uid-map")
+    # (uid_t)-1 is in no map: a range may end just before it, not include it
+    assert IdRange.parse_option("0:4294967294:1", "--uid-map") == IdRange(0, 4294967294, 1)
+    for value in ("0:4294967295:2", "0:4294967295:1", "4294967295:2345:1", "4294967290:0:6"):
+        with pytest.raises(ValueError, match="out of range"):
+            IdRange.parse_option(value, "--uid-map")
+
+
+def test_sub_id_files(tmp_path: Path) -> None:
+    """/etc/subuid: names or uids, every range of the user's (placed one after
+    the other from inside 1), others' lines not judged, the user's own bad
+    lines named."""
+    subuid = tmp_path / "subuid"
+    subuid.write_text(
+        "other:100000:65536\nbroken\nx:y\n\n# a comment\n2345:300000:10\n me:400000:5 \nthem:zz:1\n"
+    )
+    path = str(subuid)
+    assert subid_ranges(path, "me", 2345) == (IdRange(1, 300000, 10), IdRange(11, 400000, 5))
+    assert subid_ranges(path, "me", 99) == (IdRange(1, 400000, 5),)
+    assert subid_ranges(path, "nobody-here", 99) == ()
+    assert subid_ranges(str(tmp_path / "missing"), "me", 2345) == ()
+    for line, message in (
+        ("me:400000", "is not NAME:START:COUNT"),
+        ("me:400000:5:6", "is not NAME:START:COUNT"),
+        ("me:-1:5", "is not NAME:START:COUNT"),
+        ("me:4e5:5", "is not NAME:START:COUNT"),
+        ("me:400000:0", "ids out of range"),
+        ("me:4294967290:10", "ids out of range"),
+    ):
+        subuid.write_text(f"other:100000:65536\n{line}\n")
+        named = re.escape(f"{path}:2: '{line}'")
+        with pytest.raises(UserNamespaceError, match=f"{named}:? {message}"):
+            subid_ranges(path, "me", 2345)

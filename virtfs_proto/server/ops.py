@@ -36,7 +36,10 @@ where QEMU's answer is a defect:
 * rootless (:mod:`.userns`): a uid or gid outside the user namespace's
   map in T_CREATE, T_MKNOD, T_MKDIR, T_SYMLINK or T_CHOWN is ``EPERM``
   (the kernel says ``EINVAL``, which guests take badly), refused before
-  anything is made; S_ISUID/S_ISGID are cleared from every mode a request
+  anything is made; nothing is made in a set-gid directory whose group the
+  map leaves out (the node would keep that group: EPERM), and a node whose
+  requested owner cannot be given is removed again;
+  S_ISUID/S_ISGID are cleared from every mode a request
   sets (creation, T_CHMOD) unless ``--allow-setid``; T_OPEN with O_CREAT
   leaves the file the helper's own (QEMU's: root's);
 * T_MKNOD of a character or block device is ``EPERM``, whatever the uid and

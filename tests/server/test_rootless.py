@@ -308,6 +308,22 @@ def test_setgid_parent_unmapped_group_identity(
         _close_fd(reply)
         assert reply == m.ErrorReply(errno.EPERM), (name, reply)
     assert os.listdir(setgid_dir) == []
+    # what exists there already is what it is: opened, or EEXIST
+    (setgid_dir / "old").write_bytes(b"old")
+    os.chown(setgid_dir / "old", user.uid, user.gid)
+    fd = h.client.create("/sg/old", os.O_RDWR, 0o644, user.uid, user.gid)
+    try:
+        assert os.read(fd, 10) == b"old"
+    finally:
+        os.close(fd)
+    for request in (
+        m.CreateRequest(b"sg/old", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644, user.uid, user.gid),
+        m.MkdirRequest(user.uid, user.gid, b"sg/old", 0o755),
+        m.SymlinkRequest(user.uid, user.gid, b"x", b"sg/old"),
+    ):
+        assert h.client.request(request) == m.ErrorReply(errno.EEXIST), request
+    assert os.listdir(setgid_dir) == ["old"]
+    (setgid_dir / "old").unlink()
     # the same directory without S_ISGID: the nodes are the user's
     os.chmod(setgid_dir, 0o777)
     for name, request in _creations(user.uid, user.gid):

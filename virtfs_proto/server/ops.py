@@ -341,7 +341,7 @@ class Operations:
             raise
         return fd
 
-    def _check_setgid_parent(self, dirfd: int) -> None:
+    def _check_setgid_parent(self, dirfd: int, name: bytes) -> None:
         """EPERM, before anything is made, in a set-gid directory whose group
         the user namespace does not map (rootless only).
 
@@ -350,13 +350,18 @@ class Operations:
         gid are both mapped. An unmapped gid reads as the overflow gid
         (65534); where the map covers 65534 this cannot tell, and the
         fix-up's failure (which removes the node) decides instead. A mode or
-        group changed after this look is caught there too.
+        group changed after this look is caught there too. A ``name`` that
+        exists is EEXIST, as the creation would say (T_CREATE then opens it).
         """
         maps = self._id_maps
         if maps is not None:
             st = os.fstat(dirfd)
             if st.st_mode & stat.S_ISGID and not maps[1].maps_inside(st.st_gid):
-                raise _error(EPERM)
+                try:
+                    os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    raise _error(EPERM) from None
+                raise _error(EEXIST)
 
     def _dangling_target(self, path: bytes) -> bytes | None:
         """Where O_CREAT through ``path`` would create a file, if its last
@@ -409,7 +414,7 @@ class Operations:
             return self.resolver.open_clean(path, flags, mode & 0o1777)
         dirfd, name = self.resolver.parent_clean(path)
         try:
-            self._check_setgid_parent(dirfd)
+            self._check_setgid_parent(dirfd, name)
             fd = os.open(name, flags, mode & 0o1777, dir_fd=dirfd)
             return self._give_owner(fd, mode, owner, (dirfd, name))
         finally:
@@ -504,7 +509,7 @@ class Operations:
         try:
             if name == b".":
                 raise _error(EEXIST)
-            self._check_setgid_parent(dirfd)
+            self._check_setgid_parent(dirfd, name)
             if kind in (stat.S_IFREG, 0):
                 # a regular file through the open that proves it created it
                 fd = os.open(
@@ -527,7 +532,7 @@ class Operations:
         try:
             if name == b".":
                 raise _error(EEXIST)
-            self._check_setgid_parent(dirfd)
+            self._check_setgid_parent(dirfd, name)
             os.mkdir(name, mode & self._mode_mask, dir_fd=dirfd)
             self._own_created(dirfd, name, stat.S_IFDIR, uid, gid)
         finally:
@@ -541,7 +546,7 @@ class Operations:
         try:
             if name == b".":
                 raise _error(EEXIST)
-            self._check_setgid_parent(dirfd)
+            self._check_setgid_parent(dirfd, name)
             os.symlink(target, name, dir_fd=dirfd)
             self._own_created(dirfd, name, stat.S_IFLNK, uid, gid)
         finally:

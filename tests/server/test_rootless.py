@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -31,8 +32,9 @@ from helpers import OUR_HELPER
 from virtfs_proto import messages as m
 from virtfs_proto import procfs
 from virtfs_proto.client import ProxyClient
+from virtfs_proto.kit.conformance.cases.security.races import ForkedLoop
 from virtfs_proto.launcher import Helper, spawn_helper
-from virtfs_proto.server.userns import IdMap, IdRange, subid_range
+from virtfs_proto.server.userns import IdMap, IdRange, UserNamespaceError, subid_ranges
 
 from .conftest import NO_LAYER, Export, build_export
 from .test_containment import (
@@ -258,6 +260,131 @@ def test_unmapped_owner_is_eperm_and_nothing_is_left(
     )
 
 
+# -- a set-gid directory whose group the namespace does not map -------------------------
+
+#: a host group no map of the CI user's covers
+FOREIGN_GID = 4242
+
+
+@pytest.fixture
+def setgid_dir(rl_export: Export, user: User) -> Path:
+    """The user's own directory, set-gid, its group one the user namespace does
+    not map (e.g. a shared group the user belongs to on the host)."""
+    _needs_ci_user(user)  # giving it a foreign group needs root on the host
+    d = rl_export.root / "sg"
+    d.mkdir()
+    os.chown(d, user.uid, FOREIGN_GID)
+    os.chmod(d, 0o2777)
+    return d
+
+
+def _creations(uid: int, gid: int, tag: str = "") -> list[tuple[str, m.Request]]:
+    """Every request that makes a node in ``sg``, as (name, request)."""
+    creat = os.O_RDWR | os.O_CREAT
+    return [
+        (f"c{tag}", m.CreateRequest(f"sg/c{tag}".encode(), creat, 0o644, uid, gid)),
+        (f"x{tag}", m.CreateRequest(f"sg/x{tag}".encode(), os.O_RDWR | os.O_CREAT | os.O_EXCL,
+                                    0o644, uid, gid)),
+        (f"n{tag}", m.MknodRequest(uid, gid, f"sg/n{tag}".encode(), stat.S_IFIFO | 0o644, 0)),
+        (f"r{tag}", m.MknodRequest(uid, gid, f"sg/r{tag}".encode(), stat.S_IFREG | 0o644, 0)),
+        (f"d{tag}", m.MkdirRequest(uid, gid, f"sg/d{tag}".encode(), 0o755)),
+        (f"s{tag}", m.SymlinkRequest(uid, gid, b"c", f"sg/s{tag}".encode())),
+    ]  # fmt: skip
+
+
+def _close_fd(reply: m.Reply) -> None:
+    if isinstance(reply, m.FdReply):
+        os.close(reply.fd)
+
+
+def test_setgid_parent_unmapped_group_identity(
+    start: Starter, setgid_dir: Path, user: User
+) -> None:
+    """Identity map: the directory's group reads as unmapped, so nothing is made
+    there (the node would take that group): EPERM, before anything is created."""
+    h = start()
+    for name, request in _creations(user.uid, user.gid):
+        reply = h.client.request(request)
+        _close_fd(reply)
+        assert reply == m.ErrorReply(errno.EPERM), (name, reply)
+    assert os.listdir(setgid_dir) == []
+    # what exists there already is what it is: opened, or EEXIST
+    (setgid_dir / "old").write_bytes(b"old")
+    os.chown(setgid_dir / "old", user.uid, user.gid)
+    fd = h.client.create("/sg/old", os.O_RDWR, 0o644, user.uid, user.gid)
+    try:
+        assert os.read(fd, 10) == b"old"
+    finally:
+        os.close(fd)
+    for request in (
+        m.CreateRequest(b"sg/old", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644, user.uid, user.gid),
+        m.MkdirRequest(user.uid, user.gid, b"sg/old", 0o755),
+        m.SymlinkRequest(user.uid, user.gid, b"x", b"sg/old"),
+    ):
+        assert h.client.request(request) == m.ErrorReply(errno.EEXIST), request
+    assert os.listdir(setgid_dir) == ["old"]
+    (setgid_dir / "old").unlink()
+    # the same directory without S_ISGID: the nodes are the user's
+    os.chmod(setgid_dir, 0o777)
+    for name, request in _creations(user.uid, user.gid):
+        _close_fd(h.client.request(request))
+        assert _lstat_ids(setgid_dir / name) == (user.uid, user.gid), name
+
+
+def test_setgid_parent_unmapped_group_subids(start: Starter, setgid_dir: Path, user: User) -> None:
+    """--subids maps 65534, the overflow gid an unmapped group reads as, so the
+    look before creating cannot tell: the owner's fix-up fails (CAP_CHOWN acts
+    only on inodes whose ids are all mapped) and the node is removed again."""
+    h = start("--subids")
+    for name, request in _creations(1000, 1000):
+        reply = h.client.request(request)
+        _close_fd(reply)
+        assert reply == m.ErrorReply(errno.EPERM), (name, reply)
+    assert os.listdir(setgid_dir) == []
+    # guest root is the user: chgrp to one's own group needs no capability,
+    # so these end with the requested owner and the request succeeds
+    for name, request in _creations(0, 0):
+        reply = h.client.request(request)
+        _close_fd(reply)
+        assert not isinstance(reply, m.ErrorReply), (name, reply)
+        assert _lstat_ids(setgid_dir / name) == (user.uid, user.gid), name
+
+
+def test_setgid_parent_flipped_while_creating(start: Starter, setgid_dir: Path, user: User) -> None:
+    """A host process flips the directory's S_ISGID while nodes are made there,
+    with maps that do not cover 65534 (so the look before creating decides
+    when the bit is on then): each request either made a node with the
+    requested owner or failed EPERM and left nothing."""
+    first, _ = CI_SUBIDS
+    h = start(
+        "--uid-map", f"0:{CI_UID}:1", "--uid-map", f"1:{first}:1000",
+        "--gid-map", f"0:{CI_UID}:1", "--gid-map", f"1:{first}:1000",
+    )  # fmt: skip
+    host = (first + 4, first + 4)
+
+    def flip() -> None:
+        os.chmod(setgid_dir, 0o2777)
+        os.chmod(setgid_dir, 0o777)
+
+    made: set[str] = set()
+    refused = 0
+    with ForkedLoop(flip) as flipper:
+        for i in range(150):
+            for name, request in _creations(5, 5, str(i)):
+                reply = h.client.request(request)
+                _close_fd(reply)
+                if isinstance(reply, m.ErrorReply):
+                    assert reply.errno == errno.EPERM, (name, reply)
+                    refused += 1
+                else:
+                    made.add(name)
+    assert flipper.steps > 0
+    assert set(os.listdir(setgid_dir)) == made
+    for name in made:
+        assert _lstat_ids(setgid_dir / name) == host, name
+    print(f"made {len(made)}, refused {refused}, flips {flipper.steps}")
+
+
 # -- set-uid and set-gid bits -------------------------------------------------------
 
 
@@ -348,9 +475,16 @@ def test_confinement_seen_from_the_host(start: Starter, rl_export: Export, user:
         assert IdMap.parse(f.read()).ranges == IdMap.parse(f"{user.uid} {user.uid} 1").ranges
     root = os.stat(f"/proc/{serving}/root")
     assert (root.st_dev, root.st_ino) == procfs.object_id(rl_export.root)
-    # the waiting parent holds no capability
+    # the waiting parent holds no capability, and no fd but its stdio and the
+    # pipe that tells the child it is alive: not the export, not the client
     for t in procfs.confinement_report(h.pid):
         assert t.cap_eff == t.cap_prm == t.cap_bnd == 0 and t.no_new_privs == 1
+    held = {
+        int(fd): os.readlink(f"/proc/{h.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{h.pid}/fd")
+    }
+    assert [
+        target for fd, target in held.items() if fd > 2 and not target.startswith("pipe:")
+    ] == []
 
 
 @pytest.fixture
@@ -451,6 +585,41 @@ def test_explicit_maps_through_newuidmap(rl_export: Export, user: User) -> None:
     assert out.returncode == 1 and f"must map your own uid {CI_UID}" in out.stderr
 
 
+def test_newuidmap_is_never_taken_from_the_callers_path(
+    rl_export: Export, user: User, tmp_path: Path
+) -> None:
+    """A PATH that names a newuidmap of someone else's first: the helper runs
+    the system's (the fake one would fail the start)."""
+    _needs_ci_user(user)
+    fake = Path(tempfile.mkdtemp(prefix="virtfs-fakebin-"))
+    try:
+        os.chmod(fake, 0o755)
+        for name in ("newuidmap", "newgidmap"):
+            (fake / name).write_text("#!/bin/sh\necho fake >&2\nexit 7\n")
+            os.chmod(fake / name, 0o755)
+        env = {**TESTING, "PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        out = subprocess.run(
+            user.helper("-p", str(rl_export.root), "--print-confinement", "--subids"),
+            capture_output=True, text=True, timeout=30, env=env,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(fake)
+    assert out.returncode == 0, out.stderr
+    assert f'uid_map: "0 {CI_UID} 1", "1 {CI_SUBIDS[0]} {CI_SUBIDS[1]}"' in out.stdout
+
+
+def test_maps_under_no_new_privs_are_one_clear_line(rl_export: Export, user: User) -> None:
+    """Started under NO_NEW_PRIVS, newuidmap's set-uid bit would be ignored: the
+    helper says why it cannot map before trying (the identity map still works)."""
+    _needs_ci_user(user)
+    nnp = User(user.uid, user.gid, (user.prefix[0], "--no-new-privs", *user.prefix[1:]))
+    out = _run(nnp, "-p", str(rl_export.root), "--print-confinement", "--subids")
+    assert out.returncode == 1 and out.stdout == "", out.stderr
+    assert "cannot work under NO_NEW_PRIVS" in out.stderr.splitlines()[-1], out.stderr
+    out = _run(nnp, "-p", str(rl_export.root), "--print-confinement")
+    assert out.returncode == 0, out.stderr
+
+
 @pytest.mark.rootless
 @pytest.mark.parametrize(
     ("options", "message"),
@@ -489,17 +658,18 @@ def test_root_cannot_ask_for_rootless_or_its_options(rl_export: Export) -> None:
 def test_socket_is_the_users(rl_export: Export, user: User, helpers: list[Helper]) -> None:
     sockdir = tempfile.mkdtemp(prefix="virtfs-rootless-sock-")
     os.chown(sockdir, user.uid, user.gid)
-    seen: list[os.stat_result] = []
     try:
         h = spawn_helper(
             user.helper(), rl_export.root, "socket", user.uid, user.gid, timeout=5.0,
-            socket_path=os.path.join(sockdir, "s"),
-            before_unlink=lambda p: seen.append(os.lstat(p)),
+            socket_path=os.path.join(sockdir, "s"), keep_socket=True,
         )  # fmt: skip
         helpers.append(h)
         assert isinstance(h.client.request(m.LstatRequest(b"/\0")), m.StatReply)
-        assert (seen[0].st_uid, seen[0].st_gid) == (user.uid, user.gid)
-        assert stat.S_ISSOCK(seen[0].st_mode)
+        # looked at once it answered: it accepts only after the chown (the
+        # connect alone can come between its listen and its chown)
+        seen = os.lstat(os.path.join(sockdir, "s"))
+        assert (seen.st_uid, seen.st_gid) == (user.uid, user.gid)
+        assert stat.S_ISSOCK(seen.st_mode)
         # an owner the user cannot give: a clear error before anything is bound
         out = subprocess.run(
             user.helper("-s", os.path.join(sockdir, "t"), "-u", "0", "-g", "0", "-n",
@@ -571,13 +741,37 @@ def test_id_maps_and_sub_id_ranges(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert ids.to_inside(200999) == 1000 and ids.to_inside(2344) is None
     assert ids.maps_inside(65536) and not ids.maps_inside(65537)
-    subuid = tmp_path / "subuid"
-    subuid.write_text("other:100000:65536\nbroken\n2345:300000:10\nme:400000:5\n")
-    assert subid_range(str(subuid), "me", 2345) == IdRange(1, 300000, 10)  # first match
-    assert subid_range(str(subuid), "me", 99) == IdRange(1, 400000, 5)
-    assert subid_range(str(subuid), "nobody-here", 99) is None
-    assert subid_range(str(tmp_path / "missing"), "me", 2345) is None
     with pytest.raises(ValueError, match="INSIDE:OUTSIDE:COUNT"):
         IdRange.parse_option("1:2", "--uid-map")
-    with pytest.raises(ValueError, match="out of range"):
-        IdRange.parse_option("0:4294967295:2", "--uid-map")
+    # (uid_t)-1 is in no map: a range may end just before it, not include it
+    assert IdRange.parse_option("0:4294967294:1", "--uid-map") == IdRange(0, 4294967294, 1)
+    for value in ("0:4294967295:2", "0:4294967295:1", "4294967295:2345:1", "4294967290:0:6"):
+        with pytest.raises(ValueError, match="out of range"):
+            IdRange.parse_option(value, "--uid-map")
+
+
+def test_sub_id_files(tmp_path: Path) -> None:
+    """/etc/subuid: names or uids, every range of the user's (placed one after
+    the other from inside 1), others' lines not judged, the user's own bad
+    lines named."""
+    subuid = tmp_path / "subuid"
+    subuid.write_text(
+        "other:100000:65536\nbroken\nx:y\n\n# a comment\n2345:300000:10\n me:400000:5 \nthem:zz:1\n"
+    )
+    path = str(subuid)
+    assert subid_ranges(path, "me", 2345) == (IdRange(1, 300000, 10), IdRange(11, 400000, 5))
+    assert subid_ranges(path, "me", 99) == (IdRange(1, 400000, 5),)
+    assert subid_ranges(path, "nobody-here", 99) == ()
+    assert subid_ranges(str(tmp_path / "missing"), "me", 2345) == ()
+    for line, message in (
+        ("me:400000", "is not NAME:START:COUNT"),
+        ("me:400000:5:6", "is not NAME:START:COUNT"),
+        ("me:-1:5", "is not NAME:START:COUNT"),
+        ("me:4e5:5", "is not NAME:START:COUNT"),
+        ("me:400000:0", "ids out of range"),
+        ("me:4294967290:10", "ids out of range"),
+    ):
+        subuid.write_text(f"other:100000:65536\n{line}\n")
+        named = re.escape(f"{path}:2: '{line}'")
+        with pytest.raises(UserNamespaceError, match=f"{named}:? {message}"):
+            subid_ranges(path, "me", 2345)

@@ -52,8 +52,8 @@ Extra long options, not in QEMU's helper:
     is the helper's own). Without them only the invoking uid and gid are
     mapped, each to itself. A request naming an unmapped id gets EPERM.
 ``--subids``
-    rootless only: inside 0 is the invoking uid/gid and inside 1..N the
-    user's first range of ``/etc/subuid``/``/etc/subgid`` (podman's maps),
+    rootless only: inside 0 is the invoking uid/gid and inside 1.. the
+    user's ranges of ``/etc/subuid``/``/etc/subgid`` (podman's maps),
     so the helper's own inside uid is 0 (the invoking user outside).
 ``--allow-setid``
     rootless only: keep S_ISUID/S_ISGID that requests set (creation, chmod);

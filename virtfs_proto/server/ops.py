@@ -36,7 +36,10 @@ where QEMU's answer is a defect:
 * rootless (:mod:`.userns`): a uid or gid outside the user namespace's
   map in T_CREATE, T_MKNOD, T_MKDIR, T_SYMLINK or T_CHOWN is ``EPERM``
   (the kernel says ``EINVAL``, which guests take badly), refused before
-  anything is made; S_ISUID/S_ISGID are cleared from every mode a request
+  anything is made; nothing is made in a set-gid directory whose group the
+  map leaves out (the node would keep that group: EPERM), and a node whose
+  requested owner cannot be given is removed again;
+  S_ISUID/S_ISGID are cleared from every mode a request
   sets (creation, T_CHMOD) unless ``--allow-setid``; T_OPEN with O_CREAT
   leaves the file the helper's own (QEMU's: root's);
 * T_MKNOD of a character or block device is ``EPERM``, whatever the uid and
@@ -80,6 +83,7 @@ from .resolve import (
     Resolver,
     clean_name,
     clean_path,
+    final_name,
     normalize_open_flags,
 )
 
@@ -313,19 +317,51 @@ class Operations:
             raise _error(ELOOP)
         raise self._refuse_special()
 
-    def _give_owner(self, fd: int, mode: int, owner: tuple[int, int]) -> int:
+    def _give_owner(
+        self, fd: int, mode: int, owner: tuple[int, int], made: tuple[int, bytes] | None = None
+    ) -> int:
         """Finish a file this request created: the requested owner, then any
         set-id bits (the file was made without them, so it never exists
-        set-id with the helper's own uid, and chown would clear them)."""
+        set-id with the helper's own uid, and chown would clear them).
+
+        ``made`` is the ``(dirfd, name)`` it was created as (None for an
+        O_TMPFILE, which closing removes): if the owner cannot be given, the
+        file is removed and the request fails, so nothing is left with an
+        owner nobody asked for.
+        """
         mode &= self._mode_mask
         try:
             os.fchown(fd, _id(owner[0]), _id(owner[1]))
             if mode & 0o6000:
                 os.fchmod(fd, mode & 0o7777)
         except BaseException:
+            if made is not None:
+                _remove_created(*made, os.fstat(fd))
             os.close(fd)
             raise
         return fd
+
+    def _check_setgid_parent(self, dirfd: int, name: bytes) -> None:
+        """EPERM, before anything is made, in a set-gid directory whose group
+        the user namespace does not map (rootless only).
+
+        A node made there takes that group, and chown cannot take it away
+        again: the kernel lets CAP_CHOWN act only on an inode whose uid and
+        gid are both mapped. An unmapped gid reads as the overflow gid
+        (65534); where the map covers 65534 this cannot tell, and the
+        fix-up's failure (which removes the node) decides instead. A mode or
+        group changed after this look is caught there too. A ``name`` that
+        exists is EEXIST, as the creation would say (T_CREATE then opens it).
+        """
+        maps = self._id_maps
+        if maps is not None:
+            st = os.fstat(dirfd)
+            if st.st_mode & stat.S_ISGID and not maps[1].maps_inside(st.st_gid):
+                try:
+                    os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    raise _error(EPERM) from None
+                raise _error(EEXIST)
 
     def _dangling_target(self, path: bytes) -> bytes | None:
         """Where O_CREAT through ``path`` would create a file, if its last
@@ -359,7 +395,7 @@ class Operations:
         exclusive = flags | os.O_EXCL | os.O_NOCTTY
         for _ in range(MAX_SYMLINKS + 1):
             try:
-                fd = self.resolver.open_clean(path, exclusive, mode & 0o1777)
+                fd = self._create_once(path, exclusive, mode, owner)
             except FileExistsError:
                 if flags & os.O_EXCL:
                     raise
@@ -368,8 +404,21 @@ class Operations:
                     return None
                 path = target  # follow a dangling symlink by hand, inside the root
                 continue
-            return self._give_owner(fd, mode, owner)
+            return fd
         raise _error(ELOOP)
+
+    def _create_once(self, path: bytes, flags: int, mode: int, owner: tuple[int, int]) -> int:
+        """One O_CREAT|O_EXCL open of ``path``, made in its parent held as an fd
+        (the directory checked, and the one a failed fix-up removes it from)."""
+        if final_name(path) is None:  # names a directory: the kernel's answer, nothing made
+            return self.resolver.open_clean(path, flags, mode & 0o1777)
+        dirfd, name = self.resolver.parent_clean(path)
+        try:
+            self._check_setgid_parent(dirfd, name)
+            fd = os.open(name, flags, mode & 0o1777, dir_fd=dirfd)
+            return self._give_owner(fd, mode, owner, (dirfd, name))
+        finally:
+            self.resolver.release(dirfd)
 
     def _open_file(self, path: bytes, flags: int, mode: int, owner: tuple[int, int]) -> int:
         """Open a regular file or directory for the client; never a special file.
@@ -439,7 +488,11 @@ class Operations:
             st = os.fstat(fd)
             if stat.S_IFMT(st.st_mode) != kind or st.st_uid != os.geteuid():
                 raise _error(EAGAIN)  # replaced before its owner could be set
-            oslib.fchown_fd(fd, _id(uid), _id(gid))
+            try:
+                oslib.fchown_fd(fd, _id(uid), _id(gid))
+            except OSError:
+                _remove_created(dirfd, name, st)
+                raise
         finally:
             os.close(fd)
 
@@ -456,6 +509,7 @@ class Operations:
         try:
             if name == b".":
                 raise _error(EEXIST)
+            self._check_setgid_parent(dirfd, name)
             if kind in (stat.S_IFREG, 0):
                 # a regular file through the open that proves it created it
                 fd = os.open(
@@ -464,7 +518,7 @@ class Operations:
                     mode & 0o1777,
                     dir_fd=dirfd,
                 )
-                os.close(self._give_owner(fd, mode, (uid, gid)))
+                os.close(self._give_owner(fd, mode, (uid, gid), (dirfd, name)))
             else:
                 os.mknod(name, mode & ~0o6000, rdev, dir_fd=dirfd)
                 self._own_created(dirfd, name, kind, uid, gid)
@@ -478,6 +532,7 @@ class Operations:
         try:
             if name == b".":
                 raise _error(EEXIST)
+            self._check_setgid_parent(dirfd, name)
             os.mkdir(name, mode & self._mode_mask, dir_fd=dirfd)
             self._own_created(dirfd, name, stat.S_IFDIR, uid, gid)
         finally:
@@ -491,6 +546,7 @@ class Operations:
         try:
             if name == b".":
                 raise _error(EEXIST)
+            self._check_setgid_parent(dirfd, name)
             os.symlink(target, name, dir_fd=dirfd)
             self._own_created(dirfd, name, stat.S_IFLNK, uid, gid)
         finally:
@@ -745,6 +801,34 @@ class Operations:
         finally:
             os.close(real)
         return wire.frame_version(_T_SUCCESS, int.from_bytes(buf[:4], sys.byteorder))
+
+
+def _remove_created(dirfd: int, name: bytes, made: os.stat_result) -> None:
+    """Remove ``name`` from ``dirfd`` if it is still the node ``made`` (stat of
+    the fd this request holds); a node renamed away or replaced is left.
+
+    There is no unlink by fd: the name is opened without following and
+    compared by identity first. Whoever swaps the name in the instant left
+    can write that directory, so what it loses is an entry it could remove
+    itself.
+    """
+    try:
+        fd = os.open(name, _LINK_PATH, dir_fd=dirfd)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if (st.st_dev, st.st_ino) != (made.st_dev, made.st_ino):
+        return
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            os.rmdir(name, dir_fd=dirfd)
+        else:
+            os.unlink(name, dir_fd=dirfd)
+    except OSError:
+        pass  # e.g. a directory something was made in meanwhile: the request fails anyway
 
 
 def export_supports_getversion(root_fd: int) -> bool:

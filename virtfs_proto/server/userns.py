@@ -16,11 +16,13 @@ Id maps, as ``/proc/<pid>/uid_map`` lines ``INSIDE OUTSIDE COUNT``:
   unprivileged gid map). The process writes its own maps: no set-uid
   program is involved;
 * ``--uid-map``/``--gid-map INSIDE:OUTSIDE:COUNT`` (repeatable) and
-  ``--subids`` (inside 0 -> the invoking uid/gid, inside 1..N -> the user's
-  first range in ``/etc/subuid``/``/etc/subgid``, as podman does) are
-  written by ``newuidmap``/``newgidmap`` (Debian's ``uidmap``). Those are
-  set-uid root and must run in the initial user namespace without
-  NO_NEW_PRIVS: a *mapper* child is forked before anything confines, and
+  ``--subids`` (inside 0 -> the invoking uid/gid, inside 1.. -> the user's
+  ranges in ``/etc/subuid``/``/etc/subgid``, one after the other, as podman
+  does) are written by ``newuidmap``/``newgidmap`` (Debian's ``uidmap``),
+  found only in :data:`MAPPER_PATH` (never the caller's PATH) and run with
+  a fixed environment. Those are set-uid root and must run in the initial
+  user namespace without NO_NEW_PRIVS (a helper started under it says so
+  and stops): a *mapper* child is forked before anything confines, and
   runs them on the parent's pid once the parent has unshared.
 
 A map is written once and never changes: :class:`IdMap` read back from
@@ -33,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import signal
 
 from .._record import Record
 from . import oslib
@@ -48,6 +51,14 @@ SUBGID_FILE: Final = "/etc/subgid"
 #: The set-uid programs that write a map of more than the caller's own id.
 NEWUIDMAP: Final = "newuidmap"
 NEWGIDMAP: Final = "newgidmap"
+#: Where they are looked for, and the whole environment they run with: the
+#: caller's PATH could name a program of anyone's choosing.
+MAPPER_PATH: Final = "/usr/bin:/bin:/usr/sbin:/sbin"
+_MAPPER_ENV: Final = {"PATH": MAPPER_PATH, "LC_ALL": "C"}
+#: uid_t/gid_t -1 ("no id"): the kernel never maps it
+_NO_ID: Final = 0xFFFFFFFF
+_PR_GET_NO_NEW_PRIVS: Final = 39
+_PR_SET_PDEATHSIG: Final = 1
 
 #: The kernel's knobs that forbid unprivileged user namespaces, and what to say.
 _USERNS_KNOBS: Final = (
@@ -86,7 +97,8 @@ class IdRange(Record):
             inside, outside, count = (int(part, 10) for part in value.split(":"))
         except ValueError:
             raise ValueError(f"{option} takes INSIDE:OUTSIDE:COUNT, not {value!r}") from None
-        if min(inside, outside) < 0 or count < 1 or max(inside, outside) + count > 1 << 32:
+        # 4294967295 is (uid_t)-1, which no map may contain
+        if min(inside, outside) < 0 or count < 1 or max(inside, outside) + count > _NO_ID:
             raise ValueError(f"{option} {value!r}: ids out of range")
         return cls(inside, outside, count)
 
@@ -144,38 +156,50 @@ def identity_map(id_: int) -> IdMap:
     return IdMap((IdRange(id_, id_, 1),))
 
 
-def subid_range(path: str, user: str, uid: int) -> IdRange | None:
-    """The first ``user:start:count`` (or ``uid:start:count``) line of ``path``
-    as an outside range, or None."""
+def subid_ranges(path: str, user: str, uid: int) -> tuple[IdRange, ...]:
+    """Every ``user:start:count`` (or ``uid:start:count``) line of ``path``, in
+    file order, as ranges placed one after the other from inside 1 (empty if
+    none or no file). A line of the user's that is not three numbers (start
+    and count non-negative decimal, count > 0, ending before 4294967295) is
+    an error naming it; other users' lines are not ours to judge."""
     try:
         with open(path) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        return None
-    for line in lines:
-        fields = line.strip().split(":")
-        if len(fields) != 3 or fields[0] not in (user, str(uid)):
+        return ()
+    ranges: list[IdRange] = []
+    inside = 1
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
             continue
-        with contextlib.suppress(ValueError):
-            start, count = int(fields[1]), int(fields[2])
-            if count > 0:
-                return IdRange(1, start, count)
-    return None
+        fields = text.split(":")
+        if fields[0] not in (user, str(uid)):
+            continue
+        numbers = fields[1:]
+        if len(numbers) != 2 or not all(n.isascii() and n.isdecimal() for n in numbers):
+            raise UserNamespaceError(f"{path}:{number}: {text!r} is not NAME:START:COUNT")
+        start, count = int(numbers[0]), int(numbers[1])
+        if count < 1 or start + count > _NO_ID or inside + count > _NO_ID:
+            raise UserNamespaceError(f"{path}:{number}: {text!r}: ids out of range")
+        ranges.append(IdRange(inside, start, count))
+        inside += count
+    return tuple(ranges)
 
 
 def subids_maps(uid: int, gid: int) -> IdMaps:
-    """``--subids``: inside 0 is the invoking uid (gid), inside 1..N the user's
-    first sub-id range, as podman maps a rootless container."""
+    """``--subids``: inside 0 is the invoking uid (gid), inside 1.. the user's
+    sub-id ranges one after the other, as podman maps a rootless container."""
     try:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:
         user = str(uid)
     maps = []
     for path, own in ((SUBUID_FILE, uid), (SUBGID_FILE, gid)):
-        sub = subid_range(path, user, uid)
-        if sub is None:
+        sub = subid_ranges(path, user, uid)
+        if not sub:
             raise UserNamespaceError(f"--subids: {path} grants {user} no range")
-        maps.append(IdMap((IdRange(0, own, 1), sub)))
+        maps.append(IdMap((IdRange(0, own, 1), *sub)))
     return IdMaps(uid=maps[0], gid=maps[1])
 
 
@@ -225,6 +249,13 @@ def enter_user_namespace(maps: IdMaps) -> None:
         _write_own("gid_map", f"{gid} {gid} 1\n")
         return
     assert maps.uid is not None and maps.gid is not None
+    if oslib.prctl(_PR_GET_NO_NEW_PRIVS) == 1:
+        # the set-uid bit of newuidmap would be ignored and it would fail obscurely
+        raise UserNamespaceError(
+            "id maps other than your own ids need newuidmap/newgidmap, which are set-uid"
+            " and cannot work under NO_NEW_PRIVS, and whoever started the helper set it:"
+            " start it without no_new_privs, or without --subids/--uid-map/--gid-map"
+        )
     commands = [
         [_program(NEWUIDMAP), str(os.getpid()), *_args(maps.uid)],
         [_program(NEWGIDMAP), str(os.getpid()), *_args(maps.gid)],
@@ -263,13 +294,23 @@ def _run_mapper(go: int, result: int, commands: list[list[str]]) -> int:
     wait for the parent's unshare, then map its namespace."""
     import subprocess  # only with newuidmap maps: not on the usual start-up path
 
+    parent = int(commands[0][1])
+    # dies with the parent; a parent that is gone already (its pid possibly
+    # someone else's now) is never mapped
+    oslib.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        return 1
     os.read(go, 1)  # EOF when the parent has unshared (or failed to)
+    if os.getppid() != parent:
+        return 1
     with contextlib.suppress(OSError):
         if os.readlink(f"/proc/{commands[0][1]}/ns/user") == os.readlink("/proc/self/ns/user"):
             return 1  # the parent did not unshare: it says why itself
     for command in commands:
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=30, env=_MAPPER_ENV
+            )
         except (OSError, subprocess.SubprocessError) as exc:
             os.write(result, f"{command[0]}: {exc}".encode())
             return 1
@@ -283,10 +324,11 @@ def _run_mapper(go: int, result: int, commands: list[list[str]]) -> int:
 def _program(name: str) -> str:
     import shutil  # only with newuidmap maps: not on the usual start-up path
 
-    path = shutil.which(name)
+    path = shutil.which(name, path=MAPPER_PATH)
     if path is None:
         raise UserNamespaceError(
-            f"{name} not found: id maps other than your own ids need it (apt-get install uidmap)"
+            f"{name} not found in {MAPPER_PATH}: id maps other than your own ids need it"
+            " (apt-get install uidmap)"
         )
     return path
 

@@ -30,6 +30,7 @@ GID: Final = 2345
 #: ``/etc/subuid`` / ``/etc/subgid``: the user's first sub-id (``--subids``
 #: maps guest uid N >= 1 to ``SUBID_START + N - 1``)
 SUBID_START: Final = 200000
+SUBID_COUNT: Final = 65536
 #: Becomes the user with no capability and no supplementary group (root only).
 SETPRIV: Final = (
     "setpriv",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -26,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import ciuser
 import pytest
 from helpers import OUR_HELPER
 
@@ -48,9 +48,9 @@ from .test_containment import (
 from .test_sandbox import ACTIONS, CLAIMS, inside_outcomes
 
 #: The CI's non-root user (scripts/bootstrap) and its /etc/subuid range.
-CI_USER = "virtfs-rootless"
-CI_UID = 2345
-CI_SUBIDS = (200000, 65536)
+CI_USER = ciuser.NAME
+CI_UID = ciuser.UID
+CI_SUBIDS = (ciuser.SUBID_START, ciuser.SUBID_COUNT)
 TESTING = {**os.environ, "VIRTFS_PROTO_TESTING": "1"}
 
 
@@ -70,17 +70,10 @@ class User:
 def user() -> User:
     if os.getuid() != 0:
         return User(os.getuid(), os.getgid(), ())
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.fail("setpriv is missing (util-linux): run scripts/bootstrap", pytrace=False)
-    try:
-        entry = pwd.getpwnam(CI_USER)
-    except KeyError:
-        pytest.fail(f"no user {CI_USER}: run scripts/bootstrap as root", pytrace=False)
-    assert (entry.pw_uid, entry.pw_gid) == (CI_UID, CI_UID), entry
-    prefix = (
-        setpriv, f"--reuid={CI_UID}", f"--regid={CI_UID}", "--clear-groups", "--inh-caps=-all",
-    )  # fmt: skip
+    why = ciuser.missing()
+    if why is not None:  # a failure, not a skip: CI creates the user
+        pytest.fail(why, pytrace=False)
+    prefix = ciuser.SETPRIV
     return User(CI_UID, CI_UID, prefix)
 
 

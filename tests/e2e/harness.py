@@ -16,6 +16,14 @@ allow:
 The helper is an argv prefix; the harness appends the helper options, so the
 same runs drive QEMU's ``/usr/lib/qemu/virtfs-proxy-helper`` and ours.
 
+Rootless (issue 14): with ``user=(UID, GID)`` (``--user``) the helper *and*
+QEMU run as that ordinary user, no capability, no supplementary group: the
+export (and the named socket's directory) are the user's, the socket is
+given to the user itself, and our helper serves rootless (its uid is not 0).
+The helper command must be one the user can execute. The guest learns from
+``e2e_setid=0|1`` whether set-id bits survive a chmod (a rootless helper
+clears them unless ``--allow-setid``).
+
 Usage from the repository root::
 
     python -m tests.e2e.harness [--helper qemu|ours|'CMD ...'] [--mode fd|socket]
@@ -70,11 +78,25 @@ def our_helper() -> tuple[str, ...]:
 ALLOW_DEVICE_NODES = "--allow-device-nodes"
 
 
+#: our helper's option that keeps set-id bits when it runs rootless
+ALLOW_SETID = "--allow-setid"
+
+
+def is_ours(helper: Sequence[str]) -> bool:
+    """Whether ``helper`` is our helper, started by any interpreter."""
+    return tuple(helper[1:3]) == our_helper()[1:3]
+
+
 def makes_device_nodes(helper: Sequence[str]) -> bool:
     """Whether ``helper`` makes the device nodes a guest root asks for: ours only
     with ``--allow-device-nodes``; any other (QEMU's, the reference) does."""
-    ours = our_helper()
-    return tuple(helper[: len(ours)]) != ours or ALLOW_DEVICE_NODES in helper
+    return not is_ours(helper) or ALLOW_DEVICE_NODES in helper
+
+
+def keeps_setid(helper: Sequence[str], user: tuple[int, int] | None) -> bool:
+    """Whether a chmod's set-id bits survive: not with our helper run rootless
+    (by a user) without ``--allow-setid``."""
+    return user is None or not is_ours(helper) or ALLOW_SETID in helper
 
 
 class HarnessError(RuntimeError):
@@ -131,7 +153,7 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}s"
 
 
-def require_tools(helper: Sequence[str]) -> None:
+def require_tools(helper: Sequence[str], *, rootless: bool = False) -> None:
     """Fail loudly, with the install command, when a prerequisite is missing."""
     if shutil.which(QEMU) is None:
         raise HarnessError(f"{QEMU} not found; {INSTALL_HINT}")
@@ -139,7 +161,8 @@ def require_tools(helper: Sequence[str]) -> None:
     if shutil.which(exe) is None and not os.access(exe, os.X_OK):
         raise HarnessError(f"helper {exe} not found; {INSTALL_HINT}")
     if os.geteuid() != 0:
-        raise HarnessError("the e2e harness must run as root: the helper needs chroot and caps")
+        why = "it starts both as the user" if rootless else "the helper needs chroot and caps"
+        raise HarnessError(f"the e2e harness must run as root: {why}")
 
 
 # Files whose mtime the workload sets explicitly (touch_time): their times are
@@ -201,8 +224,12 @@ def run_guest(
     keep_export: bool = False,
     trace: Path | None = None,
     workload: str = "checks",
+    user: tuple[int, int] | None = None,
 ) -> GuestRun:
     """Boot the guest once against ``helper`` and return everything observed.
+
+    ``user``: run the helper and QEMU as this uid and gid (rootless), not the
+    helper as root and QEMU as nobody.
 
     With ``trace``, ``virtfs-proto trace`` sits between QEMU and the helper
     (it takes QEMU's side of the connection and starts the helper on a
@@ -211,7 +238,12 @@ def run_guest(
     if mode not in ("fd", "socket"):
         raise ValueError(f"mode must be fd or socket, not {mode!r}")
     helper = tuple(helper)
-    require_tools(helper)
+    require_tools(helper, rootless=user is not None)
+    if user is not None and trace is not None:
+        raise ValueError("a rootless run cannot be traced (the tracer would run as root)")
+    qemu_uid, qemu_gid = user or (QEMU_UID, QEMU_GID)
+    # the helper's own credentials: root's (none given), or the user's
+    as_helper = {} if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
     image = image or ensure_guest()
     if workload not in image.workloads:
         raise ValueError(f"unknown workload {workload!r}; there are {sorted(image.workloads)}")
@@ -227,6 +259,10 @@ def run_guest(
     sock_dir = Path(tempfile.mkdtemp(prefix="virtfs-e2e-"))
     sock_dir.chmod(0o755)
     sock_path = sock_dir / "proxy.sock"
+    if user is not None:
+        # the user's export (and its run directory), where its helper binds the socket
+        for d in (run_dir, export, sock_dir):
+            os.chown(d, *user)
 
     kernel = image.kernel_compressed if compressed_kernel else image.kernel
     # QEMU (as nobody) opens kernel and initrd through /dev/fd, so it does not
@@ -255,19 +291,20 @@ def run_guest(
                     stdout=log,
                     stderr=log,
                     pass_fds=(helper_end.fileno(),),
+                    **as_helper,
                 )
                 helper_end.close()
                 qemu_fds.append(qemu_end.fileno())
                 fsdev = f"proxy,id=fs0,sock_fd={qemu_end.fileno()}"
             else:
-                owner = ["-u", str(QEMU_UID), "-g", str(QEMU_GID)]
+                owner = ["-u", str(qemu_uid), "-g", str(qemu_gid)]
                 if trace is None:
                     helper_argv = [*helper, "-p", str(export), "-s", str(sock_path), *owner, "-n"]
                 else:
                     helper_argv = [*TRACER, "-o", str(trace), "--listen", str(sock_path), *owner]
                     helper_argv += ["--", *helper, "-p", str(export), "-n"]
                 helper_proc = subprocess.Popen(
-                    helper_argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                    helper_argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, **as_helper
                 )
                 deadline = time.monotonic() + 10
                 while not sock_path.exists():
@@ -302,7 +339,8 @@ def run_guest(
                 f"/dev/fd/{ifd}",
                 "-append",
                 f"{image.cmdline} e2e_fstype={_fs_type(export)} e2e_workload={workload}"
-                f" e2e_devnodes={int(makes_device_nodes(helper))}",
+                f" e2e_devnodes={int(makes_device_nodes(helper))}"
+                f" e2e_setid={int(keeps_setid(helper, user))}",
                 "-fsdev",
                 fsdev,
                 "-device",
@@ -315,9 +353,10 @@ def run_guest(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 pass_fds=tuple(qemu_fds),
-                # QEMU holds no root powers, as under libvirt; only the helper is privileged.
-                user=QEMU_UID,
-                group=QEMU_GID,
+                # QEMU holds no root powers, as under libvirt; only the helper is
+                # privileged (rootless: neither is)
+                user=qemu_uid,
+                group=qemu_gid,
                 extra_groups=[],
             )
             if qemu_end is not None:
@@ -470,7 +509,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--console", action="store_true", help="print the guest console")
     ap.add_argument("--keep", action="store_true", help="keep the export directory")
     ap.add_argument("--trace", type=Path, help="run through virtfs-proto trace, JSON Lines here")
+    ap.add_argument(
+        "--user",
+        metavar="UID:GID",
+        help="run the helper and QEMU as this user (rootless; the helper command must be"
+        " one it can execute)",
+    )
     args = ap.parse_args(argv)
+    user = None
+    if args.user:
+        uid, _, gid = args.user.partition(":")
+        user = (int(uid), int(gid or uid))
     helper = {"qemu": QEMU_HELPER, "ours": our_helper()}.get(args.helper) or tuple(
         shlex.split(args.helper)
     )
@@ -481,9 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_export=args.keep,
         trace=args.trace,
         workload=args.workload,
+        user=user,
     )
-    print("helper:", shlex.join(run.helper_argv))
-    print(f"qemu (as uid {QEMU_UID}):", shlex.join(run.qemu_argv))
+    print(f"helper (as uid {user[0] if user else 0}):", shlex.join(run.helper_argv))
+    print(f"qemu (as uid {user[0] if user else QEMU_UID}):", shlex.join(run.qemu_argv))
     if args.console:
         print(run.console)
         print("--- helper stderr ---")

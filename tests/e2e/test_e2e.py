@@ -6,6 +6,14 @@ per-check results and leave the same host-side state, except that by default
 it makes no device nodes (the guest then expects EPERM from ``mknod c``);
 with ``--allow-device-nodes`` it leaves exactly QEMU's state. Missing
 prerequisites fail these tests with the install command: they never skip.
+
+Once, rootless (issue 14): QEMU and our helper both run as the CI's non-root
+user (:mod:`ciuser`), the helper with ``--subids`` so that the guest's root
+(which runs the workload) is the user on the host and guest uid k is the
+user's sub-id ``200000 + k - 1``. The guest sees the same ids as with a root
+helper, so its checks are QEMU's but one (a chmod's set-uid bit is cleared);
+the host state is QEMU's with every owner mapped that way, set-id bits
+cleared and no device node.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ciuser
 import pytest
 
 from virtfs_proto.constants import REQUEST_TYPES
@@ -49,10 +58,14 @@ def image() -> GuestImage:
 
 
 def _run(
-    image: GuestImage, helper: tuple[str, ...], mode: str, workload: str = "checks"
+    image: GuestImage,
+    helper: tuple[str, ...],
+    mode: str,
+    workload: str = "checks",
+    user: tuple[int, int] | None = None,
 ) -> GuestRun:
     try:
-        return run_guest(helper, mode, image=image, workload=workload)
+        return run_guest(helper, mode, image=image, workload=workload, user=user)
     except HarnessError as exc:
         pytest.fail(str(exc))
 
@@ -105,7 +118,7 @@ def _field(request: dict[str, object], name: str) -> object:
     return value
 
 
-def _assert_clean_run(run: GuestRun) -> None:
+def _assert_clean_run(run: GuestRun, qemu_ids: tuple[int, int] = (65534, 65534)) -> None:
     report = (
         f"{run.summary()}\nhelper: {shlex.join(run.helper_argv)}\nqemu: {shlex.join(run.qemu_argv)}"
         f"\n--- helper stderr ---\n{run.helper_stderr[-4000:]}"
@@ -114,9 +127,10 @@ def _assert_clean_run(run: GuestRun) -> None:
     assert run.all_passed, report
     assert run.qemu_rc == 0, report
     # QEMU ran as nobody:nogroup (real, effective, saved, fs), no groups, no capabilities.
+    uid, gid = qemu_ids
     assert run.qemu_credentials == {
-        "Uid": "65534 65534 65534 65534",
-        "Gid": "65534 65534 65534 65534",
+        "Uid": f"{uid} {uid} {uid} {uid}",
+        "Gid": f"{gid} {gid} {gid} {gid}",
         "Groups": "",
         "CapEff": "0000000000000000",
     }, run.qemu_credentials
@@ -373,4 +387,54 @@ def test_our_helper_answers_every_request_like_qemus(
     assert not only_theirs and not only_ours, (
         f"{len(theirs)} vs {len(ours)} exchanges; only with QEMU's helper: "
         f"{only_theirs.most_common(5)}; only with ours: {only_ours.most_common(5)}"
+    )
+
+
+# -- rootless: QEMU and the helper both the CI user's ---------------------------
+
+
+@pytest.fixture(scope="module")
+def rootless_fd(image: GuestImage, ci_user_python: str) -> GuestRun:
+    helper = (ci_user_python, "-m", "virtfs_proto.server", "--subids")
+    return _run(image, helper, "fd", user=(ciuser.UID, ciuser.GID))
+
+
+def _host_id(guest: int, user: int) -> int:
+    """Where --subids puts a guest id on the host: 0 is the user, k its sub-id."""
+    return user if guest == 0 else ciuser.SUBID_START + guest - 1
+
+
+def _as_rootless_host(reference: GuestRun) -> dict[str, dict[str, object]]:
+    """The root reference's host state as a rootless --subids helper leaves it."""
+    out = {}
+    for path, entry in _without_device_nodes(reference).items():
+        mapped = dict(entry)
+        assert isinstance(entry["uid"], int) and isinstance(entry["gid"], int)
+        mapped["uid"] = _host_id(entry["uid"], ciuser.UID)
+        mapped["gid"] = _host_id(entry["gid"], ciuser.GID)
+        mode = int(str(entry["mode"]), 8)
+        if path != ".":  # the export itself is the user's, made by the harness
+            mode &= ~(stat.S_ISUID | stat.S_ISGID)
+        mapped["mode"] = f"{mode:04o}"
+        out[path] = mapped
+    return out
+
+
+def test_rootless_helper_and_qemu_as_the_user(qemu_fd: GuestRun, rootless_fd: GuestRun) -> None:
+    _assert_clean_run(rootless_fd, qemu_ids=(ciuser.UID, ciuser.GID))
+    assert "confinement: mode: rootless" in rootless_fd.helper_stderr, rootless_fd.helper_stderr
+    # the guest saw what it sees with a root helper (its checks passed the same way)
+    assert rootless_fd.results == qemu_fd.results, rootless_fd.summary()
+    # on the host: guest root's files are the user's, guest 1000's its sub-id 200999
+    s = rootless_fd.state
+    assert (s["t/hello"]["uid"], s["t/hello"]["gid"]) == (ciuser.UID, ciuser.GID)
+    assert (s["t/owned"]["uid"], s["t/owned"]["gid"]) == (201233, 202344)
+    assert (s["t/home/file"]["uid"], s["t/home/file"]["gid"]) == (200999, 200999)
+    assert s["t/modes"]["mode"] == "0750"  # the guest's chmod 4750, set-uid cleared
+    assert not any(e["type"] == stat.S_IFCHR for e in s.values())
+    expected = _as_rootless_host(qemu_fd)
+    assert s == expected, "\n".join(
+        f"{p}: {s.get(p)} != {expected.get(p)}"
+        for p in sorted(s.keys() | expected.keys())
+        if s.get(p) != expected.get(p)
     )

@@ -79,16 +79,24 @@ def ours(export: Export, layer: tuple[str, ...], helpers: list[Helper]) -> Helpe
     return h
 
 
-def test_reads_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]) -> None:
-    for path in READ_ESCAPES:
+def read_escapes() -> list[m.Request]:
+    """Requests that would read or stat the secret if a layer let :data:`READ_ESCAPES` out."""
+    return [
+        request
+        for path in READ_ESCAPES
         for request in (
             m.OpenRequest(path, os.O_RDONLY),
             m.LstatRequest(path),
             m.StatfsRequest(path),
             m.GetversionRequest(path),
             m.LgetxattrRequest(0, path, b"user.x"),
-        ):
-            _assert_not_secret(export, ours.client.request(request))
+        )
+    ]
+
+
+def test_reads_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]) -> None:
+    for request in read_escapes():
+        _assert_not_secret(export, ours.client.request(request))
     # the ones that do resolve, resolve to the export's own files (the
     # namespaces' view alone has the tmpfs holding the export as its root:
     # ".." there finds no file.txt)
@@ -96,15 +104,17 @@ def test_reads_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...])
         assert isinstance(ours.client.request(m.LstatRequest(b"link_dotdot/file.txt")), m.StatReply)
 
 
-def test_writes_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]) -> None:
-    requests: list[m.Request] = [
-        m.CreateRequest(b"link_dotdot/created_outside", os.O_RDWR | os.O_CREAT, 0o644, 0, 0),
-        m.CreateRequest(b"link_host_dir/created_outside", os.O_RDWR | os.O_CREAT, 0o644, 0, 0),
+def write_escapes(uid: int = 0, gid: int = 0, chown_to: int = 1234) -> list[m.Request]:
+    """Requests that would create, change or remove something outside the export
+    if a layer let them out; created objects are owned ``uid:gid``."""
+    return [
+        m.CreateRequest(b"link_dotdot/created_outside", os.O_RDWR | os.O_CREAT, 0o644, uid, gid),
+        m.CreateRequest(b"link_host_dir/created_outside", os.O_RDWR | os.O_CREAT, 0o644, uid, gid),
         m.OpenRequest(b"../created_outside", os.O_RDWR | os.O_CREAT),
-        m.MkdirRequest(0, 0, b"link_host_dir/evil_dir", 0o755),
-        m.MkdirRequest(0, 0, b"../evil_dir", 0o755),
-        m.MknodRequest(0, 0, b"link_dotdot/evil_fifo", stat.S_IFIFO | 0o644, 0),
-        m.SymlinkRequest(0, 0, b"/", b"link_dotdot/evil_link"),
+        m.MkdirRequest(uid, gid, b"link_host_dir/evil_dir", 0o755),
+        m.MkdirRequest(uid, gid, b"../evil_dir", 0o755),
+        m.MknodRequest(uid, gid, b"link_dotdot/evil_fifo", stat.S_IFIFO | 0o644, 0),
+        m.SymlinkRequest(uid, gid, b"/", b"link_dotdot/evil_link"),
         m.RenameRequest(b"file.txt", b"link_dotdot/stolen.txt"),
         m.RenameRequest(b"../outside/secret.txt", b"stolen.txt"),
         m.LinkRequest(b"../outside/secret.txt", b"hard_secret"),
@@ -112,7 +122,7 @@ def test_writes_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]
         m.LinkRequest(b"file.txt", b"link_dotdot/hard_out"),
         m.ChmodRequest(b"link_abs_host", 0o777),
         m.ChmodRequest(b"link_rel_escape", 0o777),
-        m.ChownRequest(b"link_dotdot/outside/secret.txt", 1234, 1234),
+        m.ChownRequest(b"link_dotdot/outside/secret.txt", chown_to, chown_to),
         m.TruncateRequest(b"link_rel_escape", 0),
         m.TruncateRequest(b"link_host_dir/outside/secret.txt", 0),
         m.UtimeRequest(b"../outside/secret.txt", 0, 0, 0, 0),
@@ -120,6 +130,10 @@ def test_writes_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]
         m.RemoveRequest(b"link_dotdot/outside/secret.txt"),
         m.RemoveRequest(b"../outside/secret.txt"),
     ]
+
+
+def test_writes_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]) -> None:
+    requests = write_escapes()
     secret_times = export.secret.stat().st_mtime_ns
     for request in requests:
         _assert_not_secret(export, ours.client.request(request))
@@ -136,25 +150,23 @@ def test_writes_stay_inside(export: Export, ours: Helper, layer: tuple[str, ...]
         assert (export.root / "stolen.txt").read_bytes() == b"hello\n"
 
 
-@pytest.fixture
-def proc_in_export(export: Export) -> Iterator[Path]:
-    """procfs mounted inside the export: the home of magic links."""
+@contextlib.contextmanager
+def mounted_proc(export: Export) -> Iterator[Path]:
+    """procfs mounted inside the export (the home of magic links), and two
+    symlinks into it."""
     proc = export.root / "proc"
     proc.mkdir()
     subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
     try:
+        os.symlink(f"/proc/self/root{export.secret}", export.root / "magic_root")
+        os.symlink("/proc/self/cwd/../outside/secret.txt", export.root / "magic_cwd")
         yield proc
     finally:
         subprocess.run(["umount", "-l", str(proc)], check=True)
 
 
-def test_proc_magic_links_stay_inside(
-    export: Export, proc_in_export: Path, layer: tuple[str, ...], helpers: list[Helper]
-) -> None:
-    os.symlink(f"/proc/self/root{export.secret}", export.root / "magic_root")
-    os.symlink("/proc/self/cwd/../outside/secret.txt", export.root / "magic_cwd")
-    h = spawn_ours(export.root, *layer)
-    helpers.append(h)
+def magic_link_escapes(export: Export) -> list[m.Request]:
+    """Requests through the magic links of :func:`mounted_proc`."""
     paths = [
         f"proc/self/root{export.secret}".encode(),
         f"/proc/1/root{export.secret}".encode(),
@@ -163,9 +175,26 @@ def test_proc_magic_links_stay_inside(
         b"magic_root",
         b"magic_cwd",
     ] + [f"/proc/self/fd/{fd}/../outside/secret.txt".encode() for fd in range(12)]
-    for path in paths:
-        for request in (m.OpenRequest(path, os.O_RDONLY), m.LstatRequest(path)):
-            _assert_not_secret(export, h.client.request(request))
+    return [
+        request
+        for path in paths
+        for request in (m.OpenRequest(path, os.O_RDONLY), m.LstatRequest(path))
+    ]
+
+
+@pytest.fixture
+def proc_in_export(export: Export) -> Iterator[Path]:
+    with mounted_proc(export) as proc:
+        yield proc
+
+
+def test_proc_magic_links_stay_inside(
+    export: Export, proc_in_export: Path, layer: tuple[str, ...], helpers: list[Helper]
+) -> None:
+    h = spawn_ours(export.root, *layer)
+    helpers.append(h)
+    for request in magic_link_escapes(export):
+        _assert_not_secret(export, h.client.request(request))
     _assert_outside_untouched(export)
 
 

@@ -80,17 +80,23 @@ def test_named_socket_mode(export: Export, tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 15
-        while not path.exists():
+        while True:  # until it listens (the file exists from bind on)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.01)
-        st = path.lstat()
-        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o770
-        assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(path))
         t = Transport(sock, timeout=5)
         reply = t.exchange(ClientConnection(), m.LstatRequest(b"/\0")).reply
         assert isinstance(reply, m.StatReply)
+        # an answer means it accepted us, which it does only after the chown
+        # (it listens before: connecting alone proves nothing about the owner)
+        st = path.lstat()
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o770
+        assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
         t.close()
         assert proc.wait(10) == 0
     finally:
@@ -134,7 +140,7 @@ def test_top_level_cli_dispatches_to_the_helper(export: Export) -> None:
         "--print-confinement",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("confinement: tid=")
+    assert out.stdout.startswith("confinement: mode: root (real uid 0)\n")
 
 
 def test_inherited_descriptors_are_closed(export: Export) -> None:

@@ -9,6 +9,7 @@ the same tests to show that they can fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -52,23 +53,57 @@ class RaceResult:
     victim_chowned: int = 0
 
 
-def _wait_past_chown(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """Until the helper has exited or waits in accept()."""
+def _wait_past_chown(
+    proc: subprocess.Popen[bytes], timeout: float = 10.0, *, traced: bool = False
+) -> int:
+    """Until the helper has exited or waits in accept(); returns its pid.
+
+    ``traced``: ``proc`` is strace, and the helper is its child.
+    """
     accepts = _ACCEPT_SYSCALLS[platform.machine()]
     deadline = time.monotonic() + timeout
+    pid = proc.pid
     while proc.poll() is None and time.monotonic() < deadline:
+        if traced and pid == proc.pid:
+            try:
+                with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                    pid = int(f.read().split()[0])
+            except (OSError, IndexError, ValueError):
+                time.sleep(0.0005)
+                continue
         try:
-            with open(f"/proc/{proc.pid}/syscall") as f:
+            with open(f"/proc/{pid}/syscall") as f:
                 if f.read().split(" ", 1)[0] in accepts:
-                    return
+                    return pid
         except OSError:
             pass
         time.sleep(0.0005)
+    return pid
 
 
-def race(argv: list[str], tmp_path: Path, *, stop_on_loss: bool = False) -> RaceResult:
+def race(
+    argv: list[str], tmp_path: Path, *, stop_on_loss: bool = False, widen_bind: bool = False
+) -> RaceResult:
     """Start the helper in -s mode again and again while a forked swapper replaces
-    the socket by a symlink to a root-owned victim the instant it appears."""
+    the socket by a symlink to a root-owned victim the instant it appears.
+
+    ``widen_bind`` runs the helper under strace, which holds up each return
+    from bind() by 5 ms: a loaded machine can otherwise schedule the
+    swapper too late, every time, for QEMU's microseconds-wide window.
+    """
+    if widen_bind:
+        argv = [
+            STRACE,
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=bind",
+            "-e",
+            "inject=bind:delay_exit=5000",
+            *argv,
+        ]
     export = tmp_path / "export"
     export.mkdir()
     rundir = tmp_path / "run"
@@ -100,7 +135,10 @@ def race(argv: list[str], tmp_path: Path, *, stop_on_loss: bool = False) -> Race
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            _wait_past_chown(proc)
+            helper = _wait_past_chown(proc, traced=widen_bind)
+            if helper != proc.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(helper, signal.SIGKILL)  # strace's death would detach it
             if proc.poll() is None:
                 proc.kill()
             result.refused += proc.wait() > 0
@@ -121,8 +159,9 @@ def race(argv: list[str], tmp_path: Path, *, stop_on_loss: bool = False) -> Race
 
 
 @pytest.mark.root
-def test_a_racing_swapper_never_gets_the_victim_chowned(tmp_path: Path) -> None:
-    result = race(OUR_HELPER, tmp_path)
+@pytest.mark.parametrize("widen_bind", [False, True], ids=["as-is", "bind-held-5ms"])
+def test_a_racing_swapper_never_gets_the_victim_chowned(tmp_path: Path, widen_bind: bool) -> None:
+    result = race(OUR_HELPER, tmp_path, widen_bind=widen_bind)
     assert result.swapped > 0, result  # the swapper did race
     assert result.victim_chowned == 0, result
     # a swap that landed before the chown made the helper refuse to start
@@ -133,7 +172,7 @@ def test_a_racing_swapper_never_gets_the_victim_chowned(tmp_path: Path) -> None:
 @pytest.mark.qemu_helper
 def test_qemu_helper_loses_the_race(tmp_path: Path) -> None:
     """Documents QEMU's defect: chown(path) after bind() follows the swapped-in symlink."""
-    result = race([require_qemu_helper()], tmp_path, stop_on_loss=True)
+    result = race([require_qemu_helper()], tmp_path, stop_on_loss=True, widen_bind=True)
     assert result.victim_chowned == 1, result
 
 

@@ -456,13 +456,15 @@ def test_a_name_that_keeps_coming_and_going_is_bounded(
     o, _ = ops
     calls = 0
 
-    def flicker(path: bytes, flags: int, mode: int) -> int:
+    def flicker(path: bytes, flags: int, *_: object) -> int:
         nonlocal calls
         calls += 1
         if flags & os.O_EXCL:
             raise FileExistsError(errno.EEXIST, "exists")
         raise FileNotFoundError(errno.ENOENT, "gone")
 
+    # the O_EXCL create (made in the parent's fd) and every lookup by path
+    o._create_once = flicker  # type: ignore[method-assign]
     o.resolver.open_clean = flicker  # type: ignore[method-assign]
     reply = o.handle(m.CreateRequest(b"//x", os.O_RDWR | os.O_CREAT, 0o644, 7, 8))
     assert reply == err(errno.EAGAIN)

@@ -94,11 +94,11 @@ def targets() -> Iterator[dict[str, str]]:
 
 
 def _inside(
-    export: Path, config: tuple[str, ...], actions: list[str]
+    export: Path, config: tuple[str, ...], actions: list[str], command: list[str]
 ) -> tuple[dict[str, tuple[str, str]], int]:
     """Run ``actions`` inside a helper: each one's (outcome, failed step), and the exit status."""
     out = subprocess.run(
-        [*OUR_HELPER, "-p", str(export), f"--test-inside={','.join(actions)}", *config],
+        [*command, "-p", str(export), f"--test-inside={','.join(actions)}", *config],
         capture_output=True,
         text=True,
         timeout=30,
@@ -122,19 +122,20 @@ _LEFT_BY_KILL = {"mount": "virtfs-inside-mnt", "chroot-escape": "virtfs-inside-c
 
 
 def inside_outcomes(
-    export: Path, config: tuple[str, ...], actions: list[str]
+    export: Path, config: tuple[str, ...], actions: list[str], command: list[str] = OUR_HELPER
 ) -> dict[str, tuple[str, str]]:
     """Each action's (outcome, step): "ok", an errno name, or "killed" (SIGSYS).
 
     The stateless actions in one helper; the ones a kill left undone, and
-    the stateful ones, in a helper each.
+    the stateful ones, in a helper each. ``command`` starts the helper
+    (the rootless tests prefix it with setpriv).
     """
     together = [a for a in actions if a not in _STATEFUL]
-    outcomes, status = _inside(export, config, together)
+    outcomes, status = _inside(export, config, together, command)
     for action in actions:
         if action not in outcomes:
             assert status == -signal.SIGSYS or action in _STATEFUL
-            one, status_one = _inside(export, config, [action])
+            one, status_one = _inside(export, config, [action], command)
             outcomes[action] = one.get(action, ("killed", ""))
             if action not in one:
                 assert status_one == -signal.SIGSYS

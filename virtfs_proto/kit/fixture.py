@@ -3,7 +3,10 @@
 Every vector is recorded against a fresh copy of this tree, so a replay must
 build exactly the same one. Times are pinned so that stat replies differ
 between machines only in the ranges a vector marks as machine-dependent.
-Linux-only (FIFOs, user xattrs); run as root so owners are 0:0.
+Linux-only (FIFOs, user xattrs). Run as root, owners are 0:0 and a node's
+``owner`` is given; built by any other user (the rootless kit), every object
+is that user's: ``owner`` is not applied (chown to another id needs
+CAP_CHOWN) and a device node cannot be made.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ Tree = Callable[[Fixture], Iterable[Node]]
 
 
 def populate(export: Path, nodes: Iterable[Node]) -> None:
-    """Create ``nodes`` below ``export``, in order."""
+    """Create ``nodes`` below ``export``, in order (owners only when root)."""
+    chown = os.geteuid() == 0
     for node in nodes:
         path = export / node.name
         if node.kind == "file":
@@ -75,7 +79,7 @@ def populate(export: Path, nodes: Iterable[Node]) -> None:
                 s.bind(os.fsencode(path))
         elif node.kind == "chardev":
             os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
-        if node.owner is not None:
+        if node.owner is not None and chown:
             os.chown(path, *node.owner, follow_symlinks=False)
         if node.mode is not None:
             path.chmod(node.mode)

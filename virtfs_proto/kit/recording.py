@@ -12,6 +12,7 @@ specified in ``spec/vectors.rst``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -75,6 +76,8 @@ MACHINE_DEPENDENT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     # into the high half; on file systems without it the value is 0.
     "version": ("version",),
 }
+#: A stat reply's owner: root's in a vector, the invoker's in a rootless replay.
+OWNER_FIELDS: Final = ("st_uid", "st_gid")
 
 
 @dataclass(frozen=True)
@@ -147,8 +150,9 @@ def _run_steps_in(
     fixture = build_fixture(root)
     before = sentinel_state(fixture)
     exchanges: list[Exchange] = []
-    # uid/gid 0 own the named socket, as when libvirt runs the helper for a root QEMU.
-    helper = spawn_helper(argv, fixture.export, mode, uid=0, gid=0, timeout=REPLY_TIMEOUT)
+    # We own the named socket: root, as when libvirt runs the helper for a root
+    # QEMU; a rootless run's user, the only owner a rootless helper can give it.
+    helper = spawn_helper(argv, fixture.export, mode, timeout=REPLY_TIMEOUT)
     try:
         transport = helper.client.transport
         for s in steps:
@@ -261,6 +265,20 @@ class Vector:
                 )
             )
         return out
+
+    def owners_ignored(self) -> Vector:
+        """This vector as a rootless run compares it: its fixture is the invoker's, not
+        root's, so every stat reply's ``st_uid``/``st_gid`` join the ignored ranges."""
+        owners = [
+            [*_field_ranges("stat", self.byteorder)[name], name] for name in OWNER_FIELDS
+        ]
+        exchanges = []
+        for ex in self.exchanges:
+            ranges = ex["machine_dependent"]
+            if any(r[2] == "st_ino" for r in ranges):  # a stat reply (st_ino is always there)
+                ex = {**ex, "machine_dependent": sorted([*ranges, *owners])}
+            exchanges.append(ex)
+        return dataclasses.replace(self, exchanges=exchanges)
 
     def to_json(self) -> dict[str, Any]:
         return {

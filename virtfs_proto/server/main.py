@@ -35,6 +35,30 @@ Extra long options, not in QEMU's helper:
     ``namespace``. ``none`` is for tests only. A sandbox that cannot be
     built is an error (exit 1), never a fallback.
 
+``--rootless``
+    run without root, in a user namespace of the helper's own
+    (:mod:`.userns`): the same sandbox inside, capabilities over that
+    namespace only. Chosen automatically when the real uid is not 0 (never
+    as root: ``--rootless`` as root is refused); the start-up log and
+    ``--print-confinement`` say which mode is in effect and why. A user
+    namespace that cannot be made or mapped is an error (exit 1), never a
+    fallback. The helper stays the invoking user (``--user``/``--group``
+    are refused), and ``--allow-device-nodes`` is refused (there is no
+    CAP_MKNOD in the initial user namespace to keep).
+``--uid-map INSIDE:OUTSIDE:COUNT``, ``--gid-map INSIDE:OUTSIDE:COUNT``
+    rootless only, repeatable: the namespace's maps, written by
+    ``newuidmap``/``newgidmap`` (Debian's ``uidmap``) within what
+    ``/etc/subuid``/``/etc/subgid`` grant; the invoking id must be mapped (it
+    is the helper's own). Without them only the invoking uid and gid are
+    mapped, each to itself. A request naming an unmapped id gets EPERM.
+``--subids``
+    rootless only: inside 0 is the invoking uid/gid and inside 1.. the
+    user's ranges of ``/etc/subuid``/``/etc/subgid`` (podman's maps),
+    so the helper's own inside uid is 0 (the invoking user outside).
+``--allow-setid``
+    rootless only: keep S_ISUID/S_ISGID that requests set (creation, chmod);
+    by default they are cleared (a user cannot mount their files nosuid).
+
 Test-only options (they weaken the helper; each exists so one layer can be
 tested without the others): ``--test-disable=LAYER[,LAYER]`` (layers
 :data:`.sandbox.LAYERS`: namespaces, chroot, drop, landlock, seccomp),
@@ -59,12 +83,14 @@ from errno import EADDRINUSE, ENOBUFS
 
 from .. import _fastpath_generated as wire
 from .. import procfs
+from .._record import Record
 from ..constants import HEADER_SIZE, PROXY_MAX_IO_SZ
-from . import landlock, privileges, sandbox, seccomp
+from . import landlock, privileges, sandbox, seccomp, userns
 from .ops import FD_VALID, Answer, Operations, error_frame, export_supports_getversion
 from .oslib import fchown_fd, open_own_fd_dir, open_procfs
 from .resolve import Resolver
 from .sandbox import LAYERS, SANDBOXES, Layers, SandboxError
+from .userns import IdMaps, IdRange, UserNamespaceError
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs the helper's start-up
 if TYPE_CHECKING:
@@ -87,6 +113,9 @@ EXTRA_USAGE: Final = (
     " [--print-confinement] confine, print uid/gid/capabilities of every thread, exit\n"
     " [--allow-device-nodes] let T_MKNOD make device nodes (keeps CAP_MKNOD; a risk)\n"
     " [--sandbox=namespace|chroot|none] how to contain the helper (default: namespace)\n"
+    " [--rootless] run in a user namespace, without root (default when not root)\n"
+    " [--uid-map|--gid-map <inside:outside:count>]... [--subids] rootless id maps\n"
+    " [--allow-setid] rootless: keep set-uid/set-gid bits a guest asks for\n"
 )
 
 EXIT_USAGE: Final = 255
@@ -109,6 +138,11 @@ LONG_OPTIONS: Final = [
     "test-disable=",
     "resolver=",
     "test-inside=",
+    "rootless",
+    "uid-map=",
+    "gid-map=",
+    "subids",
+    "allow-setid",
 ]
 
 #: ``--test-inside`` is refused unless this is set to 1 in the environment.
@@ -147,6 +181,11 @@ class Options:
     test_disable: frozenset[str] = frozenset()
     resolver: str = "openat2"
     test_inside: tuple[str, ...] = ()
+    rootless: bool = False
+    uid_map: tuple[IdRange, ...] = ()
+    gid_map: tuple[IdRange, ...] = ()
+    subids: bool = False
+    allow_setid: bool = False
 
 
 def _atoi(value: str, what: str) -> int:
@@ -208,6 +247,21 @@ def parse_args(argv: list[str]) -> Options:
             if os.environ.get(TESTING_ENV) != "1":
                 raise UsageError(f"--test-inside is for tests only: it needs {TESTING_ENV}=1")
             o.test_inside = tuple(filter(None, val.split(",")))
+        elif opt == "--rootless":
+            o.rootless = True
+        elif opt in ("--uid-map", "--gid-map"):
+            try:
+                ids = IdRange.parse_option(val, opt)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            if opt == "--uid-map":
+                o.uid_map += (ids,)
+            else:
+                o.gid_map += (ids,)
+        elif opt == "--subids":
+            o.subids = True
+        elif opt == "--allow-setid":
+            o.allow_setid = True
         elif opt == "--resolver":
             if val not in ("openat2", "walk", "none"):
                 raise UsageError(f"--resolver must be openat2, walk or none, not {val!r}")
@@ -230,7 +284,44 @@ def parse_args(argv: list[str]) -> Options:
         ) from None
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f'specified path "{o.path}" is not directory', usage=False)
+    _check_mode_options(o)
     return o
+
+
+def rootless_mode(o: Options) -> tuple[bool, str]:
+    """Whether the helper runs rootless, and why (for the log and the report)."""
+    if o.rootless:
+        return True, "--rootless"
+    uid = os.getuid()
+    if uid != 0:
+        return True, f"real uid {uid} is not 0"
+    return False, "real uid 0"
+
+
+def _check_mode_options(o: Options) -> None:
+    """The options that belong to one mode only."""
+    rootless, _ = rootless_mode(o)
+    if o.rootless and os.getuid() == 0:
+        raise UsageError(
+            "--rootless: start the helper as the user it should act as, not as root", usage=False
+        )
+    if rootless:
+        refused = [
+            (o.user is not None or o.group is not None, "--user/--group: a rootless helper"
+             " stays the invoking user"),
+            (o.allow_device_nodes, "--allow-device-nodes: a rootless helper has no CAP_MKNOD"
+             " in the initial user namespace to keep"),
+            (o.subids and bool(o.uid_map or o.gid_map), "--subids and --uid-map/--gid-map"
+             " exclude each other"),
+        ]  # fmt: skip
+    else:
+        refused = [
+            (bool(o.uid_map or o.gid_map) or o.subids or o.allow_setid,
+             "--uid-map, --gid-map, --subids and --allow-setid are for a rootless helper"),
+        ]  # fmt: skip
+    for wrong, message in refused:
+        if wrong:
+            raise UsageError(message, usage=False)
 
 
 class Log:
@@ -589,26 +680,56 @@ def missing_mount_flags(root_fd: int) -> list[str]:
     ]
 
 
+class Mode(Record):
+    """Root or rootless, why, and (rootless) the id maps asked for."""
+
+    __slots__ = ("maps", "rootless", "why")
+    rootless: bool
+    why: str
+    maps: IdMaps | None
+
+    def __init__(self, rootless: bool, why: str, maps: IdMaps | None = None) -> None:
+        self._set(rootless=rootless, why=why, maps=maps)
+
+    def line(self) -> str:
+        if not self.rootless:
+            return f"mode: root ({self.why})"
+        return (
+            f"mode: rootless ({self.why}): in a user namespace of its own, capabilities over"
+            " it only"
+        )
+
+
 def _report(
     log: Log,
     proc_fd: int,
     export: tuple[int, int],
     root_fd: int,
     host_namespaces: dict[str, int],
+    mode: Mode,
 ) -> list[str]:
     """The confinement as read back from /proc (through ``proc_fd``) and the
     kernel, never as merely asked for; [] (and a logged reason) if unreadable."""
-    lines: list[str] = []
+    lines: list[str] = [mode.line()]
     try:
         threads = procfs.confinement_report(proc_fd=proc_fd)
         own_namespaces = sandbox.namespace_ids(proc_fd)
         nspid = procfs.status_field("self", "NSpid", proc_fd=proc_fd).split()
+        uid_map, gid_map = userns.read_maps(proc_fd)
     except (OSError, privileges.ConfinementError) as exc:
         log.error(f"confinement report unavailable: {exc}")
-        return lines
+        return []
+    lines += [
+        f"uid_map: {uid_map} (inside outside count; the helper is uid {os.getuid()} inside,"
+        f" {uid_map.to_outside(os.getuid())} outside)",
+        f"gid_map: {gid_map} (gid {os.getgid()} inside, {gid_map.to_outside(os.getgid())} outside)",
+    ]
     for t in threads:
         jailed = "jailed in export" if t.root_dev_ino == export else "NOT jailed in export"
         lines.append(f"{t.format()} ({jailed})")
+    where = "its own user namespace" if mode.rootless else "the initial user namespace"
+    caps = ",".join(procfs.capability_names(threads[0].cap_eff)) or "none"
+    lines.append(f"capabilities: {caps} (effective, over {where})")
     lines.append(
         f"{sandbox.describe_namespaces(host_namespaces, own_namespaces)}"
         f" (pid {nspid[-1]} in its pid namespace)"
@@ -638,8 +759,9 @@ def run(o: Options, log: Log) -> int:
     """Check, start, fork the serving process (the process model) and wait for it."""
     assert o.path is not None
     layers = Layers.from_options(o.sandbox, o.test_disable)
+    mode = _mode(o)
     uid = gid = 0
-    if layers.drop:
+    if layers.drop and not mode.rootless:
         uid, gid = privileges.resolve_user(o.user, o.group)
     keep = {0, 1, 2} | ({o.fd} if o.fd is not None else set())
     privileges.close_inherited_fds(keep)
@@ -654,6 +776,7 @@ def run(o: Options, log: Log) -> int:
         daemonize()
         log.open_syslog()  # LOG_NDELAY: connected before the namespaces and the chroot
     log("Started")
+    log(mode.line())
     unsafe = missing_mount_flags(root_fd)
     if unsafe:
         log(
@@ -664,6 +787,8 @@ def run(o: Options, log: Log) -> int:
     sock: socket.socket | None = None
     if o.socket is not None:
         assert o.uid is not None and o.gid is not None
+        if mode.rootless:
+            _check_socket_owner(o.uid, o.gid)
         # bound and accepted here, in the host's namespaces, before the fork
         sock = proxy_socket(o.socket, o.uid, o.gid, log.error)
     else:
@@ -672,6 +797,12 @@ def run(o: Options, log: Log) -> int:
         host_namespaces = sandbox.namespace_ids()
     except OSError:
         host_namespaces = {}
+    if mode.rootless:
+        assert mode.maps is not None
+        # before the pid namespace, so that the user namespace owns it (and
+        # may mount its procfs)
+        userns.enter_user_namespace(mode.maps)
+        uid, gid = os.getuid(), os.getgid()  # as seen inside now
     child, alive = sandbox.fork_serving_process(new_pid_namespace=layers.namespaces)
     if child:
         # the parent keeps nothing but the child's pid (and the pipe that
@@ -682,15 +813,41 @@ def run(o: Options, log: Log) -> int:
         if layers.drop:
             # it only waits and forwards signals: no capability at all (and
             # it can still signal the child once that has become uid too)
-            privileges.drop_privileges(uid, gid, ())
+            privileges.drop_privileges(uid, gid, (), rootless=mode.rootless)
         return sandbox.wait_for_child(child)
     sandbox.become_serving_process(alive)
-    return _serve_confined(o, layers, log, root_fd, sock, host_namespaces, uid, gid, alive)
+    return _serve_confined(o, layers, mode, log, root_fd, sock, host_namespaces, uid, gid, alive)
+
+
+def _mode(o: Options) -> Mode:
+    rootless, why = rootless_mode(o)
+    if not rootless:
+        return Mode(False, why)
+    if o.subids:
+        maps = userns.subids_maps(os.getuid(), os.getgid())
+    elif o.uid_map or o.gid_map:
+        maps = userns.explicit_maps(o.uid_map, o.gid_map)
+    else:
+        maps = IdMaps()
+    return Mode(True, why, maps)
+
+
+def _check_socket_owner(uid: int, gid: int) -> None:
+    """A rootless helper can give its socket only to what chown(2) lets a user give."""
+    mine = os.getuid()
+    groups = {os.getgid(), *os.getgroups()}
+    if uid not in (mine, -1) or gid not in (*groups, -1):
+        raise UsageError(
+            f"-u {uid} -g {gid}: a rootless helper can give its socket only to your own uid"
+            f" ({mine}) and one of your groups ({', '.join(map(str, sorted(groups)))})",
+            usage=False,
+        )
 
 
 def _serve_confined(
     o: Options,
     layers: Layers,
+    mode: Mode,
     log: Log,
     root_fd: int,
     sock: socket.socket | None,
@@ -723,15 +880,17 @@ def _serve_confined(
         os.umask(0)  # modes from the client are exact
         if layers.drop:
             kept = privileges.kept_capabilities(allow_device_nodes=o.allow_device_nodes)
-            privileges.drop_privileges(uid, gid, kept, proc_fd=proc_fd)
+            privileges.drop_privileges(uid, gid, kept, proc_fd=proc_fd, rootless=mode.rootless)
             sandbox.die_with_parent(parent_alive)  # the uid change cleared it
         else:
             # Landlock and seccomp need it; the drop sets it otherwise
             privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
         # ids, capabilities, namespaces and the view are final now: read them
         # back while /proc can still be opened (Landlock closes it)
-        lines = _report(log, proc_fd, export, root_fd, host_namespaces)
+        lines = _report(log, proc_fd, export, root_fd, host_namespaces, mode)
         reported = bool(lines)
+        # read once, before Landlock: the maps never change once written
+        id_maps = userns.read_maps(proc_fd) if mode.rootless else None
         # held open: seccomp's mode is read back through it after the filter
         status_fd = os.open(f"{os.getpid()}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
         if layers.landlock:
@@ -753,6 +912,8 @@ def _serve_confined(
         log=log.error,
         fd_dir=fd_dir,
         allow_device_nodes=o.allow_device_nodes,
+        id_maps=id_maps,
+        clear_setid=mode.rootless and not o.allow_setid,
     )
     try:
         # last: every import done, everything set up (TSYNC: every thread)
@@ -794,6 +955,9 @@ def main(argv: list[str]) -> int:
         return exc.status
     try:
         return run(o, log)
-    except (OSError, privileges.ConfinementError, SandboxError) as exc:
+    except UsageError as exc:  # a check that needs the running system (rootless)
+        log.error(exc.args[0])
+        return exc.status
+    except (OSError, privileges.ConfinementError, SandboxError, UserNamespaceError) as exc:
         log.error(f"{exc}")
         return EXIT_FAILURE

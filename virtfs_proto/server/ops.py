@@ -33,6 +33,15 @@ where QEMU's answer is a defect:
   set-group-ID directory QEMU's node would get the directory's group; ours
   gets the requested gid (QEMU's client sends the directory's group in that
   case anyway);
+* rootless (:mod:`.userns`): a uid or gid outside the user namespace's
+  map in T_CREATE, T_MKNOD, T_MKDIR, T_SYMLINK or T_CHOWN is ``EPERM``
+  (the kernel says ``EINVAL``, which guests take badly), refused before
+  anything is made; nothing is made in a set-gid directory whose group the
+  map leaves out (the node would keep that group: EPERM), and a node whose
+  requested owner cannot be given is removed again;
+  S_ISUID/S_ISGID are cleared from every mode a request
+  sets (creation, T_CHMOD) unless ``--allow-setid``; T_OPEN with O_CREAT
+  leaves the file the helper's own (QEMU's: root's);
 * T_MKNOD of a character or block device is ``EPERM``, whatever the uid and
   gid: a device node names any host device, and whoever holds a directory fd
   from us can open it. Only with ``allow_device_nodes`` (``--allow-device-nodes``)
@@ -74,6 +83,7 @@ from .resolve import (
     Resolver,
     clean_name,
     clean_path,
+    final_name,
     normalize_open_flags,
 )
 
@@ -82,6 +92,7 @@ if TYPE_CHECKING:  # the serving path imports neither: see _fastpath_generated
     from typing import Any, Final
 
     from .. import messages as m
+    from .userns import IdMap
 
 #: ``_IOR('v', 1, long)`` (0x80087601 on x86-64, in the generic ioctl
 #: encoding); the kernel writes only a 32-bit int through it.
@@ -184,7 +195,9 @@ class Operations:
     :data:`Answer`, a failure as its error reply's bytes.
     ``get_version`` is decided once from the export root's file system;
     ``allow_device_nodes`` lets T_MKNOD make device nodes (the helper then
-    keeps CAP_MKNOD).
+    keeps CAP_MKNOD). ``id_maps`` (rootless) are the user namespace's uid and
+    gid maps: a request naming another id is refused EPERM. ``clear_setid``
+    strips S_ISUID/S_ISGID from every mode a request sets.
     """
 
     def __init__(
@@ -195,8 +208,16 @@ class Operations:
         log: Callable[[str], Any],
         fd_dir: int | None = None,
         allow_device_nodes: bool = False,
+        id_maps: tuple[IdMap, IdMap] | None = None,
+        clear_setid: bool = False,
     ) -> None:
         self.resolver = resolver
+        self._id_maps = id_maps
+        #: the mode bits a request may set
+        self._mode_mask = 0o1777 if clear_setid else 0o7777
+        #: T_OPEN with O_CREAT: QEMU's helper (root) makes the file root's; a
+        #: rootless helper leaves it its own (-1: the invoking user's)
+        self._open_owner = (0, 0) if id_maps is None else (_U32, _U32)
         #: this process's fd directory in a procfs no client path reaches
         #: (:func:`~.oslib.open_own_fd_dir`; opened here if not given)
         self._fd_dir = oslib.open_own_fd_dir()[0] if fd_dir is None else fd_dir
@@ -322,18 +343,51 @@ class Operations:
             raise _error(ELOOP)
         raise self._refuse_special()
 
-    def _give_owner(self, fd: int, mode: int, owner: tuple[int, int]) -> int:
+    def _give_owner(
+        self, fd: int, mode: int, owner: tuple[int, int], made: tuple[int, bytes] | None = None
+    ) -> int:
         """Finish a file this request created: the requested owner, then any
         set-id bits (the file was made without them, so it never exists
-        set-id with the helper's own uid, and chown would clear them)."""
+        set-id with the helper's own uid, and chown would clear them).
+
+        ``made`` is the ``(dirfd, name)`` it was created as (None for an
+        O_TMPFILE, which closing removes): if the owner cannot be given, the
+        file is removed and the request fails, so nothing is left with an
+        owner nobody asked for.
+        """
+        mode &= self._mode_mask
         try:
             os.fchown(fd, _id(owner[0]), _id(owner[1]))
             if mode & 0o6000:
                 os.fchmod(fd, mode & 0o7777)
         except BaseException:
+            if made is not None:
+                _remove_created(*made, os.fstat(fd))
             os.close(fd)
             raise
         return fd
+
+    def _check_setgid_parent(self, dirfd: int, name: bytes) -> None:
+        """EPERM, before anything is made, in a set-gid directory whose group
+        the user namespace does not map (rootless only).
+
+        A node made there takes that group, and chown cannot take it away
+        again: the kernel lets CAP_CHOWN act only on an inode whose uid and
+        gid are both mapped. An unmapped gid reads as the overflow gid
+        (65534); where the map covers 65534 this cannot tell, and the
+        fix-up's failure (which removes the node) decides instead. A mode or
+        group changed after this look is caught there too. A ``name`` that
+        exists is EEXIST, as the creation would say (T_CREATE then opens it).
+        """
+        maps = self._id_maps
+        if maps is not None:
+            st = os.fstat(dirfd)
+            if st.st_mode & stat.S_ISGID and not maps[1].maps_inside(st.st_gid):
+                try:
+                    os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    raise _error(EPERM) from None
+                raise _error(EEXIST)
 
     def _dangling_target(self, path: bytes) -> bytes | None:
         """Where O_CREAT through ``path`` would create a file, if its last
@@ -366,7 +420,7 @@ class Operations:
         exclusive = flags | os.O_EXCL | os.O_NOCTTY
         for _ in range(MAX_SYMLINKS + 1):
             try:
-                fd = self.resolver.open_clean(path, exclusive, mode & 0o1777)
+                fd = self._create_once(path, exclusive, mode, owner)
             except FileExistsError:
                 if flags & os.O_EXCL:
                     raise
@@ -375,8 +429,21 @@ class Operations:
                     return None
                 path = target  # follow a dangling symlink by hand, inside the root
                 continue
-            return self._give_owner(fd, mode, owner)
+            return fd
         raise _error(ELOOP)
+
+    def _create_once(self, path: bytes, flags: int, mode: int, owner: tuple[int, int]) -> int:
+        """One O_CREAT|O_EXCL open of ``path``, made in its parent held as an fd
+        (the directory checked, and the one a failed fix-up removes it from)."""
+        if final_name(path) is None:  # names a directory: the kernel's answer, nothing made
+            return self.resolver.open_clean(path, flags, mode & 0o1777)
+        dirfd, name = self.resolver.parent_clean(path)
+        try:
+            self._check_setgid_parent(dirfd, name)
+            fd = os.open(name, flags, mode & 0o1777, dir_fd=dirfd)
+            return self._give_owner(fd, mode, owner, (dirfd, name))
+        finally:
+            self.resolver.release(dirfd)
 
     def _open_file(self, path: bytes, flags: int, mode: int, owner: tuple[int, int]) -> int:
         """Open a regular file or directory for the client; never a special file.
@@ -412,12 +479,25 @@ class Operations:
 
     def open(self, path: bytes, flags: int) -> int:
         # QEMU's T_OPEN with O_CREAT creates a 0000 file owned by root.
-        return self._open_file(path, flags, 0, (0, 0))
+        return self._open_file(path, flags, 0, self._open_owner)
 
     def create(self, path: bytes, flags: int, mode: int, uid: int, gid: int) -> int:
+        self._check_mapped(uid, gid)
         return self._open_file(path, flags, mode, (uid, gid))
 
     # -- creating named nodes --------------------------------------------------
+
+    def _check_mapped(self, uid: int, gid: int) -> None:
+        """EPERM for an id the user namespace does not map (rootless only).
+
+        The maps are written once before the helper serves and never change,
+        so refusing here, before anything is made, leaves nothing behind.
+        """
+        maps = self._id_maps
+        if maps is not None and not (
+            (uid == _U32 or maps[0].maps_inside(uid)) and (gid == _U32 or maps[1].maps_inside(gid))
+        ):
+            raise _error(EPERM)
 
     def _own_created(self, dirfd: int, name: bytes, kind: int, uid: int, gid: int) -> None:
         """Give the node just made as ``name`` the requested owner.
@@ -433,7 +513,11 @@ class Operations:
             st = os.fstat(fd)
             if stat.S_IFMT(st.st_mode) != kind or st.st_uid != self._euid:
                 raise _error(EAGAIN)  # replaced before its owner could be set
-            oslib.fchown_fd(fd, _id(uid), _id(gid))
+            try:
+                oslib.fchown_fd(fd, _id(uid), _id(gid))
+            except OSError:
+                _remove_created(dirfd, name, st)
+                raise
         finally:
             os.close(fd)
 
@@ -445,10 +529,12 @@ class Operations:
             # Refused before trying: by default we lack CAP_MKNOD. When allowed,
             # only for 0:0, as QEMU's helper (CAP_MKNOD effective only then).
             raise _error(EPERM)
+        self._check_mapped(uid, gid)
         dirfd, name = self.resolver.parent(path)
         try:
             if name == b".":
                 raise _error(EEXIST)
+            self._check_setgid_parent(dirfd, name)
             if kind in (stat.S_IFREG, 0):
                 # a regular file through the open that proves it created it
                 fd = os.open(
@@ -457,7 +543,7 @@ class Operations:
                     mode & 0o1777,
                     dir_fd=dirfd,
                 )
-                os.close(self._give_owner(fd, mode, (uid, gid)))
+                os.close(self._give_owner(fd, mode, (uid, gid), (dirfd, name)))
             else:
                 os.mknod(name, mode & ~0o6000, rdev, dir_fd=dirfd)
                 self._own_created(dirfd, name, kind, uid, gid)
@@ -466,11 +552,13 @@ class Operations:
         return _STATUS_OK
 
     def mkdir(self, uid: int, gid: int, path: bytes, mode: int) -> bytes:
+        self._check_mapped(uid, gid)
         dirfd, name = self.resolver.parent(path)
         try:
             if name == b".":
                 raise _error(EEXIST)
-            os.mkdir(name, mode & 0o7777, dir_fd=dirfd)
+            self._check_setgid_parent(dirfd, name)
+            os.mkdir(name, mode & self._mode_mask, dir_fd=dirfd)
             self._own_created(dirfd, name, stat.S_IFDIR, uid, gid)
         finally:
             self.resolver.release(dirfd)
@@ -478,10 +566,12 @@ class Operations:
 
     def symlink(self, uid: int, gid: int, target: bytes, linkpath: bytes) -> bytes:
         target = clean_name(target)
+        self._check_mapped(uid, gid)
         dirfd, name = self.resolver.parent(linkpath)
         try:
             if name == b".":
                 raise _error(EEXIST)
+            self._check_setgid_parent(dirfd, name)
             os.symlink(target, name, dir_fd=dirfd)
             self._own_created(dirfd, name, stat.S_IFLNK, uid, gid)
         finally:
@@ -571,6 +661,7 @@ class Operations:
         return True
 
     def chmod(self, path: bytes, mode: int) -> bytes:
+        mode &= self._mode_mask
         fd = self.resolver.open(path, _PROBE)  # follows symlinks, inside the root
         try:
             if self._fchmodat2(fd, b"", mode & 0o7777, AT_EMPTY_PATH):
@@ -589,6 +680,7 @@ class Operations:
         return _STATUS_OK
 
     def chown(self, path: bytes, uid: int, gid: int) -> bytes:
+        self._check_mapped(uid, gid)
         dirfd, name = self.resolver.parent(path)
         try:
             os.chown(name, _id(uid), _id(gid), dir_fd=dirfd, follow_symlinks=False)
@@ -738,6 +830,34 @@ class Operations:
         finally:
             os.close(real)
         return wire.frame_version(_T_SUCCESS, int.from_bytes(buf[:4], sys.byteorder))
+
+
+def _remove_created(dirfd: int, name: bytes, made: os.stat_result) -> None:
+    """Remove ``name`` from ``dirfd`` if it is still the node ``made`` (stat of
+    the fd this request holds); a node renamed away or replaced is left.
+
+    There is no unlink by fd: the name is opened without following and
+    compared by identity first. Whoever swaps the name in the instant left
+    can write that directory, so what it loses is an entry it could remove
+    itself.
+    """
+    try:
+        fd = os.open(name, _LINK_PATH, dir_fd=dirfd)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if (st.st_dev, st.st_ino) != (made.st_dev, made.st_ino):
+        return
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            os.rmdir(name, dir_fd=dirfd)
+        else:
+            os.unlink(name, dir_fd=dirfd)
+    except OSError:
+        pass  # e.g. a directory something was made in meanwhile: the request fails anyway
 
 
 def export_supports_getversion(root_fd: int) -> bool:

@@ -212,13 +212,21 @@ def drop_privileges(
     keep: Iterable[int] = KEPT_CAPABILITIES,
     *,
     proc_fd: int | None = None,
+    rootless: bool = False,
 ) -> None:
     """Become ``uid:gid`` with exactly the ``keep`` capabilities, for good.
 
     Must run while still root with CAP_SETPCAP/SETUID/SETGID, in a
     single-threaded process; afterwards the change cannot be undone.
+
+    ``rootless``: the process is in a user namespace of its own
+    (:mod:`.userns`) and its capabilities are over that namespace only;
+    ``uid:gid`` are the ids it already has there (0 too: under ``--subids``
+    inside 0 is the invoking user outside). Supplementary groups are
+    cleared where the namespace allows setgroups; an identity map denies
+    it, and the invoking user's own groups stay.
     """
-    if uid == 0 or gid == 0:
+    if not rootless and (uid == 0 or gid == 0):
         raise ConfinementError("refusing to 'drop' to uid or gid 0")
     threads = thread_count(proc_fd)
     if threads != 1:
@@ -233,7 +241,13 @@ def drop_privileges(
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     # Without KEEPCAPS, leaving uid 0 would empty the permitted set.
     prctl(PR_SET_KEEPCAPS, 1)
-    os.setgroups([])
+    groups_fixed = True
+    try:
+        os.setgroups([])
+    except PermissionError:
+        if not rootless:
+            raise
+        groups_fixed = False  # setgroups denied in this user namespace
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     prctl(PR_SET_KEEPCAPS, 0)
@@ -241,25 +255,26 @@ def drop_privileges(
     # the bounding set allowed, so trim it to the kept set and raise those.
     capset(effective=mask, permitted=mask, inheritable=0)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
-    _verify(uid, gid, mask)
+    _verify(uid, gid, mask, groups_fixed=groups_fixed)
 
 
-def _verify(uid: int, gid: int, mask: int) -> None:
+def _verify(uid: int, gid: int, mask: int, *, groups_fixed: bool = True) -> None:
     sets = capget()
     if sets.permitted != mask or sets.effective != mask or sets.inheritable:
         raise ConfinementError(f"capabilities did not take: {sets}")
     if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
         raise ConfinementError("uid/gid did not take")
-    if os.getgroups() not in ([], [gid]):
+    if groups_fixed and os.getgroups() not in ([], [gid]):
         raise ConfinementError("supplementary groups remain")
     if prctl(PR_GET_NO_NEW_PRIVS) != 1:
         raise ConfinementError("no_new_privs did not take")
     for cap in (CAP_SYS_CHROOT, CAP_SETUID, CAP_SETGID, CAP_SYS_ADMIN):
         if prctl(PR_CAPBSET_READ, cap) != 0:
             raise ConfinementError(f"{capability_name(cap)} is still in the bounding set")
+    other = 1 if uid == 0 else 0
     try:
-        os.setresuid(0, 0, 0)
-    except PermissionError:
+        os.setresuid(other, other, other)
+    except OSError:  # EPERM; EINVAL where ``other`` is not mapped (rootless)
         pass
     else:  # pragma: no cover - would mean the drop is reversible
-        raise ConfinementError("could regain uid 0")
+        raise ConfinementError(f"could become uid {other}")

@@ -307,11 +307,13 @@ class Resolver:
         ``b"."`` means the op applies to ``dirfd`` itself. Release the fd with
         :meth:`release`: it may be :attr:`root_fd`, which must stay open.
         """
-        path = clean_path(path)
-        head, _, name = path.rpartition(b"/")
-        if not name or name == b"." or name == b"..":
-            # ".", "..", a trailing "/" or the root: the directory itself
+        return self.parent_clean(clean_path(path))
+
+    def parent_clean(self, path: bytes) -> tuple[int, bytes]:
+        """:meth:`parent` for a path already passed through :func:`clean_path`."""
+        if final_name(path) is None:
             return self.open_clean(path.rstrip(b"/") or b"/", _DIR_PATH, 0), b"."
+        head, _, name = path.rpartition(b"/")
         if not head.strip(b"/"):
             return self.root_fd, name
         try:  # most heads are no symlink: not following lets one below the root skip openat2
@@ -329,6 +331,18 @@ class Resolver:
     def open_dir(self, path: bytes) -> int:
         """An ``O_PATH`` fd of the directory ``path`` (following symlinks)."""
         return self.open(path, _DIR_PATH)
+
+
+def final_name(path: bytes) -> bytes | None:
+    """The last component of a clean ``path`` when it is a plain name (an
+    object made by that path is made in its parent, as that name); None
+    when the path names a directory itself (the root, a trailing ``/``,
+    ``.`` or ``..``)."""
+    stripped = path.rstrip(b"/")
+    name = stripped.rpartition(b"/")[2]
+    if not stripped or len(stripped) != len(path) or name in (b".", b".."):
+        return None
+    return name
 
 
 def _components(path: bytes) -> list[bytes]:

@@ -4,10 +4,12 @@ The helper the launcher started (the *parent*) forks the *serving process*
 once every option is checked and the client's socket is in hand. With
 ``--sandbox=namespace`` (the default) the serving process is pid 1 of a new
 pid namespace and, still root, enters new mount, net, ipc and uts
-namespaces, then :func:`enter_export_view` gives it a root of its own: an
+namespaces, then :func:`enter_namespaces` gives it a root of its own: an
 empty tmpfs holding a private bind mount of the export, ``nodev,nosuid``,
 pivoted into and chrooted into. Only then does it drop its privileges
-(:mod:`.privileges`).
+(:mod:`.privileges`). A rootless helper does the same with every
+capability over a user namespace the parent made first (:mod:`.userns`),
+which therefore owns the pid namespace and all the others.
 
 The parent keeps nothing but the child's pid: it waits, forwards SIGTERM
 and SIGINT, and exits with the child's status (:func:`wait_for_child`).
@@ -44,6 +46,8 @@ NAMESPACES: Final[Mapping[str, int]] = {
     "net": oslib.CLONE_NEWNET,
     "ipc": oslib.CLONE_NEWIPC,
     "uts": oslib.CLONE_NEWUTS,
+    # last: the root helper stays in the host's (rootless: :mod:`.userns`)
+    "user": oslib.CLONE_NEWUSER,
 }
 
 #: Where the export's bind mount sits in the serving process's tmpfs root.
@@ -204,23 +208,26 @@ def enter_namespaces(root_fd: int, *, chroot: bool) -> tuple[int, int]:
     the root stays the tmpfs and the cwd is the export.
     """
     nodev = oslib.MOUNT_ATTR_NODEV | oslib.MOUNT_ATTR_NOSUID
-    step = "open_tree"
+    step = "unshare"
     try:
-        # cloned in the namespace root_fd belongs to; attached in the new one
-        export_tree = oslib.clone_tree(root_fd)
+        # unshare() moves the cwd to its copy in the new namespace: this is
+        # how the export is found there without a name
+        os.fchdir(root_fd)
+        oslib.unshare(
+            oslib.CLONE_NEWNS | oslib.CLONE_NEWNET | oslib.CLONE_NEWIPC | oslib.CLONE_NEWUTS
+        )
+        step = "private mounts"
+        oslib.mount(None, "/", None, oslib.MS_REC | oslib.MS_PRIVATE)
+        step = "procfs"
+        proc_fd = oslib.detached_procfs()
+        step = "open_tree"
+        # cloned from the new namespace's copy (the cwd): a rootless helper
+        # has CAP_SYS_ADMIN over that namespace only, not over root_fd's;
+        # recursive, since mounts inherited from a more privileged namespace
+        # are locked to those above them
+        export_tree = oslib.clone_tree(oslib.AT_FDCWD)
         try:
             oslib.set_mount_attrs(export_tree, nodev)
-            # unshare() moves the cwd to its copy in the new namespace: this
-            # is how the export is found there without a name
-            os.fchdir(root_fd)
-            step = "unshare"
-            oslib.unshare(
-                oslib.CLONE_NEWNS | oslib.CLONE_NEWNET | oslib.CLONE_NEWIPC | oslib.CLONE_NEWUTS
-            )
-            step = "private mounts"
-            oslib.mount(None, "/", None, oslib.MS_REC | oslib.MS_PRIVATE)
-            step = "procfs"
-            proc_fd = oslib.detached_procfs()
             step = "tmpfs root"
             tmpfs = oslib.new_mount(
                 "tmpfs", {"size": "4k", "mode": "0755"}, nodev | oslib.MOUNT_ATTR_NOEXEC
@@ -251,6 +258,9 @@ def enter_namespaces(root_fd: int, *, chroot: bool) -> tuple[int, int]:
         return os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), proc_fd
     except OSError as exc:
         why = exc.strerror or str(exc)
+        if step == "procfs":
+            # a user namespace may mount proc only while a fully visible one exists
+            why += " (the kernel refuses a procfs here: is /proc partly covered by mounts?)"
         raise SandboxError(f"cannot build the namespace sandbox ({step}): {why}") from None
 
 

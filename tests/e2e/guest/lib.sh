@@ -49,6 +49,15 @@ devnodes_allowed() {
     esac
 }
 
+# setid_kept: whether set-id bits survive a chmod (e2e_setid=1; a rootless
+# helper clears them unless --allow-setid).
+setid_kept() {
+    case " $(cat /proc/cmdline) " in
+        *" e2e_setid=0 "*) return 1 ;;
+        *) return 0 ;;
+    esac
+}
+
 as_tester() {
     su -s /bin/sh tester -c "$1"
 }

@@ -53,6 +53,69 @@ class NotApplicable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Requirement:
+    """What a case needs that a run without root lacks (``@case(..., needs=...)``).
+
+    The runner never runs such a case in rootless mode (see
+    :func:`rootless_runner`): it reports it not applicable with ``reason``,
+    decided by this declaration and never by how the case would fail.
+    """
+
+    name: str
+    #: completes "not applicable in rootless mode, because ..."
+    reason: str
+
+
+#: Objects owned by, or requests naming, ids other than the invoker's.
+ROOT_IDS: Final = Requirement(
+    "root-ids",
+    "it needs owners other than the invoker's (a non-root runner cannot chown to them, "
+    "and a rootless helper maps only its user's ids)",
+)
+#: A character device node in the export.
+DEVICE_NODES: Final = Requirement(
+    "device-nodes",
+    "it needs a device node (mknod of one needs CAP_MKNOD in the initial user namespace)",
+)
+#: A tmpfs or procfs mounted inside the export by the runner.
+MOUNTS: Final = Requirement(
+    "mounts",
+    "it mounts a file system inside the export (needs CAP_SYS_ADMIN in the initial "
+    "user namespace)",
+)
+#: Set-uid/set-gid bits that a request sets and the case reads back.
+SETID_BITS: Final = Requirement(
+    "setid-bits",
+    "it needs set-id bits kept, which a rootless helper clears by default (its user "
+    "cannot mount the export nosuid; only --allow-setid keeps them)",
+)
+#: The export holds a trusted.* attribute (only CAP_SYS_ADMIN sets one).
+TRUSTED_XATTRS: Final = Requirement(
+    "trusted-xattrs",
+    "it needs a trusted.* attribute in the export (only CAP_SYS_ADMIN can set one)",
+)
+
+#: Every requirement, by name.
+REQUIREMENTS: Final = {
+    r.name: r for r in (ROOT_IDS, DEVICE_NODES, MOUNTS, SETID_BITS, TRUSTED_XATTRS)
+}
+
+
+def rootless_runner() -> bool:
+    """Whether the suite runs in rootless mode: it does whenever it is not root.
+
+    Then the workspace is the invoker's (no chown, no device node, no mount) and
+    so is the helper it starts, and cases that need root are not applicable.
+    """
+    return os.geteuid() != 0
+
+
+def not_applicable_reason(needs: Iterable[Requirement]) -> str:
+    """The N/A detail of a case with these requirements, in rootless mode."""
+    return "not applicable in rootless mode, because " + "; and ".join(r.reason for r in needs)
+
+
+@dataclass(frozen=True, slots=True)
 class Case:
     """One check. ``fatal``: the case ends the connection on purpose, and the helper
     must then exit with status 0 without replying. ``fresh``: the case runs on a
@@ -66,6 +129,8 @@ class Case:
     fatal: bool = False
     fresh: bool = False
     modes: tuple[str, ...] = ("fd", "socket")
+    #: what it needs that a rootless run lacks (:class:`Requirement`)
+    needs: tuple[Requirement, ...] = ()
 
 
 #: Every registered case, in definition order.
@@ -80,6 +145,7 @@ def case(
     fresh: bool = False,
     modes: tuple[str, ...] = ("fd", "socket"),
     name: str | None = None,
+    needs: Requirement | tuple[Requirement, ...] = (),
 ) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
     """Register a case function; its docstring is the case's description."""
     assert group in GROUPS
@@ -88,7 +154,8 @@ def case(
         full = f"{group}.{name or func.__name__}"
         assert all(c.name != full for c in CASES), full
         doc = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
-        CASES.append(Case(full, group, cls, doc, func, fatal, fresh or fatal, modes))
+        wants = (needs,) if isinstance(needs, Requirement) else needs
+        CASES.append(Case(full, group, cls, doc, func, fatal, fresh or fatal, modes, wants))
         return func
 
     return register
@@ -116,8 +183,17 @@ class Context:
         start_helper: Callable[[], HelperSession],
         mode: str,
         argv: Sequence[str] = (),
+        *,
+        rootless: bool = False,
+        ids: tuple[int, int] = (0, 0),
     ) -> None:
         self.ws = ws
+        #: the suite runs without root (:func:`rootless_runner`)
+        self.rootless = rootless
+        #: uid and gid a request names when the owner is not what the case checks:
+        #: root's, or in a rootless run the invoker as the helper names it (what it
+        #: answers for the export's root), an id any rootless helper maps
+        self.ids = ids
         #: the helper command under test (without options)
         self.argv = list(argv)
         self._start_helper = start_helper
@@ -216,6 +292,14 @@ class Context:
             f"{what}: the fd passed back is not a regular file or directory",
         )
         return st
+
+    def named_owner(self, st: os.stat_result) -> tuple[int, int]:
+        """The owner of a host object as the helper must name it: the host's ids,
+        but the invoker's objects in a rootless run as :attr:`ids` (a user
+        namespace's view of them, e.g. 0 under --subids)."""
+        if self.rootless and (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()):
+            return self.ids
+        return st.st_uid, st.st_gid
 
     @staticmethod
     def same_file(fd: int, path: Path) -> bool:

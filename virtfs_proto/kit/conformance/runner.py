@@ -16,7 +16,7 @@ from typing import TextIO
 from ...errors import HelperStartError, ProxyProtocolError
 from ...kit import vectors_dir
 from ...launcher import check_helper_command
-from ...messages import LstatRequest
+from ...messages import LstatRequest, StatReply
 from . import cases as _cases  # noqa: F401  (registers every case)
 from .cases import wire
 from .expect import Expectations, Judgement, judge
@@ -33,8 +33,10 @@ from .model import (
     Report,
     Verdict,
     count_line,
+    not_applicable_reason,
     qemu,
     qpath,
+    rootless_runner,
     select,
 )
 from .session import (
@@ -53,14 +55,24 @@ MODES = ("fd", "socket")
 class _Runner:
     """Runs cases in one mode, reusing a helper until a case kills or taints it."""
 
-    def __init__(self, argv: Sequence[str], mode: str, ws: Workspace) -> None:
+    def __init__(
+        self, argv: Sequence[str], mode: str, ws: Workspace, ids: tuple[int, int] = (0, 0)
+    ) -> None:
         self.argv = list(argv)
         self.mode = mode
         self.ws = ws
+        self.ids = ids
         self.helper: HelperSession | None = None
 
     def _start(self) -> HelperSession:
         return HelperSession(self.argv, self.ws.export, self.mode, rundir=self.ws.rundir)
+
+    def not_applicable(self, case: Case) -> CaseResult | None:
+        """The N/A result of a case this run cannot judge (its declared needs), or None."""
+        if not (self.ws.rootless and case.needs):
+            return None
+        why = not_applicable_reason(case.needs)
+        return CaseResult(case.name, case.group, case.cls, self.mode, Verdict.NOT_APPLICABLE, why)
 
     def _dispose(self) -> None:
         if self.helper is not None:
@@ -75,13 +87,18 @@ class _Runner:
         return self.helper
 
     def run_case(self, case: Case) -> CaseResult:
+        skipped = self.not_applicable(case)
+        if skipped is not None:
+            return skipped
         result = CaseResult(case.name, case.group, case.cls, self.mode, Verdict.PASS)
         start = time.monotonic()
         if case.fresh:
             self._dispose()
         self.ws.build_export()
         before = self.ws.snapshot()
-        ctx = Context(self.ws, self._helper, self.mode, self.argv)
+        ctx = Context(
+            self.ws, self._helper, self.mode, self.argv, rootless=self.ws.rootless, ids=self.ids
+        )
         tainted = case.fresh
         try:
             case.func(ctx)
@@ -147,8 +164,10 @@ class _Runner:
         self._dispose()
 
 
-def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
-    """Start the helper once and have it answer a T_LSTAT of the export's root.
+def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> tuple[int, int]:
+    """Start the helper once and have it answer a T_LSTAT of the export's root;
+    return the owner it answers (the invoker's ids as the helper names them;
+    root's if it does not answer with a stat).
 
     Raises :class:`HelperStartError` (one clear reason) for a helper that
     cannot be run, exits at once or never answers: such a helper has nothing
@@ -158,8 +177,9 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
     # raises HelperStartError itself for a helper that cannot be run or, in
     # socket mode, never listens
     helper = HelperSession(helper_argv, ws.export, mode, rundir=ws.rundir)
+    reply = None
     try:
-        helper.call(qemu(LstatRequest, qpath("")), timeout=START_TIMEOUT)
+        reply = helper.call(qemu(LstatRequest, qpath("")), timeout=START_TIMEOUT)
     except (HelperGone, HelperHung) as exc:
         hung = isinstance(exc, HelperHung)
         status = None if hung else helper.wait_exit()
@@ -180,6 +200,9 @@ def probe(helper_argv: Sequence[str], mode: str, ws: Workspace) -> None:
         pass  # it serves, if badly: the cases judge that
     finally:
         helper.close()
+    if isinstance(reply, StatReply):
+        return reply.st_uid, reply.st_gid
+    return 0, 0
 
 
 def run(
@@ -190,13 +213,16 @@ def run(
     exclude: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
     on_result: Callable[[CaseResult, int, int], None] | None = None,
+    rootless: bool | None = None,
 ) -> Report:
     """Run every case (or those :func:`~.model.select` picks) against ``helper_argv``.
 
     ``mode`` is "fd", "socket" or "both". ``progress`` gets one line per group
     that has cases; ``on_result`` each result, its position and the run's
     total. A helper that cannot serve at all raises :class:`HelperStartError`
-    (see :func:`probe`) before any case runs.
+    (see :func:`probe`) before any case runs. ``rootless`` (default: whether
+    we are not root, :func:`~.model.rootless_runner`) builds the workspace
+    as the invoker's and reports the cases that need root not applicable.
     """
     modes = list(MODES) if mode == "both" else [mode]
     if any(m not in MODES for m in modes):
@@ -204,11 +230,11 @@ def run(
     report = Report(list(helper_argv), modes)
     selected = select(CASES, only, exclude)
     total = sum(md in c.modes for md in modes for c in selected)
-    ws = Workspace()
+    ws = Workspace(rootless=rootless_runner() if rootless is None else rootless)
     try:
-        probe(helper_argv, modes[0], ws)
+        ids = probe(helper_argv, modes[0], ws)
         for md in modes:
-            runner = _Runner(helper_argv, md, ws)
+            runner = _Runner(helper_argv, md, ws, ids if ws.rootless else (0, 0))
             try:
                 for group in GROUPS:
                     cases = [c for c in selected if c.group == group and md in c.modes]
@@ -405,14 +431,12 @@ def main(argv: list[str]) -> int:
         except (OSError, ValueError) as exc:
             print(f"conformance: --expect {args.expect}: {exc}", file=sys.stderr)
             return 2
-    if os.geteuid() != 0:
-        print(
-            "conformance: must run as root (helpers chroot and the fixture makes device "
-            "nodes and mounts)",
-            file=sys.stderr,
-        )
-        return 2
     out = _Progress(sys.stdout)
+    if rootless_runner():
+        out.line(
+            f"conformance: rootless mode (running as uid {os.geteuid()}, not root): the "
+            "export is yours, cases that need root are reported not applicable"
+        )
     try:
         report = run(
             helper_argv,

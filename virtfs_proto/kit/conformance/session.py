@@ -30,6 +30,8 @@ DEFAULT_TIMEOUT: Final = 5.0
 #: Seconds a helper may take to start (bind its socket) or to exit after EOF.
 START_TIMEOUT: Final = 10.0
 EXIT_TIMEOUT: Final = 3.0
+#: The socket's owner (``-u``/``-g``) when the suite runs as root.
+NOBODY: Final = 65534
 
 
 class HelperHung(Exception):
@@ -52,7 +54,8 @@ class HelperSession:
     session of its own (a helper that forks is stopped whole), with
     ``extra_fds`` inherited besides its socket (to check that it closes
     them); in socket mode it listens on ``socket_path`` (default: a fresh
-    name in ``rundir``), owned ``uid``:``gid``, which is unlinked once
+    name in ``rundir``), owned ``uid``:``gid`` (default: nobody when we are
+    root; else ourselves, the only owner a rootless helper can give it), which is unlinked once
     connected unless ``unlink_socket`` is false. stdout and stderr go to a
     file in ``rundir``, read by :meth:`log`. The suite talks through the
     connection's :class:`Transport` and a codec connection of its own, so
@@ -66,8 +69,8 @@ class HelperSession:
         mode: str,
         *,
         rundir: Path,
-        uid: int = 65534,
-        gid: int = 65534,
+        uid: int | None = None,
+        gid: int | None = None,
         extra_fds: Sequence[int] = (),
         socket_path: Path | None = None,
         unlink_socket: bool = True,
@@ -77,7 +80,9 @@ class HelperSession:
         self.argv = list(argv)
         self.export = export
         self.mode = mode
-        self.uid, self.gid = uid, gid
+        root = os.geteuid() == 0
+        self.uid = uid if uid is not None else (NOBODY if root else os.geteuid())
+        self.gid = gid if gid is not None else (NOBODY if root else os.getegid())
         self.conn = ClientConnection()
         self._closed = False
         self._serving_pid: int | None = None
@@ -90,8 +95,8 @@ class HelperSession:
                 self.argv,
                 export,
                 "socket" if mode == "socket" else "fd",
-                uid,
-                gid,
+                self.uid,
+                self.gid,
                 timeout=DEFAULT_TIMEOUT,
                 start_timeout=START_TIMEOUT,
                 socket_path=None if socket_path is None else os.fspath(socket_path),

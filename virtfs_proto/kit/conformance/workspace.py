@@ -137,9 +137,14 @@ def deep_dir(parent: int, names: Sequence[bytes], *, create: bool = False) -> in
 
 
 class Workspace:
-    """A temporary directory with an export and sentinels; remove it with :meth:`cleanup`."""
+    """A temporary directory with an export and sentinels; remove it with :meth:`cleanup`.
 
-    def __init__(self, parent: str | None = None) -> None:
+    ``rootless``: built by a user without root, so everything is that user's
+    and the export has no device node (the cases that need them declare it).
+    """
+
+    def __init__(self, parent: str | None = None, *, rootless: bool = False) -> None:
+        self.rootless = rootless
         self.root = Path(tempfile.mkdtemp(prefix="virtfs-conformance-", dir=parent))
         os.chmod(self.root, 0o755)
         self.export = self.root / "export"
@@ -229,7 +234,7 @@ class Workspace:
 
     def export_tree(self) -> list[Node]:
         """Files, dirs, symlinks (some pointing outside), a FIFO, a socket, a device
-        node, user xattrs, a setgid directory and a setuid file."""
+        node (not when rootless), user xattrs, a setgid directory and a setuid file."""
         links = {
             "link_file": "file.txt",
             "link_abs_inside": "/file.txt",
@@ -244,6 +249,7 @@ class Workspace:
             "loop": "loop",
             "link_fifo": "fifo",
         }
+        devices = [] if self.rootless else [Node("chardev", "chardev")]
         return [
             Node("file.txt", "file", FILE_CONTENT, 0o644, xattrs=(("user.comment", COMMENT),)),
             Node("empty.txt", "file"),
@@ -254,7 +260,7 @@ class Workspace:
             *(Node(name, "symlink", target) for name, target in links.items()),
             Node("fifo", "fifo", mode=0o644),
             Node("sock", "socket"),
-            Node("chardev", "chardev"),
+            *devices,
             Node("sgid_dir", "dir", mode=0o2775, owner=(0, SGID_DIR_GID)),
             Node("suid.bin", "file", b"#!/bin/sh\nexit 0\n", 0o6755, owner=(USER_ID, USER_ID)),
         ]
@@ -264,8 +270,9 @@ class Workspace:
         self.clear_export()
         os.chmod(self.export, 0o755)
         populate(self.export, self.export_tree())
-        with contextlib.suppress(OSError):  # trusted.* needs CAP_SYS_ADMIN: the suite has it
-            os.setxattr(self.export / "file.txt", "trusted.hidden", b"only for CAP_SYS_ADMIN")
+        if not self.rootless:  # trusted.* needs CAP_SYS_ADMIN (cases declare it)
+            with contextlib.suppress(OSError):
+                os.setxattr(self.export / "file.txt", "trusted.hidden", b"only for CAP_SYS_ADMIN")
 
     def mount_tmpfs(self, name: str) -> Path:
         """A tmpfs inside the export (ext4 cannot hold 64 KiB xattr values)."""

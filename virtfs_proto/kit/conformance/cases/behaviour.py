@@ -11,7 +11,17 @@ import time
 
 from .... import messages as m
 from ....constants import UTIME_NOW, UTIME_OMIT
-from ..model import CheckFailed, Context, Name, case, qemu, qpath
+from ..model import (
+    DEVICE_NODES,
+    ROOT_IDS,
+    SETID_BITS,
+    CheckFailed,
+    Context,
+    Name,
+    case,
+    qemu,
+    qpath,
+)
 from ..workspace import COMMENT, FILE_CONTENT, NESTED_CONTENT
 
 #: FS_IOC_GETVERSION = _IOR('v', 1, long)
@@ -87,7 +97,7 @@ def open_errors(ctx: Context) -> None:
     ctx.err(qemu(m.OpenRequest, qpath("file.txt/x"), os.O_RDONLY), E.ENOTDIR)
 
 
-@case("behaviour", "open")
+@case("behaviour", "open", needs=ROOT_IDS)
 def open_with_o_creat(ctx: Context) -> None:
     """T_OPEN with O_CREAT: either EINVAL, or a file is created (QEMU's mode 0000 file)."""
     reply = ctx.call(qemu(m.OpenRequest, qpath("created_by_open"), os.O_RDWR | os.O_CREAT))
@@ -104,7 +114,7 @@ def open_with_o_creat(ctx: Context) -> None:
 # -- T_CREATE ---------------------------------------------------------------
 
 
-@case("behaviour", "create")
+@case("behaviour", "create", needs=ROOT_IDS)
 def create_owner_mode(ctx: Context) -> None:
     """T_CREATE makes a file owned by uid:gid with the exact mode, and passes it back."""
     req = qemu(
@@ -120,7 +130,7 @@ def create_owner_mode(ctx: Context) -> None:
     ctx.expect(ctx.host("new.txt").read_bytes() == b"data", "write through the fd lost")
 
 
-@case("behaviour", "create")
+@case("behaviour", "create", needs=ROOT_IDS)
 def create_existing(ctx: Context) -> None:
     """T_CREATE: EEXIST with O_EXCL; without it the existing file is opened, owner kept."""
     ctx.err(
@@ -146,14 +156,14 @@ def create_existing(ctx: Context) -> None:
 def create_errors(ctx: Context) -> None:
     """T_CREATE: ENOENT in a missing directory, ENOTDIR under a file."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-    ctx.err(qemu(m.CreateRequest, qpath("missing/new"), flags, 0o600, 0, 0), E.ENOENT)
-    ctx.err(qemu(m.CreateRequest, qpath("file.txt/new"), flags, 0o600, 0, 0), E.ENOTDIR)
+    ctx.err(qemu(m.CreateRequest, qpath("missing/new"), flags, 0o600, *ctx.ids), E.ENOENT)
+    ctx.err(qemu(m.CreateRequest, qpath("file.txt/new"), flags, 0o600, *ctx.ids), E.ENOTDIR)
 
 
 # -- T_MKNOD ----------------------------------------------------------------
 
 
-@case("behaviour", "mknod")
+@case("behaviour", "mknod", needs=ROOT_IDS)
 def mknod_fifo(ctx: Context) -> None:
     """T_MKNOD S_IFIFO makes a FIFO owned by uid:gid with the exact mode."""
     ctx.ok(qemu(m.MknodRequest, 1000, 1001, qpath("newfifo"), stat.S_IFIFO | 0o640, 0))
@@ -163,7 +173,7 @@ def mknod_fifo(ctx: Context) -> None:
     ctx.expect(stat.S_IMODE(st.st_mode) == 0o640, f"mode {stat.S_IMODE(st.st_mode):04o}")
 
 
-@case("behaviour", "mknod")
+@case("behaviour", "mknod", needs=ROOT_IDS)
 def mknod_regular(ctx: Context) -> None:
     """T_MKNOD S_IFREG makes an empty regular file."""
     ctx.ok(qemu(m.MknodRequest, 1000, 1000, qpath("newreg"), stat.S_IFREG | 0o600, 0))
@@ -185,14 +195,15 @@ def mknod_device_unprivileged(ctx: Context) -> None:
 @case("behaviour", "mknod")
 def mknod_exists(ctx: Context) -> None:
     """T_MKNOD over an existing name (even a dangling symlink) fails with EEXIST."""
-    ctx.err(qemu(m.MknodRequest, 0, 0, qpath("file.txt"), stat.S_IFIFO | 0o600, 0), E.EEXIST)
-    ctx.err(qemu(m.MknodRequest, 0, 0, qpath("escape_dangling"), stat.S_IFIFO | 0o600, 0), E.EEXIST)
+    for name in ("file.txt", "escape_dangling"):
+        fifo = qemu(m.MknodRequest, *ctx.ids, qpath(name), stat.S_IFIFO | 0o600, 0)
+        ctx.err(fifo, E.EEXIST)
 
 
 # -- T_MKDIR ----------------------------------------------------------------
 
 
-@case("behaviour", "mkdir")
+@case("behaviour", "mkdir", needs=ROOT_IDS)
 def mkdir_owner_mode(ctx: Context) -> None:
     """T_MKDIR makes a directory owned by uid:gid with the exact mode (sticky bit kept)."""
     ctx.ok(qemu(m.MkdirRequest, 1000, 1001, qpath("newdir"), 0o750))
@@ -208,15 +219,15 @@ def mkdir_owner_mode(ctx: Context) -> None:
 @case("behaviour", "mkdir")
 def mkdir_errors(ctx: Context) -> None:
     """T_MKDIR: EEXIST for an existing name or a symlink (not followed); ENOENT without parent."""
-    ctx.err(qemu(m.MkdirRequest, 0, 0, qpath("dir"), 0o755), E.EEXIST)
-    ctx.err(qemu(m.MkdirRequest, 0, 0, qpath("escape_dangling"), 0o755), E.EEXIST)
-    ctx.err(qemu(m.MkdirRequest, 0, 0, qpath("missing/newdir"), 0o755), E.ENOENT)
+    ctx.err(qemu(m.MkdirRequest, *ctx.ids, qpath("dir"), 0o755), E.EEXIST)
+    ctx.err(qemu(m.MkdirRequest, *ctx.ids, qpath("escape_dangling"), 0o755), E.EEXIST)
+    ctx.err(qemu(m.MkdirRequest, *ctx.ids, qpath("missing/newdir"), 0o755), E.ENOENT)
 
 
 # -- T_SYMLINK --------------------------------------------------------------
 
 
-@case("behaviour", "symlink")
+@case("behaviour", "symlink", needs=ROOT_IDS)
 def symlink_owner_target(ctx: Context) -> None:
     """T_SYMLINK stores the target verbatim, owned by uid:gid."""
     for name, target in (("newlink", b"some/relative/target"), ("newabs", b"/etc/shadow")):
@@ -229,7 +240,7 @@ def symlink_owner_target(ctx: Context) -> None:
 @case("behaviour", "symlink")
 def symlink_exists(ctx: Context) -> None:
     """T_SYMLINK over an existing name fails with EEXIST."""
-    ctx.err(qemu(m.SymlinkRequest, 0, 0, b"x", qpath("file.txt")), E.EEXIST)
+    ctx.err(qemu(m.SymlinkRequest, *ctx.ids, b"x", qpath("file.txt")), E.EEXIST)
 
 
 # -- T_LINK -----------------------------------------------------------------
@@ -259,13 +270,14 @@ def link_symlink_not_followed(ctx: Context) -> None:
 
 def check_stat(ctx: Context, reply: m.StatReply, name: str) -> None:
     st = os.lstat(ctx.host(name))
+    uid, gid = ctx.named_owner(st)
     want = {
         "st_dev": st.st_dev,
         "st_ino": st.st_ino,
         "st_nlink": st.st_nlink,
         "st_mode": st.st_mode,
-        "st_uid": st.st_uid,
-        "st_gid": st.st_gid,
+        "st_uid": uid,
+        "st_gid": gid,
         "st_rdev": st.st_rdev,
         "st_size": st.st_size,
         "st_blksize": st.st_blksize,
@@ -281,7 +293,7 @@ def check_stat(ctx: Context, reply: m.StatReply, name: str) -> None:
     ctx.expect(not bad, f"lstat {name}: " + ", ".join(bad))
 
 
-@case("behaviour", "lstat")
+@case("behaviour", "lstat", needs=DEVICE_NODES)
 def lstat_fields(ctx: Context) -> None:
     """T_LSTAT of a file, a directory, the root and a device: every field as the host sees it."""
     for name in ("file.txt", "dir", "", "chardev", "fifo"):
@@ -349,7 +361,7 @@ def statfs_root(ctx: Context) -> None:
 # -- T_CHMOD ----------------------------------------------------------------
 
 
-@case("behaviour", "chmod")
+@case("behaviour", "chmod", needs=SETID_BITS)
 def chmod_file(ctx: Context) -> None:
     """T_CHMOD sets the permission bits (set-id and sticky too); type bits are ignored."""
     ctx.ok(qemu(m.ChmodRequest, qpath("file.txt"), 0o600))
@@ -366,7 +378,7 @@ def chmod_file(ctx: Context) -> None:
 # -- T_CHOWN ----------------------------------------------------------------
 
 
-@case("behaviour", "chown")
+@case("behaviour", "chown", needs=ROOT_IDS)
 def chown_file(ctx: Context) -> None:
     """T_CHOWN sets the owner; 0xffffffff leaves an id unchanged."""
     ctx.ok(qemu(m.ChownRequest, qpath("file.txt"), 1000, 1001))
@@ -377,7 +389,7 @@ def chown_file(ctx: Context) -> None:
     ctx.expect((st.st_uid, st.st_gid) == (1000, 1002), f"owner {st.st_uid}:{st.st_gid}")
 
 
-@case("behaviour", "chown")
+@case("behaviour", "chown", needs=ROOT_IDS)
 def chown_symlink_nofollow(ctx: Context) -> None:
     """T_CHOWN of a symlink changes the symlink, not its target."""
     ctx.ok(qemu(m.ChownRequest, qpath("link_file"), 1000, 1000))

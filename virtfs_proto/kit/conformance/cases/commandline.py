@@ -21,7 +21,7 @@ from typing import Final
 from .... import messages as m
 from ....errors import HelperStartError
 from ....launcher import helper_args
-from ..model import CheckFailed, Context, case, qemu, qpath
+from ..model import ROOT_IDS, CheckFailed, Context, case, qemu, qpath
 from ..session import HelperSession
 
 #: A helper that validates its arguments answers at once; one that does not may
@@ -305,7 +305,12 @@ def _status(proc: subprocess.Popen[bytes]) -> str:
     return "still runs" if proc.poll() is None else f"exited with status {proc.returncode}"
 
 
-@case("security", "socket-path", name="socket.chown_follows_no_symlink", modes=("socket",))
+def _socket_race(name: str) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
+    """Register a socket-swap race; its socket's owner (-u/-g) must not be the invoker's."""
+    return case("security", "socket-path", name=f"socket.{name}", modes=("socket",), needs=ROOT_IDS)
+
+
+@_socket_race("chown_follows_no_symlink")
 def socket_chown_no_symlink(ctx: Context) -> None:
     """The socket swapped for a symlink to a sentinel between bind and chown: no chown of it."""
     before = _owner(ctx.ws.secret)
@@ -319,7 +324,7 @@ def socket_chown_no_symlink(ctx: Context) -> None:
         )
 
 
-@case("security", "socket-path", name="socket.chown_only_its_own_socket", modes=("socket",))
+@_socket_race("chown_only_its_own_socket")
 def socket_chown_own_socket(ctx: Context) -> None:
     """The socket swapped for another (listening) socket between bind and chown: not chowned."""
     decoy = ctx.ws.rundir / "decoy.sock"

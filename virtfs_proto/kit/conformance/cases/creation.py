@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from .... import messages as m
-from ..model import CheckFailed, Context, Name, case, errname, qemu, qpath
+from ..model import ROOT_IDS, CheckFailed, Context, Name, case, errname, qemu, qpath
 from .security._common import RACE_ITERATIONS
 from .security.races import ForkedLoop, _Swapper
 
@@ -194,7 +194,7 @@ def _owner_case(creator: Creator, shape: str) -> None:
         f"{creator.make(Name(b'')).TYPE.name} ({creator.name}) through {what}: what it creates "
         "gets the requested owner and mode"
     )
-    case("security", "created-owner", name=f"owner.{creator.name}.{shape}")(run)
+    case("security", "created-owner", name=f"owner.{creator.name}.{shape}", needs=ROOT_IDS)(run)
 
 
 for _creator in CREATORS:
@@ -262,7 +262,8 @@ def _race_case(creator: Creator) -> None:
         f"{creator.name} while another user creates and removes the same name: every object "
         "the helper created has the requested owner, none keeps the helper's own"
     )
-    case("security", "created-owner", name=f"owner.{creator.name}.racing_creator")(run)
+    name = f"owner.{creator.name}.racing_creator"
+    case("security", "created-owner", name=name, needs=ROOT_IDS)(run)
 
 
 for _creator in CREATORS:
@@ -329,10 +330,10 @@ def _regular_fifo_swap(ctx: Context) -> Iterator[Path]:
 
 
 def _special_race_case(
-    name: str, doc: str, make: Callable[[], m.Request], watch_flags: int
+    name: str, doc: str, make: Callable[[Context], m.Request], watch_flags: int
 ) -> None:
     def run(ctx: Context) -> None:
-        request = make()
+        request = make(ctx)
         sent = 0
         with _regular_fifo_swap(ctx) as watch, _FifoWatch(watch, watch_flags) as watcher:
             deadline = time.monotonic() + RACE_SECONDS
@@ -361,30 +362,30 @@ def _special_race_case(
 _special_race_case(
     "open_rdonly",
     "T_OPEN O_RDONLY of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda: qemu(m.OpenRequest, qpath("race"), os.O_RDONLY),
+    lambda ctx: qemu(m.OpenRequest, qpath("race"), os.O_RDONLY),
     os.O_WRONLY,
 )
 _special_race_case(
     "open_wronly",
     "T_OPEN O_WRONLY of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda: qemu(m.OpenRequest, qpath("race"), os.O_WRONLY),
+    lambda ctx: qemu(m.OpenRequest, qpath("race"), os.O_WRONLY),
     os.O_RDONLY,
 )
 _special_race_case(
     "create_no_excl",
     "T_CREATE O_RDONLY|O_CREAT of a swapped name (it exists) never opens the FIFO",
-    lambda: qemu(m.CreateRequest, qpath("race"), os.O_RDONLY | os.O_CREAT, 0o644, 0, 0),
+    lambda ctx: qemu(m.CreateRequest, qpath("race"), os.O_RDONLY | os.O_CREAT, 0o644, *ctx.ids),
     os.O_WRONLY,
 )
 _special_race_case(
     "truncate",
     "T_TRUNCATE of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda: qemu(m.TruncateRequest, qpath("race"), 0),
+    lambda ctx: qemu(m.TruncateRequest, qpath("race"), 0),
     os.O_RDONLY,
 )
 _special_race_case(
     "getversion",
     "T_GETVERSION of a name swapped between a regular file and a FIFO never opens the FIFO",
-    lambda: qemu(m.GetversionRequest, qpath("race")),
+    lambda ctx: qemu(m.GetversionRequest, qpath("race")),
     os.O_WRONLY,
 )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .... import messages as m
-from ..model import CheckFailed, Context, Name, case, qemu, qpath
+from ..model import ROOT_IDS, CheckFailed, Context, Name, Requirement, case, qemu, qpath
 from ..workspace import COMMENT, FILE_CONTENT, deep_dir
 from .behaviour import check_generation, read_all
 
@@ -169,6 +169,8 @@ class LongOp:
     prepare: Prepare
     request: Callable[[Name], m.Request]
     check: Check
+    #: the case's requirements (ROOT_IDS: it asks for owner 1000:1001)
+    needs: tuple[Requirement, ...] = ()
 
     def run(self, ctx: Context, deep: int, path: Name) -> None:
         self.prepare(deep)
@@ -192,6 +194,7 @@ OPS: Final = (
         _nothing,
         lambda p: qemu(m.CreateRequest, p, _EXCL, 0o640, *OWNER),
         _check_create,
+        needs=(ROOT_IDS,),
     ),
     LongOp(
         "mknod",
@@ -199,6 +202,7 @@ OPS: Final = (
         _nothing,
         lambda p: qemu(m.MknodRequest, *OWNER, p, stat.S_IFIFO | 0o600, 0),
         lambda ctx, d, r: _owner_mode(ctx, _leaf(d), stat.S_ISFIFO, 0o600),
+        needs=(ROOT_IDS,),
     ),
     LongOp(
         "mkdir",
@@ -206,6 +210,7 @@ OPS: Final = (
         _nothing,
         lambda p: qemu(m.MkdirRequest, *OWNER, p, 0o750),
         lambda ctx, d, r: _owner_mode(ctx, _leaf(d), stat.S_ISDIR, 0o750),
+        needs=(ROOT_IDS,),
     ),
     LongOp(
         "symlink",
@@ -216,6 +221,7 @@ OPS: Final = (
             os.readlink(LEAF, dir_fd=d) == TARGET and _leaf(d).st_uid == OWNER[0],
             "not the symlink asked for",
         ),
+        needs=(ROOT_IDS,),
     ),
     LongOp(
         "link_from_long",
@@ -267,6 +273,7 @@ OPS: Final = (
         lambda ctx, d, r: ctx.expect(
             (_leaf(d).st_uid, _leaf(d).st_gid) == OWNER, "owner not 1000:1001"
         ),
+        needs=(ROOT_IDS,),
     ),
     LongOp(
         "truncate",
@@ -343,7 +350,12 @@ def _getversion(ctx: Context, deep: int, path: Name) -> None:
     check_generation(ctx, path, LEAF, deep)
 
 
-def _register(name: str, doc: str, act: Callable[[Context, int, Name], None]) -> None:
+def _register(
+    name: str,
+    doc: str,
+    act: Callable[[Context, int, Name], None],
+    needs: tuple[Requirement, ...] = (),
+) -> None:
     """One case per length: ``act`` gets the deepest directory's fd and the path to it."""
     for length in LENGTHS:
 
@@ -353,9 +365,9 @@ def _register(name: str, doc: str, act: Callable[[Context, int, Name], None]) ->
             act(ctx, ctx.adopt(deep_dir(root, names, create=True)), path)
 
         run.__doc__ = f"{doc}, at the end of a {length}-byte path"
-        case("behaviour", "long-paths", name=f"long_path.{name}_{length}")(run)
+        case("behaviour", "long-paths", name=f"long_path.{name}_{length}", needs=needs)(run)
 
 
 for _op in OPS:
-    _register(_op.name, _op.doc, _op.run)
+    _register(_op.name, _op.doc, _op.run, _op.needs)
 _register("getversion", "T_GETVERSION of the deep file is its generation", _getversion)

@@ -14,6 +14,11 @@ fixture of their own, and every descriptor is *used*: ``fstat`` must show a
 regular file or directory of that export (not a sentinel), a regular file must
 read (or, if opened for writing only, write) and a directory must list.
 
+A rootless run (:func:`~..model.rootless_runner`) builds the fixture as the
+invoker's: stat replies' owners are not compared, and a vector whose requests
+name owners (uid/gid fields other than -1, or QEMU's root-owned T_OPEN
+O_CREAT file) needs root ids (:data:`~..model.ROOT_IDS`): not applicable.
+
 Two tolerances, both from the spec: a helper may end a fatal conversation with
 any exit status (QEMU's exits 0, ours 1), only not by a signal; and a vector
 that records one of QEMU's defects (its ``defect`` field) must *not* be
@@ -29,6 +34,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
+from typing import Final
 
 from .... import messages as m
 from ....codec import decode_request, request_bytes_missing, request_frame_length
@@ -37,14 +43,14 @@ from ....kit import vectors_dir
 from ....launcher import Mode
 from ...fixture import build_fixture
 from ...recording import Vector, compare, load_vectors, run_steps
-from ..model import CASES, CheckFailed, Context, case
+from ..model import CASES, ROOT_IDS, CheckFailed, Context, Requirement, case
 from ..session import HelperSession
 
 
 def _replay(vector: Vector, ctx: Context) -> None:
     mode: Mode = "socket" if ctx.mode == "socket" else "fd"
     outcome, _ = run_steps(ctx.argv, vector.steps(), mode=mode, workdir=ctx.ws.rundir)
-    recorded = vector
+    recorded = vector.owners_ignored() if ctx.rootless else vector
     got, want = outcome.returncode, vector.end.get("returncode")
     if got is not None and want is not None and got >= 0 and want >= 0:
         recorded = dataclasses.replace(vector, end={**vector.end, "returncode": got})
@@ -131,6 +137,23 @@ def _replay_using_fds(vector: Vector, ctx: Context) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+#: request fields that name an owner (-1 in them names none: "leave it")
+_ID_FIELDS: Final = ("uid", "gid")
+_NO_ID: Final = 0xFFFFFFFF
+
+
+def _needs(vector: Vector) -> tuple[Requirement, ...]:
+    """ROOT_IDS when a request names an owner (other than -1) or makes QEMU's
+    root-owned file (T_OPEN with O_CREAT)."""
+    frames = _frames(b"".join(bytes.fromhex(ex["request"]) for ex in vector.exchanges)) or []
+    for _, request in frames:
+        if any(getattr(request, f, _NO_ID) != _NO_ID for f in _ID_FIELDS):
+            return (ROOT_IDS,)
+        if isinstance(request, m.OpenRequest) and request.flags & os.O_CREAT:
+            return (ROOT_IDS,)
+    return ()
+
+
 def _register(vector: Vector) -> None:
     passes_fds = vector.defect is None and any(ex["fds"] for ex in vector.exchanges)
 
@@ -140,7 +163,8 @@ def _register(vector: Vector) -> None:
             _replay_using_fds(vector, ctx)
 
     replay.__doc__ = vector.description
-    case("wire", vector.name.split("-")[0].split("@")[0], name=vector.name)(replay)
+    cls = vector.name.split("-")[0].split("@")[0]
+    case("wire", cls, name=vector.name, needs=_needs(vector))(replay)
 
 
 def use_vectors(directory: Path) -> list[Vector]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from ..... import messages as m
-from ...model import Context, case, qemu, qpath, show
+from ...model import DEVICE_NODES, Context, case, qemu, qpath, show
 from ._common import SPECIAL_TIMEOUT
 from .races import _libc
 
@@ -34,7 +34,7 @@ def device_mknod_refused(ctx: Context) -> None:
     """T_MKNOD of a character (10:232, /dev/kvm) or block device as uid 0 / gid 0
     fails with EPERM and makes nothing (the helper must not make device nodes)."""
     for name, kind, rdev in (("kvm", stat.S_IFCHR, KVM_RDEV), ("loop0", stat.S_IFBLK, LOOP0_RDEV)):
-        reply = ctx.call(qemu(m.MknodRequest, 0, 0, qpath(name), kind | 0o666, rdev))
+        reply = ctx.call(qemu(m.MknodRequest, *ctx.ids, qpath(name), kind | 0o666, rdev))
         ctx.expect(not os.path.lexists(ctx.host(name)), f"made the device node {name!r}")
         ctx.expect(
             isinstance(reply, m.ErrorReply) and reply.errno == E.EPERM,
@@ -78,7 +78,7 @@ def _unprivileged_open(dirfd: int, name: str) -> str | None:
 def device_mknod_attack(ctx: Context) -> None:
     """The whole attack: T_MKNOD c 10:232 0666 as uid 0, T_OPEN "/" O_DIRECTORY, then an
     unprivileged openat() of the node through that fd must not yield a device."""
-    reply = ctx.call(qemu(m.MknodRequest, 0, 0, qpath("kvm"), stat.S_IFCHR | 0o666, KVM_RDEV))
+    reply = ctx.call(qemu(m.MknodRequest, *ctx.ids, qpath("kvm"), stat.S_IFCHR | 0o666, KVM_RDEV))
     dirfd = ctx.fd(qemu(m.OpenRequest, qpath(""), os.O_RDONLY | os.O_DIRECTORY))
     got = _unprivileged_open(dirfd, "kvm")
     ctx.expect(
@@ -109,7 +109,7 @@ class _OpenWatch:
         os.close(self.fd)
 
 
-@case("security", "device-node", name="device.existing_node_never_opened")
+@case("security", "device-node", name="device.existing_node_never_opened", needs=DEVICE_NODES)
 def device_existing_never_opened(ctx: Context) -> None:
     """A device node already in the export (10:232 and 1:3, made on the host) is never
     opened: T_OPEN, T_CREATE without O_EXCL, T_TRUNCATE and T_GETVERSION refuse it with
@@ -128,7 +128,7 @@ def device_existing_never_opened(ctx: Context) -> None:
                 ),
                 (
                     "T_CREATE O_RDWR|O_CREAT",
-                    qemu(m.CreateRequest, qpath(name), os.O_RDWR | os.O_CREAT, 0o666, 0, 0),
+                    qemu(m.CreateRequest, qpath(name), os.O_RDWR | os.O_CREAT, 0o666, *ctx.ids),
                     (E.ENXIO,),
                 ),
                 ("T_TRUNCATE", qemu(m.TruncateRequest, qpath(name), 0), (E.EINVAL,)),

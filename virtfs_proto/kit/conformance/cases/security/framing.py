@@ -118,6 +118,7 @@ def _in_sync(ctx: Context) -> None:
 @case("security", "framing", name="frame.payload_too_short")
 def frame_short(ctx: Context) -> None:
     """Payloads shorter than their fields: ENOBUFS in the right shape, still in step."""
+    owner = os.lstat(ctx.host("file.txt")).st_uid  # root's, or a rootless run's user's
     for req, size in (
         (_LSTAT, 1),
         (qemu(m.OpenRequest, qpath("file.txt"), O_RD), 3),
@@ -128,7 +129,7 @@ def frame_short(ctx: Context) -> None:
         reply = ctx.helper.call_raw(H.pack(t, size) + data[HEADER_SIZE : HEADER_SIZE + size], req)
         ctx.expect(reply == m.ErrorReply(E.ENOBUFS), f"{req.TYPE.name}: {show(reply)}")
         _in_sync(ctx)
-    ctx.expect(os.lstat(ctx.host("file.txt")).st_uid == 0, "the short chown was performed")
+    ctx.expect(os.lstat(ctx.host("file.txt")).st_uid == owner, "the short chown was performed")
 
 
 @case("security", "framing", name="frame.string_overrun")
@@ -144,7 +145,7 @@ def frame_string_overrun(ctx: Context) -> None:
 @case("security", "framing", name="frame.short_create_does_nothing")
 def frame_short_create(ctx: Context) -> None:
     """A T_CREATE cut after its path: bare -ENOBUFS, no fd, no file."""
-    req = qemu(m.CreateRequest, qpath("short_new"), os.O_RDWR | os.O_CREAT, 0o644, 0, 0)
+    req = qemu(m.CreateRequest, qpath("short_new"), os.O_RDWR | os.O_CREAT, 0o644, *ctx.ids)
     reply = ctx.helper.call_raw(_frame(req, cut=12, size=len(req.path) + 2 + 4), req)
     ctx.expect(reply == m.ErrorReply(E.ENOBUFS), show(reply))
     ctx.expect(not ctx.host("short_new").exists(), "the file was created")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Final
 
 from ..... import messages as m
-from ...model import CheckFailed, Context, Name, case, qemu, qpath
+from ...model import MOUNTS, CheckFailed, Context, Name, case, qemu, qpath
 from ...session import HelperSession
 from ._common import O_RD, secret_rel
 
@@ -81,7 +81,7 @@ def _probe_magic(ctx: Context, helper: HelperSession, paths: list[bytes]) -> int
     return opened
 
 
-@case("security", "magic-link", name="magic.proc_self_fd_inherited", fresh=True)
+@case("security", "magic-link", name="magic.proc_self_fd_inherited", fresh=True, needs=MOUNTS)
 def magic_proc_self_fd(ctx: Context) -> None:
     """With procfs in the export and an inherited fd to outside: /proc/self/fd/N/secret.txt."""
     ctx.ws.mount_proc()
@@ -102,7 +102,7 @@ def magic_proc_self_fd(ctx: Context) -> None:
         helper.close()
 
 
-@case("security", "magic-link", name="magic.proc_pid_root", fresh=True)
+@case("security", "magic-link", name="magic.proc_pid_root", fresh=True, needs=MOUNTS)
 def magic_proc_pid_root(ctx: Context) -> None:
     """With procfs in the export: /proc/<pid>/root/<secret> of a root process without caps."""
     import subprocess

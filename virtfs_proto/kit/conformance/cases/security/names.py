@@ -82,16 +82,18 @@ def dotdot_create_objects(ctx: Context) -> None:
     """T_MKDIR/T_CREATE/T_SYMLINK/T_MKNOD named ../../x create inside the export or fail."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
     _created_inside_or_refused(
-        ctx, qemu(m.MkdirRequest, 0, 0, qpath(b"../../esc_dir"), 0o755), "esc_dir"
+        ctx, qemu(m.MkdirRequest, *ctx.ids, qpath(b"../../esc_dir"), 0o755), "esc_dir"
     )
     _created_inside_or_refused(
-        ctx, qemu(m.CreateRequest, qpath(b"../../esc_file"), flags, 0o644, 0, 0), "esc_file"
+        ctx, qemu(m.CreateRequest, qpath(b"../../esc_file"), flags, 0o644, *ctx.ids), "esc_file"
     )
     _created_inside_or_refused(
-        ctx, qemu(m.SymlinkRequest, 0, 0, b"x", qpath(b"../esc_link")), "esc_link"
+        ctx, qemu(m.SymlinkRequest, *ctx.ids, b"x", qpath(b"../esc_link")), "esc_link"
     )
     _created_inside_or_refused(
-        ctx, qemu(m.MknodRequest, 0, 0, qpath(b"../esc_fifo"), stat.S_IFIFO | 0o600, 0), "esc_fifo"
+        ctx,
+        qemu(m.MknodRequest, *ctx.ids, qpath(b"../esc_fifo"), stat.S_IFIFO | 0o600, 0),
+        "esc_fifo",
     )
 
 
@@ -110,7 +112,7 @@ def empty_path(ctx: Context) -> None:
     for raw in (Name(b""), wrong_nul(Name(b""))):
         ctx.err(qemu(m.LstatRequest, raw), E.ENOENT)
         ctx.err(qemu(m.OpenRequest, raw, O_RD), E.ENOENT)
-        ctx.err(qemu(m.MkdirRequest, 0, 0, raw, 0o755), E.ENOENT)
+        ctx.err(qemu(m.MkdirRequest, *ctx.ids, raw, 0o755), E.ENOENT)
         ctx.err(qemu(m.RemoveRequest, raw), E.ENOENT)
         ctx.err(qemu(m.ChmodRequest, raw, 0o777), E.ENOENT)
 
@@ -148,7 +150,7 @@ def embedded_nul_mkdir(ctx: Context) -> None:
     """T_MKDIR newdir\\0junk: EINVAL (SHOULD), or a truncated name (tolerated)."""
     _nul_case(
         ctx,
-        qemu(m.MkdirRequest, 0, 0, qpath(b"newdir\0junk"), 0o755),
+        qemu(m.MkdirRequest, *ctx.ids, qpath(b"newdir\0junk"), 0o755),
         lambda r: ctx.host("newdir").exists(),
     )
 
@@ -166,7 +168,7 @@ def embedded_nul_remove(ctx: Context) -> None:
 @case("security", "bad-names", name="names.long_component")
 def long_component(ctx: Context) -> None:
     """A 256-byte component is ENAMETOOLONG (never truncated to 255)."""
-    ctx.err(qemu(m.MkdirRequest, 0, 0, qpath(b"a" * 256), 0o755), E.ENAMETOOLONG)
+    ctx.err(qemu(m.MkdirRequest, *ctx.ids, qpath(b"a" * 256), 0o755), E.ENAMETOOLONG)
     ctx.err(qemu(m.LstatRequest, qpath(b"b" * 300)), E.ENAMETOOLONG)
     ctx.expect(not ctx.host("a" * 255).exists(), "created a truncated name")
 
@@ -183,7 +185,7 @@ def long_path(ctx: Context) -> None:
 def non_utf8(ctx: Context) -> None:
     """Names are bytes: a non-UTF-8 name is created and found exactly as sent."""
     name = b"\xff\xfe-not-utf8-\x80"
-    ctx.ok(qemu(m.MkdirRequest, 0, 0, qpath(name), 0o755))
+    ctx.ok(qemu(m.MkdirRequest, *ctx.ids, qpath(name), 0o755))
     ctx.expect(os.path.isdir(os.path.join(os.fsencode(ctx.host()), name)), "name was altered")
     ctx.ok(qemu(m.LstatRequest, qpath(name)))
 

@@ -182,5 +182,5 @@ def race_final_create(ctx: Context) -> None:
         ctx,
         empty_dir,
         _symlink_to("../outside/planted_race"),
-        qemu(m.CreateRequest, qpath("race"), os.O_WRONLY | os.O_CREAT, 0o644, 0, 0),
+        qemu(m.CreateRequest, qpath("race"), os.O_WRONLY | os.O_CREAT, 0o644, *ctx.ids),
     )

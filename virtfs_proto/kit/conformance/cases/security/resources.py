@@ -46,7 +46,9 @@ def resource_error_paths(ctx: Context) -> None:
         qemu(m.OpenRequest, qpath("sock"), O_RD),
         qemu(m.OpenRequest, qpath("fifo"), O_RD | os.O_NONBLOCK),
         qemu(m.OpenRequest, qpath("file.txt"), O_RD | os.O_DIRECTORY),
-        qemu(m.CreateRequest, qpath("file.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, 0, 0),
+        qemu(
+            m.CreateRequest, qpath("file.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, *ctx.ids
+        ),
         qemu(m.GetversionRequest, qpath("missing")),
         qemu(m.LgetxattrRequest, 100, qpath("file.txt"), b"user.missing"),
         qemu(m.ReadlinkRequest, qpath("file.txt"), 4096),

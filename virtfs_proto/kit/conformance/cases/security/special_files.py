@@ -8,7 +8,7 @@ import stat
 from collections.abc import Callable
 
 from ..... import messages as m
-from ...model import CheckFailed, Context, case, errname, qemu, qpath, show
+from ...model import DEVICE_NODES, CheckFailed, Context, case, errname, qemu, qpath, show
 from ._common import O_RD, SPECIAL_TIMEOUT
 
 
@@ -25,84 +25,85 @@ def _special(ctx: Context, request: m.Request, errnos: tuple[int, ...]) -> None:
     )
 
 
-_SPECIAL: list[tuple[str, str, Callable[[], m.Request], tuple[int, ...]]] = [
+_SPECIAL: list[tuple[str, str, Callable[[Context], m.Request], tuple[int, ...]]] = [
     (
         "open_fifo",
         "T_OPEN O_RDONLY of a FIFO: ENXIO without blocking",
-        lambda: qemu(m.OpenRequest, qpath("fifo"), O_RD),
+        lambda ctx: qemu(m.OpenRequest, qpath("fifo"), O_RD),
         (E.ENXIO,),
     ),
     (
         "open_fifo_wronly",
         "T_OPEN O_WRONLY of a FIFO: ENXIO without blocking",
-        lambda: qemu(m.OpenRequest, qpath("fifo"), os.O_WRONLY),
+        lambda ctx: qemu(m.OpenRequest, qpath("fifo"), os.O_WRONLY),
         (E.ENXIO,),
     ),
     (
         "open_fifo_nonblock",
         "T_OPEN O_RDONLY|O_NONBLOCK of a FIFO: ENXIO",
-        lambda: qemu(m.OpenRequest, qpath("fifo"), O_RD | os.O_NONBLOCK),
+        lambda ctx: qemu(m.OpenRequest, qpath("fifo"), O_RD | os.O_NONBLOCK),
         (E.ENXIO,),
     ),
     (
         "open_fifo_via_symlink",
         "T_OPEN of a symlink to a FIFO: ENXIO without blocking",
-        lambda: qemu(m.OpenRequest, qpath("link_fifo"), O_RD),
+        lambda ctx: qemu(m.OpenRequest, qpath("link_fifo"), O_RD),
         (E.ENXIO,),
     ),
     (
         "create_existing_fifo",
         "T_CREATE (no O_EXCL) on an existing FIFO: ENXIO, no block",
-        lambda: qemu(m.CreateRequest, qpath("fifo"), os.O_WRONLY | os.O_CREAT, 0o644, 0, 0),
+        lambda ctx: qemu(m.CreateRequest, qpath("fifo"), os.O_WRONLY | os.O_CREAT, 0o644, *ctx.ids),
         (E.ENXIO,),
     ),
     (
         "open_chardev",
         "T_OPEN of a character device: ENXIO, no fd",
-        lambda: qemu(m.OpenRequest, qpath("chardev"), os.O_RDWR),
+        lambda ctx: qemu(m.OpenRequest, qpath("chardev"), os.O_RDWR),
         (E.ENXIO,),
     ),
     (
         "open_socket",
         "T_OPEN of a socket file: ENXIO",
-        lambda: qemu(m.OpenRequest, qpath("sock"), os.O_RDWR),
+        lambda ctx: qemu(m.OpenRequest, qpath("sock"), os.O_RDWR),
         (E.ENXIO,),
     ),
     (
         "getversion_fifo",
         "T_GETVERSION of a FIFO must not open (block on) it",
-        lambda: qemu(m.GetversionRequest, qpath("fifo")),
+        lambda ctx: qemu(m.GetversionRequest, qpath("fifo")),
         (E.ENOTTY, E.ENXIO),
     ),
     (
         "getversion_chardev",
         "T_GETVERSION of a device: ENOTTY or ENXIO",
-        lambda: qemu(m.GetversionRequest, qpath("chardev")),
+        lambda ctx: qemu(m.GetversionRequest, qpath("chardev")),
         (E.ENOTTY, E.ENXIO),
     ),
     (
         "truncate_fifo",
         "T_TRUNCATE of a FIFO: EINVAL without opening it",
-        lambda: qemu(m.TruncateRequest, qpath("fifo"), 0),
+        lambda ctx: qemu(m.TruncateRequest, qpath("fifo"), 0),
         (E.EINVAL,),
     ),
     (
         "truncate_chardev",
         "T_TRUNCATE of a character device: EINVAL",
-        lambda: qemu(m.TruncateRequest, qpath("chardev"), 0),
+        lambda ctx: qemu(m.TruncateRequest, qpath("chardev"), 0),
         (E.EINVAL,),
     ),
 ]
 
 
 def _special_case(
-    name: str, doc: str, make: Callable[[], m.Request], errnos: tuple[int, ...]
+    name: str, doc: str, make: Callable[[Context], m.Request], errnos: tuple[int, ...]
 ) -> None:
     def run(ctx: Context) -> None:
-        _special(ctx, make(), errnos)
+        _special(ctx, make(ctx), errnos)
 
     run.__doc__ = doc
-    case("security", "special-file", name=f"special.{name}")(run)
+    needs = (DEVICE_NODES,) if "chardev" in name else ()
+    case("security", "special-file", name=f"special.{name}", needs=needs)(run)
 
 
 for _sname, _sdoc, _smake, _serr in _SPECIAL:

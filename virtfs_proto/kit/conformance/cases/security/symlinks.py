@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from ..... import messages as m
 from .....constants import UTIME_NOW
-from ...model import Context, Name, case, qemu, qpath
+from ...model import ROOT_IDS, Context, Name, case, qemu, qpath
 from ._common import ESCAPE_ERRNOS, O_RD, contained, escape_case, secret_rel
 
 _FINAL = [
@@ -63,7 +63,7 @@ _INTERMEDIATE = [
 ]
 
 
-def _op(op: str, path: Name, new: Name) -> m.Request:
+def _op(op: str, path: Name, new: Name, ids: tuple[int, int]) -> m.Request:
     """One request of kind ``op`` on ``path`` (a V9fsPath) / ``new`` (a new name)."""
     excl = os.O_RDWR | os.O_CREAT | os.O_EXCL
     makers: dict[str, Callable[[], m.Request]] = {
@@ -71,7 +71,7 @@ def _op(op: str, path: Name, new: Name) -> m.Request:
         "write": lambda: qemu(m.OpenRequest, path, os.O_WRONLY | os.O_TRUNC),
         "truncate": lambda: qemu(m.TruncateRequest, path, 0),
         "chmod": lambda: qemu(m.ChmodRequest, path, 0o777),
-        "chown": lambda: qemu(m.ChownRequest, path, 1000, 1000),
+        "chown": lambda: qemu(m.ChownRequest, path, *ids),
         "statfs": lambda: qemu(m.StatfsRequest, path),
         "getversion": lambda: qemu(m.GetversionRequest, path),
         "lstat": lambda: qemu(m.LstatRequest, path),
@@ -82,18 +82,20 @@ def _op(op: str, path: Name, new: Name) -> m.Request:
         "remove": lambda: qemu(m.RemoveRequest, path),
         "rename_in": lambda: qemu(m.RenameRequest, path, qpath("stolen")),
         "rename_out": lambda: qemu(m.RenameRequest, qpath("file.txt"), new),
-        "mkdir": lambda: qemu(m.MkdirRequest, 0, 0, new, 0o755),
-        "create": lambda: qemu(m.CreateRequest, new, excl, 0o644, 0, 0),
-        "symlink": lambda: qemu(m.SymlinkRequest, 0, 0, b"x", new),
-        "mknod": lambda: qemu(m.MknodRequest, 0, 0, new, stat.S_IFIFO | 0o600, 0),
+        "mkdir": lambda: qemu(m.MkdirRequest, *ids, new, 0o755),
+        "create": lambda: qemu(m.CreateRequest, new, excl, 0o644, *ids),
+        "symlink": lambda: qemu(m.SymlinkRequest, *ids, b"x", new),
+        "mknod": lambda: qemu(m.MknodRequest, *ids, new, stat.S_IFIFO | 0o600, 0),
     }
     return makers[op]()
 
 
 def _through(link: str, kind: str, final: bool) -> Callable[[Context], m.Request]:
     if final:
-        return lambda ctx: _op(kind, qpath(link), Name(b""))
-    return lambda ctx: _op(kind, qpath(f"{link}/secret.txt"), qpath(f"{link}/planted"))
+        return lambda ctx: _op(kind, qpath(link), Name(b""), ctx.ids)
+    return lambda ctx: _op(
+        kind, qpath(f"{link}/secret.txt"), qpath(f"{link}/planted"), ctx.ids
+    )
 
 
 for _name, _doc, _link, _kind in _FINAL:
@@ -118,7 +120,7 @@ def final_dangling_create(ctx: Context) -> None:
     for link in ("escape_dangling", "escape_dangling_abs"):
         contained(
             ctx,
-            qemu(m.CreateRequest, qpath(link), os.O_WRONLY | os.O_CREAT, 0o644, 0, 0),
+            qemu(m.CreateRequest, qpath(link), os.O_WRONLY | os.O_CREAT, 0o644, *ctx.ids),
             (*ESCAPE_ERRNOS, E.EEXIST),
         )
 
@@ -134,7 +136,7 @@ def final_dangling_open_creat(ctx: Context) -> None:
         )
 
 
-@case("security", "symlink-escape", name="symlink.final_nofollow_ops")
+@case("security", "symlink-escape", name="symlink.final_nofollow_ops", needs=ROOT_IDS)
 def final_nofollow_ops(ctx: Context) -> None:
     """T_LSTAT/T_CHOWN/T_UTIME/T_LGETXATTR of a symlink to outside act on the link itself."""
     reply = ctx.ok(qemu(m.LstatRequest, qpath("escape_abs")))

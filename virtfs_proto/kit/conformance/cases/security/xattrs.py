@@ -6,7 +6,7 @@ import errno as E
 import os
 
 from ..... import messages as m
-from ...model import CheckFailed, Context, case, qemu, qpath, show
+from ...model import MOUNTS, TRUSTED_XATTRS, CheckFailed, Context, case, qemu, qpath, show
 from ._common import XATTR_SIZE_ERRNOS
 
 
@@ -17,7 +17,7 @@ def xattr_trusted_set(ctx: Context) -> None:
     ctx.expect("trusted.evil" not in os.listxattr(ctx.host("file.txt")), "trusted.evil stored")
 
 
-@case("security", "xattr-abuse", name="xattr.trusted_hidden")
+@case("security", "xattr-abuse", name="xattr.trusted_hidden", needs=TRUSTED_XATTRS)
 def xattr_trusted_hidden(ctx: Context) -> None:
     """A trusted.* attribute set by the host is neither readable nor listed."""
     reply = ctx.call(qemu(m.LgetxattrRequest, 100, qpath("file.txt"), b"trusted.hidden"))
@@ -68,7 +68,7 @@ def _big_xattr(ctx: Context, size: int) -> bytes:
     return value
 
 
-@case("security", "xattr-abuse", name="xattr.get_65534_fits", fresh=True)
+@case("security", "xattr-abuse", name="xattr.get_65534_fits", fresh=True, needs=MOUNTS)
 def xattr_65534(ctx: Context) -> None:
     """A 65534-byte value is the largest that fits a reply: returned whole."""
     value = _big_xattr(ctx, 65534)
@@ -76,14 +76,14 @@ def xattr_65534(ctx: Context) -> None:
     ctx.expect(reply == m.XattrValueReply(value), "value not returned whole")
 
 
-@case("security", "xattr-abuse", name="xattr.get_65535_refused", fresh=True)
+@case("security", "xattr-abuse", name="xattr.get_65535_refused", fresh=True, needs=MOUNTS)
 def xattr_65535(ctx: Context) -> None:
     """A 65535-byte value does not fit a reply: ENOBUFS/E2BIG/ERANGE, never truncated."""
     _big_xattr(ctx, 65535)
     ctx.err(qemu(m.LgetxattrRequest, 65535, qpath("big/f"), b"user.big"), *XATTR_SIZE_ERRNOS)
 
 
-@case("security", "xattr-abuse", name="xattr.get_65536_no_wrap", fresh=True)
+@case("security", "xattr-abuse", name="xattr.get_65536_no_wrap", fresh=True, needs=MOUNTS)
 def xattr_65536(ctx: Context) -> None:
     """A 65536-byte value with size 65536 must fail, not wrap to an empty string."""
     _big_xattr(ctx, 65536)

@@ -15,6 +15,19 @@ that has started and waits.
     .venv/bin/python benchmarks/bench_startup.py [--runs 20]
     .venv/bin/python benchmarks/bench_startup.py --venv /path/to/wheel-venv
     .venv/bin/python benchmarks/bench_startup.py --importtime   # our helper's imports
+    .venv/bin/python benchmarks/bench_startup.py --phases [--rootless]  # where a start goes
+
+``--phases`` decomposes our helper's start, exec to first reply, wall and
+CPU, into the phases it marks itself (:func:`virtfs_proto.phase`, on only
+with ``VIRTFS_PROTO_PHASES=1``): interpreter, imports (split by module
+group from one ``-X importtime`` start), options, set-up, fork, each
+sandbox step, the privilege drop, the report, Landlock, seccomp (names,
+rules, load), and the first request. ``--rootless`` starts it as the CI's
+non-root user (``tests/ciuser.py``'s setpriv).
+
+Beside the bare interpreter, the table has ``python fork+wait``: a bare
+interpreter that forks a child and waits for it, both idle (the least a
+two-process model costs in Python): the memory floor for ours.
 
 ``--venv DIR`` takes the interpreter and ``virtfs-proto`` console script of
 another venv: an editable install pays for its import finder on every
@@ -114,6 +127,33 @@ def bare_memory_kib(python: str) -> tuple[int, int]:
         proc.wait(10)
 
 
+#: A bare interpreter that forks and waits, the child idle until stdin closes:
+#: the process model's least cost (os is already imported by site).
+FORK_AND_WAIT = (
+    "import os\nif os.fork():\n    os.wait()\nelse:\n    os.write(1, b'.'); os.read(0, 1)\n"
+)
+
+
+def fork_start(python: str) -> Start:
+    """Time to the forked child's first word, and CPU and memory of both then."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [python, "-c", FORK_AND_WAIT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/"
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        if proc.stdout.read(1) != b".":
+            raise RuntimeError(f"{python} -c {FORK_AND_WAIT!r} did not start")
+        seconds = time.perf_counter() - t0
+        tree = ProcessTree(proc.pid)
+        tree.refresh()
+        return Start(seconds, tree.cpu_seconds(), tree.rss_kib(), tree.pss_kib())
+    finally:
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.wait(10)
+
+
 def install_kind(venv: Path) -> str:
     """ "editable" or "installed", from the distribution's direct_url.json (PEP 610)."""
     for path in venv.glob("lib/python*/site-packages/virtfs_proto-*.dist-info/direct_url.json"):
@@ -145,6 +185,147 @@ def import_times(python: str, console: str, export: Path, top: int) -> list[tupl
     return sorted(rows, key=lambda r: -r[1])[:top]
 
 
+#: The environment variable that turns the helper's phase marks on.
+PHASES_ENV = "VIRTFS_PROTO_PHASES"
+
+
+@dataclass
+class Phase:
+    """One start-up phase of one process: wall time since the previous mark
+    on that process's path, CPU time since its previous mark (None: unread)."""
+
+    process: str  # "parent" (until the fork: the critical path), "child", "parent, after fork"
+    name: str
+    wall_ns: int
+    cpu_ns: int | None
+
+
+def phase_start(command: Sequence[str], export: Path) -> list[Phase]:
+    """One start with the marks on: the phases, then the first request."""
+    with tempfile.TemporaryFile() as err:
+        os.environ[PHASES_ENV] = "1"
+        try:
+            t0 = time.monotonic_ns()
+            sock, proc = spawn(command, export, stderr=err.fileno())
+        finally:
+            del os.environ[PHASES_ENV]
+        try:
+            StructClient(sock, "ours").run([Frame(FIRST_REQUEST)], 1)
+            t_reply = time.monotonic_ns()
+            tree = ProcessTree(proc.pid)
+            tree.refresh()
+            cpu = tree.cpu_ns_by_pid()
+        finally:
+            sock.close()
+            proc.wait(10)
+        err.seek(0)
+        marks = []
+        for line in err.read().decode(errors="replace").splitlines():
+            if line.startswith("phase "):
+                _, pid, mono, cpu_ns, name = line.split(" ", 4)
+                marks.append((int(pid), int(mono), int(cpu_ns), name))
+    parent = [mk for mk in marks if mk[0] == proc.pid]
+    child = [mk for mk in marks if mk[0] != proc.pid]
+    if not parent or not child:
+        raise RuntimeError(f"no phase marks from {command} (parent {parent}, child {child})")
+    # the child's path starts at the parent's last mark before the fork
+    fork = next(i for i, mk in enumerate(parent) if mk[3] == "fork")
+    phases: list[Phase] = []
+
+    def walk(
+        process: str, marks: list[tuple[int, int, int, str]], wall0: int, cpu0: int = 0
+    ) -> tuple[int, int]:
+        wall, cpu_prev = wall0, cpu0
+        for _, mono, cpu_ns, name in marks:
+            known = cpu_ns >= 0
+            phases.append(Phase(process, name, mono - wall, cpu_ns - cpu_prev if known else None))
+            wall = mono
+            cpu_prev = cpu_ns if known else cpu_prev
+        return wall, cpu_prev
+
+    fork_at, parent_cpu = walk("parent", parent[:fork], t0)
+    _, parent_cpu = walk("parent, after fork", parent[fork:], fork_at, parent_cpu)
+    phases.append(Phase("parent, after fork", "(waiting)", 0, cpu[proc.pid] - parent_cpu))
+    last_wall, child_cpu = walk("child", child, fork_at)
+    child_total = sum(v for pid, v in cpu.items() if pid != proc.pid)
+    phases.append(Phase("child", "first request", t_reply - last_wall, child_total - child_cpu))
+    return phases
+
+
+#: -X importtime module name (first component, or ours in full) -> group
+def _import_group(name: str) -> str:
+    if name.startswith("virtfs_proto.server.seccomp"):
+        return "virtfs_proto.server.seccomp (loads libseccomp)"
+    if name.startswith("virtfs_proto"):
+        return "virtfs_proto (ours, but seccomp)"
+    top = name.split(".")[0].lstrip("_")
+    groups = {
+        "ctypes": "ctypes",
+        "getopt": "getopt, gettext, locale",
+        "gettext": "getopt, gettext, locale",
+        "locale": "getopt, gettext, locale",
+        "re": "re (sre_*, the console script's)",
+        "sre_compile": "re (sre_*, the console script's)",
+        "sre_parse": "re (sre_*, the console script's)",
+        "sre_constants": "re (sre_*, the console script's)",
+        "socket": "socket, selectors, enum",
+        "selectors": "socket, selectors, enum",
+        "enum": "socket, selectors, enum",
+        "collections": "collections, functools, types, ...",
+        "functools": "collections, functools, types, ...",
+        "types": "collections, functools, types, ...",
+        "keyword": "collections, functools, types, ...",
+        "operator": "collections, functools, types, ...",
+        "reprlib": "collections, functools, types, ...",
+        "heapq": "collections, functools, types, ...",
+    }
+    return groups.get(top, top)
+
+
+def import_groups(python: str, console: str, export: Path) -> list[tuple[str, int]]:
+    """Self time of every import of one start, summed by group (us), largest first."""
+    totals: dict[str, int] = {}
+    for own, _, name in import_times(python, console, export, 10_000):
+        group = _import_group(name.strip())
+        totals[group] = totals.get(group, 0) + own
+    return sorted(totals.items(), key=lambda kv: -kv[1])
+
+
+def run_phases(
+    args: argparse.Namespace, command: list[str], python: str, console: str, export: Path
+) -> None:
+    runs: list[list[Phase]] = []
+    phase_start(command, export)  # once first: page cache, dentries
+    for _ in range(args.runs):
+        runs.append(phase_start(command, export))
+    order = [(p.process, p.name) for p in runs[0]]
+    print(
+        f"{args.runs} starts of {' '.join(command)} ({install_kind(args.venv)}), "
+        f"{PHASES_ENV}=1; medians per phase, ms"
+    )
+    print("wall: since the previous mark on that process's path (the child's first: the fork);")
+    print("CPU: that process's own since its previous mark ('-': its clock is refused")
+    print("after seccomp, counted in the first request's row)")
+    print(f"{'process':<20}{'phase':<40}{'wall ms':>9}{'CPU ms':>9}")
+    for process, name in order:
+        rows = [p for run in runs for p in run if (p.process, p.name) == (process, name)]
+        wall = statistics.median(p.wall_ns for p in rows) / 1e6
+        cpus = [p.cpu_ns for p in rows if p.cpu_ns is not None]
+        cpu = f"{statistics.median(cpus) / 1e6:9.2f}" if cpus else f"{'-':>9}"
+        print(f"{process:<20}{name:<40}{wall:9.2f}{cpu}")
+    critical = [sum(p.wall_ns for p in run if p.process != "parent, after fork") for run in runs]
+    total_cpu = [sum(p.cpu_ns or 0 for p in run) for run in runs]
+    print(
+        f"{'total':<60}{statistics.median(critical) / 1e6:9.2f}"
+        f"{statistics.median(total_cpu) / 1e6:9.2f}  (exec to first reply; CPU of both)"
+    )
+    groups = import_groups(python, console, export)
+    whole = sum(us for _, us in groups)
+    print("imports by group, self time under -X importtime (one start; slower than without):")
+    for group, us in groups[:14]:
+        print(f"  {group:<52}{us / 1e3:8.2f} ms {100 * us / whole:5.1f} %")
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:8.1f}"
 
@@ -160,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--importtime", action="store_true", help="print our helper's top 15 imports, then exit"
+    )
+    parser.add_argument(
+        "--phases", action="store_true", help="decompose our helper's start-up, then exit"
+    )
+    parser.add_argument(
+        "--rootless", action="store_true", help="with --phases: start it as the CI user"
     )
     parser.add_argument(
         "--cpu", type=int, default=0, help="pin everything to this CPU (-1: do not pin)"
@@ -183,10 +370,21 @@ def main(argv: list[str] | None = None) -> int:
             for own, cumulative, name in import_times(python, console, export, 15):
                 print(f"{own:>9}{cumulative:>11}  {name}")
             return 0
+        if args.phases:
+            command = [console, "helper"]
+            if args.rootless:
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+                from tests.ciuser import SETPRIV
+
+                os.chmod(tmp, 0o755)  # the CI user's helper opens the export
+                command = [*SETPRIV, *command]
+            run_phases(args, command, python, console, export)
+            return 0
         subjects = [
             Subject("ours", lambda: helper_start([console, "helper"], export, "ours")),
             Subject("QEMU", lambda: helper_start([QEMU_HELPER], export, "qemu")),
             Subject("bare python", lambda: bare_start(python)),
+            Subject("python fork+wait", lambda: fork_start(python)),
         ]
         for s in subjects:  # once each first: page cache, dentries
             s.measure()
@@ -205,14 +403,16 @@ def _report(subjects: list[Subject], args: argparse.Namespace) -> None:
     )
     print("time: exec to the reply to one T_LSTAT (bare python: exec to exit), ms")
     print("CPU to that point and RSS and PSS then, summed over the process tree (bare: CPU to")
-    print("exit, memory of a bare interpreter waiting in os.read). RSS counts the pages a")
+    print("exit, memory of a bare interpreter waiting in os.read; fork+wait: time to its child's")
+    print("first word, CPU and memory of both then). RSS counts the pages a")
     print("parent and its forked child share twice, PSS once: PSS is the honest sum")
-    head = f"{'':<13}{'min':>8}{'median':>8}{'max':>8}{'CPU ms':>9}{'RSS MiB':>9}{'PSS MiB':>9}"
+    head = f"{'':<18}{'min':>8}{'median':>8}{'max':>8}{'CPU ms':>9}{'RSS MiB':>9}{'PSS MiB':>9}"
     print(f"{head}  command")
     commands = {
         "ours": f"{args.venv}/bin/virtfs-proto helper",
         "QEMU": QEMU_HELPER,
         "bare python": f"{args.venv}/bin/python -c pass",
+        "python fork+wait": f"{args.venv}/bin/python -c <fork, wait>",
     }
     med: dict[str, Start] = {}
     for s in subjects:
@@ -224,18 +424,23 @@ def _report(subjects: list[Subject], args: argparse.Namespace) -> None:
             round(statistics.median(r.pss_kib for r in s.starts)),
         )
         print(
-            f"{s.label:<13}{_ms(min(seconds))}{_ms(med[s.label].seconds)}{_ms(max(seconds))}"
+            f"{s.label:<18}{_ms(min(seconds))}{_ms(med[s.label].seconds)}{_ms(max(seconds))}"
             f"{med[s.label].cpu * 1e3:>9.1f}{med[s.label].rss_kib / 1024:>9.1f}"
             f"{med[s.label].pss_kib / 1024:>9.1f}"
             f"  {commands[s.label]}"
         )
-    ours, qemu, bare = med["ours"], med["QEMU"], med["bare python"]
+    ours, qemu, bare, fork = med["ours"], med["QEMU"], med["bare python"], med["python fork+wait"]
     print("ratios of medians:")
     print(
         f"  ours / bare python: time {ours.seconds / bare.seconds:.2f} "
         f"(target <= {TIME_TARGET}), RSS {ours.rss_kib / bare.rss_kib:.2f}, "
         f"PSS {ours.pss_kib / bare.pss_kib:.2f} (target <= {RSS_TARGET}), "
         f"CPU {ours.cpu / bare.cpu:.2f}"
+    )
+    print(
+        f"  ours / python fork+wait (the two-process floor): RSS {ours.rss_kib / fork.rss_kib:.2f},"
+        f" PSS {ours.pss_kib / fork.pss_kib:.2f}; fork+wait / bare: RSS"
+        f" {fork.rss_kib / bare.rss_kib:.2f}, PSS {fork.pss_kib / bare.pss_kib:.2f}"
     )
     print(
         f"  ours / QEMU:        time {ours.seconds / qemu.seconds:.1f}, "

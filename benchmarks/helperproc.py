@@ -100,7 +100,10 @@ class ProcessTree:
         return self.pids
 
     def cpu_seconds(self) -> float:
-        return sum(_cpu_ns(pid) for pid in self.pids) / 1e9
+        return sum(self.cpu_ns_by_pid().values()) / 1e9
+
+    def cpu_ns_by_pid(self) -> dict[int, int]:
+        return {pid: _cpu_ns(pid) for pid in self.pids}
 
     def rss_kib(self) -> int:
         """RSS summed: pages a parent and its forked child share count twice."""

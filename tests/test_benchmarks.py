@@ -86,12 +86,45 @@ def test_bench_startup_prints_its_table_and_ratios() -> None:
     assert re.search(rf"^ours{timing}\S+/virtfs-proto helper$", out, re.M), out
     assert re.search(rf"^QEMU{timing}{re.escape(QEMU_HELPER)}$", out, re.M), out
     assert re.search(rf"^bare python{timing}\S+/python -c pass$", out, re.M), out
+    assert re.search(rf"^python fork\+wait{timing}\S+/python -c <fork, wait>$", out, re.M), out
     assert re.search(
         rf"ours / bare python: time {NUMBER} \(target <= 2.0\), RSS {NUMBER}, PSS {NUMBER}"
         r" \(target <= 1.5\)",
         out,
     ), out
     assert re.search(rf"ours / QEMU: +time {NUMBER}, RSS {NUMBER}, CPU {NUMBER}", out), out
+
+
+@pytest.mark.root
+def test_bench_startup_phases_decompose_a_start() -> None:
+    out = run_script("bench_startup.py", "--phases", "--runs", "1")
+    rows = {
+        (process.strip(), name.strip()): (float(wall), cpu)
+        for process, name, wall, cpu in re.findall(
+            r"^(parent|parent, after fork|child) +(\S.*?) +(-?[\d.]+) +(-|[\d.]+)$", out, re.M
+        )
+    }
+    for process, name in [
+        ("parent", "interpreter"),
+        ("parent", "imports"),
+        ("parent", "options"),
+        ("parent, after fork", "fork"),
+        ("child", "sandbox: unshare"),
+        ("child", "sandbox: pivot_root"),
+        ("child", "privilege drop"),
+        ("child", "landlock"),
+        ("child", "seccomp: rules"),
+        ("child", "seccomp: load"),
+        ("child", "first request"),
+    ]:
+        assert (process, name) in rows, (process, name, out)
+    # after seccomp the child's CPU clock is refused: the first request's row has the rest
+    assert rows["child", "seccomp: load"][1] == "-", out
+    assert rows["child", "first request"][1] != "-", out
+    total = re.search(rf"^total +({NUMBER}) +({NUMBER})  \(exec to first reply", out, re.M)
+    assert total, out
+    assert float(total[1]) > 0 and float(total[2]) > 0, out
+    assert re.search(r"^  ctypes +[\d.]+ ms +[\d.]+ %$", out, re.M), out
 
 
 @pytest.mark.root

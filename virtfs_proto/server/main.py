@@ -82,7 +82,7 @@ from collections.abc import Callable
 from errno import EADDRINUSE, ENOBUFS
 
 from .. import _fastpath_generated as wire
-from .. import procfs
+from .. import phase, procfs
 from .._record import Record
 from ..constants import HEADER_SIZE, PROXY_MAX_IO_SZ
 from . import landlock, privileges, sandbox, seccomp, userns
@@ -797,14 +797,17 @@ def run(o: Options, log: Log) -> int:
         host_namespaces = sandbox.namespace_ids()
     except OSError:
         host_namespaces = {}
+    phase("set-up")
     if mode.rootless:
         assert mode.maps is not None
         # before the pid namespace, so that the user namespace owns it (and
         # may mount its procfs)
         userns.enter_user_namespace(mode.maps)
         uid, gid = os.getuid(), os.getgid()  # as seen inside now
+        phase("user namespace")
     child, alive = sandbox.fork_serving_process(new_pid_namespace=layers.namespaces)
     if child:
+        phase("fork")  # the child's path starts at the mark before
         # the parent keeps nothing but the child's pid (and the pipe that
         # tells the child it is alive)
         os.close(root_fd)
@@ -814,8 +817,10 @@ def run(o: Options, log: Log) -> int:
             # it only waits and forwards signals: no capability at all (and
             # it can still signal the child once that has become uid too)
             privileges.drop_privileges(uid, gid, (), rootless=mode.rootless)
+        phase("parent: drop, then wait")
         return sandbox.wait_for_child(child)
     sandbox.become_serving_process(alive)
+    phase("serving process")
     return _serve_confined(o, layers, mode, log, root_fd, sock, host_namespaces, uid, gid, alive)
 
 
@@ -877,11 +882,13 @@ def _serve_confined(
     try:
         fd_dir, _ = open_own_fd_dir(proc_fd)
         get_version = export_supports_getversion(root_fd)
+        phase("fd dir, getversion probe")
         os.umask(0)  # modes from the client are exact
         if layers.drop:
             kept = privileges.kept_capabilities(allow_device_nodes=o.allow_device_nodes)
             privileges.drop_privileges(uid, gid, kept, proc_fd=proc_fd, rootless=mode.rootless)
             sandbox.die_with_parent(parent_alive)  # the uid change cleared it
+            phase("privilege drop")
         else:
             # Landlock and seccomp need it; the drop sets it otherwise
             privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
@@ -893,9 +900,11 @@ def _serve_confined(
         id_maps = userns.read_maps(proc_fd) if mode.rootless else None
         # held open: seccomp's mode is read back through it after the filter
         status_fd = os.open(f"{os.getpid()}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        phase("confinement report")
         if layers.landlock:
             lines += landlock.restrict(root_fd, allow_device_nodes=o.allow_device_nodes).lines()
             lines.append(_observe_landlock(proc_fd))
+            phase("landlock")
         else:
             lines.append("landlock: off (--test-disable=landlock)")
     finally:
@@ -915,6 +924,7 @@ def _serve_confined(
         id_maps=id_maps,
         clear_setid=mode.rootless and not o.allow_setid,
     )
+    phase("operations")
     try:
         # last: every import done, everything set up (TSYNC: every thread)
         if layers.seccomp:
@@ -936,6 +946,7 @@ def _serve_confined(
         log(f"confinement: {line}")
     log(f"files are reopened through {proc_origin}")
     assert sock is not None
+    phase("serving")
     rc = serve(sock, ops.answer, log)
     log("Done")
     return rc
@@ -943,6 +954,7 @@ def _serve_confined(
 
 def main(argv: list[str]) -> int:
     """Entry point of ``virtfs-proto helper``; ``argv`` excludes the program name."""
+    phase("imports")
     log = Log()
     try:
         o = parse_args(argv)
@@ -953,6 +965,7 @@ def main(argv: list[str]) -> int:
             sys.stderr.write(USAGE + EXTRA_USAGE)
         sys.stderr.flush()
         return exc.status
+    phase("options")
     try:
         return run(o, log)
     except UsageError as exc:  # a check that needs the running system (rootless)

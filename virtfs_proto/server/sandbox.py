@@ -27,6 +27,7 @@ import sys
 from collections.abc import Mapping
 from types import FrameType
 
+from .. import phase
 from .._record import Record
 from . import oslib, privileges
 
@@ -216,10 +217,13 @@ def enter_namespaces(root_fd: int, *, chroot: bool) -> tuple[int, int]:
         oslib.unshare(
             oslib.CLONE_NEWNS | oslib.CLONE_NEWNET | oslib.CLONE_NEWIPC | oslib.CLONE_NEWUTS
         )
+        phase("sandbox: unshare")
         step = "private mounts"
         oslib.mount(None, "/", None, oslib.MS_REC | oslib.MS_PRIVATE)
+        phase("sandbox: private mounts")
         step = "procfs"
         proc_fd = oslib.detached_procfs()
+        phase("sandbox: procfs")
         step = "open_tree"
         # cloned from the new namespace's copy (the cwd): a rootless helper
         # has CAP_SYS_ADMIN over that namespace only, not over root_fd's;
@@ -245,16 +249,19 @@ def enter_namespaces(root_fd: int, *, chroot: bool) -> tuple[int, int]:
                 os.close(tmpfs)
         finally:
             os.close(export_tree)
+        phase("sandbox: tmpfs root, export bind mount")
         step = "pivot_root"
         oslib.pivot_root(".", ".")
         oslib.umount2(".", oslib.MNT_DETACH)  # the old root, stacked beneath the new
         os.chdir("/")
+        phase("sandbox: pivot_root")
         step = "chroot"
         if chroot:
             os.chroot(EXPORT_MOUNT_POINT)
             os.chdir("/")
         else:
             os.chdir(EXPORT_MOUNT_POINT)
+        phase("sandbox: chroot")
         return os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), proc_fd
     except OSError as exc:
         why = exc.strerror or str(exc)

@@ -27,6 +27,7 @@ import socket
 import stat
 from collections.abc import Iterable
 
+from .. import phase
 from .._record import Record
 from . import privileges
 from .ops import FS_IOC_GETVERSION
@@ -294,6 +295,7 @@ def install(
         if nr < 0:
             raise OSError(errno.EINVAL, f"seccomp: libseccomp does not know {name!r}")
         numbers[name] = nr
+    phase("seccomp: names")
 
     ctx = lib.seccomp_init(scmp_act_errno(errno.EPERM))
     if not ctx:
@@ -331,7 +333,9 @@ def install(
         else:
             for kind in MKNOD_TYPES:
                 rule(SCMP_ACT_ALLOW, "mknodat", (2, SCMP_CMP_MASKED_EQ, _S_IFMT_MASK, kind))
+        phase("seccomp: rules")
         _check(lib.seccomp_load(ctx), "seccomp_load")
+        phase("seccomp: load")
     finally:
         lib.seccomp_release(ctx)
 

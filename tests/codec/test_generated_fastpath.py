@@ -97,6 +97,7 @@ UNUSED_STDLIB = (
     "importlib.metadata",
     "threading",
     "platform",
+    "syslog",  # only a helper that daemonises logs there
 )
 
 

@@ -17,6 +17,7 @@ from helpers import OUR_HELPER, require_qemu_helper
 from virtfs_proto import messages as m
 from virtfs_proto import procfs
 from virtfs_proto.connection import ClientConnection
+from virtfs_proto.server import main
 from virtfs_proto.server.main import USAGE
 from virtfs_proto.transport import Transport
 
@@ -203,3 +204,14 @@ def test_warns_when_the_exports_mount_lacks_nodev_or_nosuid(
         assert warnings == []
     else:
         assert warnings and f"lacks {missing}:" in warnings[0]
+
+
+def test_log_priorities_are_syslogs() -> None:
+    """main.py names syslog's priorities without importing it (only daemons log there)."""
+    import syslog
+
+    assert (main.LOG_ERR, main.LOG_WARNING, main.LOG_INFO) == (
+        syslog.LOG_ERR,
+        syslog.LOG_WARNING,
+        syslog.LOG_INFO,
+    )

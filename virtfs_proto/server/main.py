@@ -77,7 +77,6 @@ import socket
 import stat
 import struct
 import sys
-import syslog
 from collections.abc import Callable
 from errno import EADDRINUSE, ENOBUFS
 
@@ -324,24 +323,33 @@ def _check_mode_options(o: Options) -> None:
             raise UsageError(message, usage=False)
 
 
+#: syslog(3)'s priorities (<syslog.h>): the module itself is imported only
+#: by a helper that daemonises, which alone logs there
+LOG_ERR: Final = 3
+LOG_WARNING: Final = 4
+LOG_INFO: Final = 6
+
+
 class Log:
     """stderr with ``-n``, syslog (connected before the chroot) otherwise."""
 
     def __init__(self) -> None:
-        self.use_syslog = False
+        self.syslog: Callable[[int, str], None] | None = None
 
     def open_syslog(self) -> None:
-        syslog.openlog(PROG, syslog.LOG_PID | syslog.LOG_NDELAY, syslog.LOG_DAEMON)
-        self.use_syslog = True
+        import syslog
 
-    def __call__(self, message: str, priority: int = syslog.LOG_INFO) -> None:
-        if self.use_syslog:
-            syslog.syslog(priority, message)
+        syslog.openlog(PROG, syslog.LOG_PID | syslog.LOG_NDELAY, syslog.LOG_DAEMON)
+        self.syslog = syslog.syslog
+
+    def __call__(self, message: str, priority: int = LOG_INFO) -> None:
+        if self.syslog is not None:
+            self.syslog(priority, message)
         else:
             print(message, file=sys.stderr, flush=True)
 
     def error(self, message: str) -> None:
-        self(message, syslog.LOG_ERR)
+        self(message, LOG_ERR)
 
 
 def daemonize() -> None:
@@ -782,7 +790,7 @@ def run(o: Options, log: Log) -> int:
         log(
             f"warning: the host's mount of the export lacks {', '.join(unsafe)}: what a guest"
             " makes there (set-id files, device nodes) takes effect for host users too",
-            syslog.LOG_WARNING,
+            LOG_WARNING,
         )
     sock: socket.socket | None = None
     if o.socket is not None:

@@ -37,6 +37,7 @@ start, which a wheel install does not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -44,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,23 @@ def bare_start(python: str) -> Start:
     return Start(seconds, usage.ru_utime + usage.ru_stime, *bare_memory_kib(python))
 
 
+@contextlib.contextmanager
+def waiting_python(python: str, code: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -c code`` once it has written its one byte; it waits until stdin closes."""
+    proc = subprocess.Popen(
+        [python, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/"
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        if proc.stdout.read(1) != b".":
+            raise RuntimeError(f"{python} -c {code!r} did not start")
+        yield proc
+    finally:
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.wait(10)
+
+
 def bare_memory_kib(python: str) -> tuple[int, int]:
     """RSS and PSS of a bare interpreter that has started and waits.
 
@@ -112,19 +130,9 @@ def bare_memory_kib(python: str) -> tuple[int, int]:
     is charged the parent's peak RSS at exec (this benchmark's, codec
     imported), so it says more about the parent than the child.
     """
-    waiting = "import os; os.write(1, b'.'); os.read(0, 1)"  # os: already imported by site
-    proc = subprocess.Popen(
-        [python, "-c", waiting], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/"
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        if proc.stdout.read(1) != b".":
-            raise RuntimeError(f"{python} -c {waiting!r} did not start")
+    # os: already imported by site
+    with waiting_python(python, "import os; os.write(1, b'.'); os.read(0, 1)") as proc:
         return rss_kib(proc.pid), pss_kib(proc.pid)
-    finally:
-        proc.stdin.close()
-        proc.stdout.close()
-        proc.wait(10)
 
 
 #: A bare interpreter that forks and waits, the child idle until stdin closes:
@@ -137,21 +145,11 @@ FORK_AND_WAIT = (
 def fork_start(python: str) -> Start:
     """Time to the forked child's first word, and CPU and memory of both then."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [python, "-c", FORK_AND_WAIT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/"
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        if proc.stdout.read(1) != b".":
-            raise RuntimeError(f"{python} -c {FORK_AND_WAIT!r} did not start")
+    with waiting_python(python, FORK_AND_WAIT) as proc:
         seconds = time.perf_counter() - t0
         tree = ProcessTree(proc.pid)
         tree.refresh()
         return Start(seconds, tree.cpu_seconds(), tree.rss_kib(), tree.pss_kib())
-    finally:
-        proc.stdin.close()
-        proc.stdout.close()
-        proc.wait(10)
 
 
 def install_kind(venv: Path) -> str:

@@ -27,7 +27,11 @@ non-root user (``tests/ciuser.py``'s setpriv).
 
 Beside the bare interpreter, the table has ``python fork+wait``: a bare
 interpreter that forks a child and waits for it, both idle (the least a
-two-process model costs in Python): the memory floor for ours.
+two-process model costs in Python), and ``imports+fork+wait``: the same
+after importing what our helper's serving path imports (the console
+script's ``cli``, ``server.main`` and with it libseccomp), doing nothing
+with it: the floor for ours in pure Python, before any option is parsed or
+any sandbox is built.
 
 ``--venv DIR`` takes the interpreter and ``virtfs-proto`` console script of
 another venv: an editable install pays for its import finder on every
@@ -142,10 +146,14 @@ FORK_AND_WAIT = (
 )
 
 
-def fork_start(python: str) -> Start:
+#: FORK_AND_WAIT after the imports of our helper's serving path.
+IMPORTS_FORK_AND_WAIT = "import virtfs_proto.cli, virtfs_proto.server.main\n" + FORK_AND_WAIT
+
+
+def fork_start(python: str, code: str = FORK_AND_WAIT) -> Start:
     """Time to the forked child's first word, and CPU and memory of both then."""
     t0 = time.perf_counter()
-    with waiting_python(python, FORK_AND_WAIT) as proc:
+    with waiting_python(python, code) as proc:
         seconds = time.perf_counter() - t0
         tree = ProcessTree(proc.pid)
         tree.refresh()
@@ -383,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             Subject("QEMU", lambda: helper_start([QEMU_HELPER], export, "qemu")),
             Subject("bare python", lambda: bare_start(python)),
             Subject("python fork+wait", lambda: fork_start(python)),
+            Subject("imports+fork+wait", lambda: fork_start(python, IMPORTS_FORK_AND_WAIT)),
         ]
         for s in subjects:  # once each first: page cache, dentries
             s.measure()
@@ -411,6 +420,7 @@ def _report(subjects: list[Subject], args: argparse.Namespace) -> None:
         "QEMU": QEMU_HELPER,
         "bare python": f"{args.venv}/bin/python -c pass",
         "python fork+wait": f"{args.venv}/bin/python -c <fork, wait>",
+        "imports+fork+wait": f"{args.venv}/bin/python -c <our imports, fork, wait>",
     }
     med: dict[str, Start] = {}
     for s in subjects:
@@ -428,6 +438,7 @@ def _report(subjects: list[Subject], args: argparse.Namespace) -> None:
             f"  {commands[s.label]}"
         )
     ours, qemu, bare, fork = med["ours"], med["QEMU"], med["bare python"], med["python fork+wait"]
+    floor = med["imports+fork+wait"]
     print("ratios of medians:")
     print(
         f"  ours / bare python: time {ours.seconds / bare.seconds:.2f} "
@@ -439,6 +450,11 @@ def _report(subjects: list[Subject], args: argparse.Namespace) -> None:
         f"  ours / python fork+wait (the two-process floor): RSS {ours.rss_kib / fork.rss_kib:.2f},"
         f" PSS {ours.pss_kib / fork.pss_kib:.2f}; fork+wait / bare: RSS"
         f" {fork.rss_kib / bare.rss_kib:.2f}, PSS {fork.pss_kib / bare.pss_kib:.2f}"
+    )
+    print(
+        f"  imports+fork+wait / bare (the pure-Python floor): time"
+        f" {floor.seconds / bare.seconds:.2f}, CPU {floor.cpu / bare.cpu:.2f},"
+        f" PSS {floor.pss_kib / bare.pss_kib:.2f}, RSS {floor.rss_kib / bare.rss_kib:.2f}"
     )
     print(
         f"  ours / QEMU:        time {ours.seconds / qemu.seconds:.1f}, "

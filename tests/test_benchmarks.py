@@ -87,6 +87,13 @@ def test_bench_startup_prints_its_table_and_ratios() -> None:
     assert re.search(rf"^QEMU{timing}{re.escape(QEMU_HELPER)}$", out, re.M), out
     assert re.search(rf"^bare python{timing}\S+/python -c pass$", out, re.M), out
     assert re.search(rf"^python fork\+wait{timing}\S+/python -c <fork, wait>$", out, re.M), out
+    floor = rf"^imports\+fork\+wait{timing}\S+/python -c <our imports, fork, wait>$"
+    assert re.search(floor, out, re.M), out
+    assert re.search(
+        rf"imports\+fork\+wait / bare \(the pure-Python floor\): time {NUMBER}, CPU {NUMBER},"
+        rf" PSS {NUMBER}, RSS {NUMBER}",
+        out,
+    ), out
     assert re.search(
         rf"ours / bare python: time {NUMBER} \(target <= 2.0\), RSS {NUMBER}, PSS {NUMBER}"
         r" \(target <= 1.5\)",

@@ -66,11 +66,33 @@ class Requirement:
     reason: str
 
 
-#: Objects owned by, or requests naming, ids other than the invoker's.
+#: Requests naming ids other than the invoker's that the case cannot change: the
+#: wire vectors, recorded from QEMU with root's ids (cases whose owner is incidental
+#: name :attr:`Context.ids` instead, see :meth:`Context.owner`).
 ROOT_IDS: Final = Requirement(
     "root-ids",
-    "it needs owners other than the invoker's (a non-root runner cannot chown to them, "
-    "and a rootless helper maps only its user's ids)",
+    "it replays requests recorded from QEMU that name root's or another user's ids (or "
+    "make QEMU's root-owned T_OPEN O_CREAT file), and a rootless helper maps only its "
+    "user's ids",
+)
+#: The case checks that an object gets an owner other than the helper's own.
+OTHER_OWNER: Final = Requirement(
+    "other-owner",
+    "it checks that what a request creates or chowns gets an owner other than the "
+    "helper's own, and a rootless helper maps only its user's ids (every owner it can "
+    "give is its own)",
+)
+#: A process of another host user acts beside the helper.
+OTHER_USER: Final = Requirement(
+    "other-user",
+    "it runs a process as another host user beside the helper (racing it for a name, "
+    "or writing through an fd it passed), and a non-root runner cannot switch users",
+)
+#: The helper is started with -u/-g naming a socket owner other than the invoker.
+OTHER_SOCKET_OWNER: Final = Requirement(
+    "socket-owner",
+    "it starts the helper with a socket owner (-u/-g) other than the invoker, so that "
+    "a chown through a swapped socket path shows; only root can chown to another owner",
 )
 #: A character device node in the export.
 DEVICE_NODES: Final = Requirement(
@@ -80,8 +102,7 @@ DEVICE_NODES: Final = Requirement(
 #: A tmpfs or procfs mounted inside the export by the runner.
 MOUNTS: Final = Requirement(
     "mounts",
-    "it mounts a file system inside the export (needs CAP_SYS_ADMIN in the initial "
-    "user namespace)",
+    "it mounts a file system inside the export (needs CAP_SYS_ADMIN in the initial user namespace)",
 )
 #: Set-uid/set-gid bits that a request sets and the case reads back.
 SETID_BITS: Final = Requirement(
@@ -97,7 +118,17 @@ TRUSTED_XATTRS: Final = Requirement(
 
 #: Every requirement, by name.
 REQUIREMENTS: Final = {
-    r.name: r for r in (ROOT_IDS, DEVICE_NODES, MOUNTS, SETID_BITS, TRUSTED_XATTRS)
+    r.name: r
+    for r in (
+        ROOT_IDS,
+        OTHER_OWNER,
+        OTHER_USER,
+        OTHER_SOCKET_OWNER,
+        DEVICE_NODES,
+        MOUNTS,
+        SETID_BITS,
+        TRUSTED_XATTRS,
+    )
 }
 
 
@@ -292,6 +323,13 @@ class Context:
             f"{what}: the fd passed back is not a regular file or directory",
         )
         return st
+
+    def owner(self, uid: int, gid: int) -> tuple[int, int]:
+        """The owner a request names where it is incidental to what the case checks:
+        ``uid:gid`` as root (what the case always sent), :attr:`ids` in a rootless run
+        (the only ids its helper maps). Compare a host object's owner with it through
+        :meth:`named_owner`."""
+        return self.ids if self.rootless else (uid, gid)
 
     def named_owner(self, st: os.stat_result) -> tuple[int, int]:
         """The owner of a host object as the helper must name it: the host's ids,

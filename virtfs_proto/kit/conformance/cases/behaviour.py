@@ -13,7 +13,7 @@ from .... import messages as m
 from ....constants import UTIME_NOW, UTIME_OMIT
 from ..model import (
     DEVICE_NODES,
-    ROOT_IDS,
+    OTHER_OWNER,
     SETID_BITS,
     CheckFailed,
     Context,
@@ -97,7 +97,7 @@ def open_errors(ctx: Context) -> None:
     ctx.err(qemu(m.OpenRequest, qpath("file.txt/x"), os.O_RDONLY), E.ENOTDIR)
 
 
-@case("behaviour", "open", needs=ROOT_IDS)
+@case("behaviour", "open")
 def open_with_o_creat(ctx: Context) -> None:
     """T_OPEN with O_CREAT: either EINVAL, or a file is created (QEMU's mode 0000 file)."""
     reply = ctx.call(qemu(m.OpenRequest, qpath("created_by_open"), os.O_RDWR | os.O_CREAT))
@@ -114,42 +114,46 @@ def open_with_o_creat(ctx: Context) -> None:
 # -- T_CREATE ---------------------------------------------------------------
 
 
-@case("behaviour", "create", needs=ROOT_IDS)
+def expect_owner(ctx: Context, st: os.stat_result, owner: tuple[int, int]) -> None:
+    """``st`` is owned by ``owner`` as the helper names it (:meth:`Context.owner`)."""
+    got = ctx.named_owner(st)
+    ctx.expect(got == owner, f"owner {got[0]}:{got[1]}, requested {owner[0]}:{owner[1]}")
+
+
+@case("behaviour", "create")
 def create_owner_mode(ctx: Context) -> None:
     """T_CREATE makes a file owned by uid:gid with the exact mode, and passes it back."""
-    req = qemu(
-        m.CreateRequest, qpath("new.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640, 1000, 1001
-    )
+    owner = ctx.owner(1000, 1001)
+    req = qemu(m.CreateRequest, qpath("new.txt"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640, *owner)
     fd = ctx.fd(req)
     st = os.lstat(ctx.host("new.txt"))
     ctx.expect(stat.S_ISREG(st.st_mode), "not a regular file")
-    ctx.expect((st.st_uid, st.st_gid) == (1000, 1001), f"owner {st.st_uid}:{st.st_gid}")
+    expect_owner(ctx, st, owner)
     ctx.expect(stat.S_IMODE(st.st_mode) == 0o640, f"mode {stat.S_IMODE(st.st_mode):04o}")
     ctx.expect(ctx.same_file(fd, ctx.host("new.txt")), "the fd is not the new file")
     os.write(fd, b"data")
     ctx.expect(ctx.host("new.txt").read_bytes() == b"data", "write through the fd lost")
 
 
-@case("behaviour", "create", needs=ROOT_IDS)
+@case("behaviour", "create")
 def create_existing(ctx: Context) -> None:
     """T_CREATE: EEXIST with O_EXCL; without it the existing file is opened, owner kept."""
+    owner = ctx.owner(1000, 1000)
+    before = os.lstat(ctx.host("file.txt")).st_uid
     ctx.err(
         qemu(
             m.CreateRequest,
             qpath("file.txt"),
             os.O_RDWR | os.O_CREAT | os.O_EXCL,
             0o600,
-            1000,
-            1000,
+            *owner,
         ),
         E.EEXIST,
     )
-    fd = ctx.fd(
-        qemu(m.CreateRequest, qpath("file.txt"), os.O_RDONLY | os.O_CREAT, 0o600, 1000, 1000)
-    )
+    fd = ctx.fd(qemu(m.CreateRequest, qpath("file.txt"), os.O_RDONLY | os.O_CREAT, 0o600, *owner))
     ctx.expect(ctx.same_file(fd, ctx.host("file.txt")), "did not open the existing file")
     st = os.lstat(ctx.host("file.txt"))
-    ctx.expect((st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o644), "changed owner or mode")
+    ctx.expect((st.st_uid, stat.S_IMODE(st.st_mode)) == (before, 0o644), "changed owner or mode")
 
 
 @case("behaviour", "create")
@@ -163,23 +167,26 @@ def create_errors(ctx: Context) -> None:
 # -- T_MKNOD ----------------------------------------------------------------
 
 
-@case("behaviour", "mknod", needs=ROOT_IDS)
+@case("behaviour", "mknod")
 def mknod_fifo(ctx: Context) -> None:
     """T_MKNOD S_IFIFO makes a FIFO owned by uid:gid with the exact mode."""
-    ctx.ok(qemu(m.MknodRequest, 1000, 1001, qpath("newfifo"), stat.S_IFIFO | 0o640, 0))
+    owner = ctx.owner(1000, 1001)
+    ctx.ok(qemu(m.MknodRequest, *owner, qpath("newfifo"), stat.S_IFIFO | 0o640, 0))
     st = os.lstat(ctx.host("newfifo"))
     ctx.expect(stat.S_ISFIFO(st.st_mode), "not a FIFO")
-    ctx.expect((st.st_uid, st.st_gid) == (1000, 1001), f"owner {st.st_uid}:{st.st_gid}")
+    expect_owner(ctx, st, owner)
     ctx.expect(stat.S_IMODE(st.st_mode) == 0o640, f"mode {stat.S_IMODE(st.st_mode):04o}")
 
 
-@case("behaviour", "mknod", needs=ROOT_IDS)
+@case("behaviour", "mknod")
 def mknod_regular(ctx: Context) -> None:
     """T_MKNOD S_IFREG makes an empty regular file."""
-    ctx.ok(qemu(m.MknodRequest, 1000, 1000, qpath("newreg"), stat.S_IFREG | 0o600, 0))
+    owner = ctx.owner(1000, 1000)
+    ctx.ok(qemu(m.MknodRequest, *owner, qpath("newreg"), stat.S_IFREG | 0o600, 0))
     st = os.lstat(ctx.host("newreg"))
     ctx.expect(stat.S_ISREG(st.st_mode) and st.st_size == 0, "not an empty regular file")
-    ctx.expect(stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 1000, "mode or owner wrong")
+    ctx.expect(stat.S_IMODE(st.st_mode) == 0o600, f"mode {stat.S_IMODE(st.st_mode):04o}")
+    expect_owner(ctx, st, owner)
 
 
 @case("behaviour", "mknod")
@@ -203,14 +210,15 @@ def mknod_exists(ctx: Context) -> None:
 # -- T_MKDIR ----------------------------------------------------------------
 
 
-@case("behaviour", "mkdir", needs=ROOT_IDS)
+@case("behaviour", "mkdir")
 def mkdir_owner_mode(ctx: Context) -> None:
     """T_MKDIR makes a directory owned by uid:gid with the exact mode (sticky bit kept)."""
-    ctx.ok(qemu(m.MkdirRequest, 1000, 1001, qpath("newdir"), 0o750))
-    ctx.ok(qemu(m.MkdirRequest, 1000, 1001, qpath("newdir/sticky"), 0o1777))
+    owner = ctx.owner(1000, 1001)
+    ctx.ok(qemu(m.MkdirRequest, *owner, qpath("newdir"), 0o750))
+    ctx.ok(qemu(m.MkdirRequest, *owner, qpath("newdir/sticky"), 0o1777))
     st = os.lstat(ctx.host("newdir"))
     ctx.expect(stat.S_ISDIR(st.st_mode), "not a directory")
-    ctx.expect((st.st_uid, st.st_gid) == (1000, 1001), f"owner {st.st_uid}:{st.st_gid}")
+    expect_owner(ctx, st, owner)
     ctx.expect(stat.S_IMODE(st.st_mode) == 0o750, f"mode {stat.S_IMODE(st.st_mode):04o}")
     mode = stat.S_IMODE(os.lstat(ctx.host("newdir/sticky")).st_mode)
     ctx.expect(mode == 0o1777, f"mode {mode:04o}, not 1777")
@@ -227,14 +235,14 @@ def mkdir_errors(ctx: Context) -> None:
 # -- T_SYMLINK --------------------------------------------------------------
 
 
-@case("behaviour", "symlink", needs=ROOT_IDS)
+@case("behaviour", "symlink")
 def symlink_owner_target(ctx: Context) -> None:
     """T_SYMLINK stores the target verbatim, owned by uid:gid."""
+    owner = ctx.owner(1000, 1001)
     for name, target in (("newlink", b"some/relative/target"), ("newabs", b"/etc/shadow")):
-        ctx.ok(qemu(m.SymlinkRequest, 1000, 1001, target, qpath(name)))
+        ctx.ok(qemu(m.SymlinkRequest, *owner, target, qpath(name)))
         ctx.expect(os.readlink(os.fsencode(ctx.host(name))) == target, "target changed")
-        st = os.lstat(ctx.host(name))
-        ctx.expect((st.st_uid, st.st_gid) == (1000, 1001), f"owner {st.st_uid}:{st.st_gid}")
+        expect_owner(ctx, os.lstat(ctx.host(name)), owner)
 
 
 @case("behaviour", "symlink")
@@ -378,7 +386,7 @@ def chmod_file(ctx: Context) -> None:
 # -- T_CHOWN ----------------------------------------------------------------
 
 
-@case("behaviour", "chown", needs=ROOT_IDS)
+@case("behaviour", "chown", needs=OTHER_OWNER)
 def chown_file(ctx: Context) -> None:
     """T_CHOWN sets the owner; 0xffffffff leaves an id unchanged."""
     ctx.ok(qemu(m.ChownRequest, qpath("file.txt"), 1000, 1001))
@@ -389,7 +397,7 @@ def chown_file(ctx: Context) -> None:
     ctx.expect((st.st_uid, st.st_gid) == (1000, 1002), f"owner {st.st_uid}:{st.st_gid}")
 
 
-@case("behaviour", "chown", needs=ROOT_IDS)
+@case("behaviour", "chown", needs=OTHER_OWNER)
 def chown_symlink_nofollow(ctx: Context) -> None:
     """T_CHOWN of a symlink changes the symlink, not its target."""
     ctx.ok(qemu(m.ChownRequest, qpath("link_file"), 1000, 1000))

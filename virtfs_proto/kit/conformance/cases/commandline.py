@@ -21,7 +21,7 @@ from typing import Final
 from .... import messages as m
 from ....errors import HelperStartError
 from ....launcher import helper_args
-from ..model import ROOT_IDS, CheckFailed, Context, case, qemu, qpath
+from ..model import OTHER_SOCKET_OWNER, CheckFailed, Context, case, qemu, qpath
 from ..session import HelperSession
 
 #: A helper that validates its arguments answers at once; one that does not may
@@ -307,7 +307,13 @@ def _status(proc: subprocess.Popen[bytes]) -> str:
 
 def _socket_race(name: str) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
     """Register a socket-swap race; its socket's owner (-u/-g) must not be the invoker's."""
-    return case("security", "socket-path", name=f"socket.{name}", modes=("socket",), needs=ROOT_IDS)
+    return case(
+        "security",
+        "socket-path",
+        name=f"socket.{name}",
+        modes=("socket",),
+        needs=OTHER_SOCKET_OWNER,
+    )
 
 
 @_socket_race("chown_follows_no_symlink")

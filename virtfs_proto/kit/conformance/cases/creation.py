@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from .... import messages as m
-from ..model import ROOT_IDS, CheckFailed, Context, Name, case, errname, qemu, qpath
+from ..model import OTHER_OWNER, OTHER_USER, CheckFailed, Context, Name, case, errname, qemu, qpath
 from .security._common import RACE_ITERATIONS
 from .security.races import ForkedLoop, _Swapper
 
@@ -194,7 +194,7 @@ def _owner_case(creator: Creator, shape: str) -> None:
         f"{creator.make(Name(b'')).TYPE.name} ({creator.name}) through {what}: what it creates "
         "gets the requested owner and mode"
     )
-    case("security", "created-owner", name=f"owner.{creator.name}.{shape}", needs=ROOT_IDS)(run)
+    case("security", "created-owner", name=f"owner.{creator.name}.{shape}", needs=OTHER_OWNER)(run)
 
 
 for _creator in CREATORS:
@@ -263,7 +263,8 @@ def _race_case(creator: Creator) -> None:
         "the helper created has the requested owner, none keeps the helper's own"
     )
     name = f"owner.{creator.name}.racing_creator"
-    case("security", "created-owner", name=name, needs=ROOT_IDS)(run)
+    needs = (OTHER_OWNER, OTHER_USER)
+    case("security", "created-owner", name=name, needs=needs)(run)
 
 
 for _creator in CREATORS:

@@ -7,10 +7,12 @@ import os
 import stat
 
 from ..... import messages as m
-from ...model import ROOT_IDS, Context, case, errname, qemu, qpath
+from ...model import OTHER_OWNER, OTHER_USER, Context, case, errname, qemu, qpath
 
 
-@case("security", "credentials", name="creds.setgid_dir_root_then_user", fresh=True, needs=ROOT_IDS)
+@case(
+    "security", "credentials", name="creds.setgid_dir_root_then_user", fresh=True, needs=OTHER_OWNER
+)
 def creds_setgid_root_then_user(ctx: Context) -> None:
     """Guest root creates in a setgid dir (uid 0, gid N), then a user creates: both work."""
     ctx.ok(qemu(m.MkdirRequest, 0, 1234, qpath("sgid_dir/by_root"), 0o755))
@@ -21,7 +23,7 @@ def creds_setgid_root_then_user(ctx: Context) -> None:
     ctx.expect((st.st_uid, st.st_gid) == (1000, 1000), f"owner {st.st_uid}:{st.st_gid}")
 
 
-@case("security", "credentials", name="creds.uid0_gidN_then_chown", fresh=True, needs=ROOT_IDS)
+@case("security", "credentials", name="creds.uid0_gidN_then_chown", fresh=True, needs=OTHER_OWNER)
 def creds_uid0_then_chown(ctx: Context) -> None:
     """After a uid 0 / gid N request the helper keeps its privileges (T_CHOWN still works)."""
     ctx.ok(qemu(m.MkdirRequest, 0, 1000, qpath("d0"), 0o755))
@@ -30,7 +32,7 @@ def creds_uid0_then_chown(ctx: Context) -> None:
     ctx.expect((st.st_uid, st.st_gid) == (1234, 1234), f"owner {st.st_uid}:{st.st_gid}")
 
 
-@case("security", "credentials", name="creds.uidN_gid0_then_root", fresh=True, needs=ROOT_IDS)
+@case("security", "credentials", name="creds.uidN_gid0_then_root", fresh=True, needs=OTHER_OWNER)
 def creds_uidN_gid0(ctx: Context) -> None:
     """A uid N / gid 0 request, then root-owned creation and a chown: all work."""
     ctx.ok(qemu(m.MkdirRequest, 1000, 0, qpath("dN"), 0o755))
@@ -40,7 +42,7 @@ def creds_uidN_gid0(ctx: Context) -> None:
     ctx.expect((st.st_uid, st.st_gid) == (0, 0), f"owner {st.st_uid}:{st.st_gid}")
 
 
-@case("security", "credentials", name="creds.minus_one_ids", fresh=True, needs=ROOT_IDS)
+@case("security", "credentials", name="creds.minus_one_ids", fresh=True, needs=OTHER_OWNER)
 def creds_minus_one(ctx: Context) -> None:
     """uid/gid -1 in a creating request: refused (EINVAL) or served, never a privilege change."""
     reply = ctx.call(qemu(m.MkdirRequest, 0xFFFFFFFF, 0xFFFFFFFF, qpath("dm"), 0o755))
@@ -52,7 +54,7 @@ def creds_minus_one(ctx: Context) -> None:
     ctx.expect((st.st_uid, st.st_gid) == (1000, 1000), f"owner {st.st_uid}:{st.st_gid}")
 
 
-@case("security", "credentials", name="creds.setgid_dir_inherits", needs=ROOT_IDS)
+@case("security", "credentials", name="creds.setgid_dir_inherits", needs=OTHER_OWNER)
 def creds_setgid_inherits(ctx: Context) -> None:
     """A directory made in a setgid directory with the dir's group gets the setgid bit too."""
     ctx.ok(qemu(m.MkdirRequest, 1000, 1234, qpath("sgid_dir/sub"), 0o755))
@@ -61,7 +63,7 @@ def creds_setgid_inherits(ctx: Context) -> None:
     ctx.expect(bool(st.st_mode & stat.S_ISGID), "the setgid bit was not inherited")
 
 
-@case("security", "credentials", name="creds.chown_clears_setid", needs=ROOT_IDS)
+@case("security", "credentials", name="creds.chown_clears_setid", needs=OTHER_OWNER)
 def creds_chown_clears(ctx: Context) -> None:
     """T_CHOWN of a setuid/setgid executable clears both bits (no set-id file for a new owner)."""
     ctx.ok(qemu(m.ChownRequest, qpath("suid.bin"), 1001, 1001))
@@ -69,7 +71,12 @@ def creds_chown_clears(ctx: Context) -> None:
     ctx.expect(not mode & (stat.S_ISUID | stat.S_ISGID), f"mode {stat.filemode(mode)} kept set-id")
 
 
-@case("security", "credentials", name="creds.write_through_fd_clears_setuid", needs=ROOT_IDS)
+@case(
+    "security",
+    "credentials",
+    name="creds.write_through_fd_clears_setuid",
+    needs=(OTHER_OWNER, OTHER_USER),
+)
 def creds_write_clears(ctx: Context) -> None:
     """A write through a passed fd by an unprivileged client clears the setuid bit."""
     fd = ctx.fd(qemu(m.OpenRequest, qpath("suid.bin"), os.O_WRONLY | os.O_APPEND))

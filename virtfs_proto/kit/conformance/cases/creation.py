@@ -50,10 +50,11 @@ _CREAT: Final = os.O_RDWR | os.O_CREAT
 
 @dataclass(frozen=True)
 class Creator:
-    """One creating request: how to ask for ``path``, and the owner and mode to expect."""
+    """One creating request: how to ask for ``path`` with an owner, and the owner and
+    mode to expect (as root; rootless, :meth:`Context.owner` gives the owner)."""
 
     name: str
-    make: Callable[[Name], m.Request]
+    make: Callable[[Name, tuple[int, int]], m.Request]
     uid: int
     gid: int
     #: the permission bits the created object must carry (None: not checked)
@@ -61,40 +62,45 @@ class Creator:
     #: whether O_CREAT semantics apply (a dangling final symlink is followed)
     follows_dangling: bool
     #: whether it takes O_TMPFILE
-    tmpfile: Callable[[Name], m.Request] | None = None
+    tmpfile: Callable[[Name, tuple[int, int]], m.Request] | None = None
+
+    @property
+    def others(self) -> bool:
+        """Whether the owner it expects is another than the helper's own."""
+        return (self.uid, self.gid) != (0, 0)
 
 
 CREATORS: Final = (
     Creator(
         "create",
-        lambda p: qemu(m.CreateRequest, p, _CREAT, SETUID_MODE, UID, GID),
+        lambda p, o: qemu(m.CreateRequest, p, _CREAT, SETUID_MODE, *o),
         UID,
         GID,
         SETUID_MODE,
         True,
-        lambda p: qemu(m.CreateRequest, p, os.O_RDWR | _O_TMPFILE, SETUID_MODE, UID, GID),
+        lambda p, o: qemu(m.CreateRequest, p, os.O_RDWR | _O_TMPFILE, SETUID_MODE, *o),
     ),
     Creator(
         "create_excl",
-        lambda p: qemu(m.CreateRequest, p, _CREAT | os.O_EXCL, SETUID_MODE, UID, GID),
+        lambda p, o: qemu(m.CreateRequest, p, _CREAT | os.O_EXCL, SETUID_MODE, *o),
         UID,
         GID,
         SETUID_MODE,
         False,
     ),
-    # QEMU's T_OPEN with O_CREAT creates a mode-0 file owned by root
+    # QEMU's T_OPEN with O_CREAT creates a mode-0 file owned by root: the helper's own
     Creator(
         "open_creat",
-        lambda p: qemu(m.OpenRequest, p, _CREAT),
+        lambda p, _: qemu(m.OpenRequest, p, _CREAT),
         0,
         0,
         0,
         True,
-        lambda p: qemu(m.OpenRequest, p, os.O_RDWR | _O_TMPFILE),
+        lambda p, _: qemu(m.OpenRequest, p, os.O_RDWR | _O_TMPFILE),
     ),
     Creator(
         "mknod_file",
-        lambda p: qemu(m.MknodRequest, UID, GID, p, stat.S_IFREG | SETUID_MODE, 0),
+        lambda p, o: qemu(m.MknodRequest, *o, p, stat.S_IFREG | SETUID_MODE, 0),
         UID,
         GID,
         SETUID_MODE,
@@ -102,16 +108,16 @@ CREATORS: Final = (
     ),
     Creator(
         "mknod_fifo",
-        lambda p: qemu(m.MknodRequest, UID, GID, p, stat.S_IFIFO | 0o640, 0),
+        lambda p, o: qemu(m.MknodRequest, *o, p, stat.S_IFIFO | 0o640, 0),
         UID,
         GID,
         0o640,
         False,
     ),
-    Creator("mkdir", lambda p: qemu(m.MkdirRequest, UID, GID, p, 0o750), UID, GID, 0o750, False),
+    Creator("mkdir", lambda p, o: qemu(m.MkdirRequest, *o, p, 0o750), UID, GID, 0o750, False),
     Creator(
         "symlink",
-        lambda p: qemu(m.SymlinkRequest, UID, GID, b"file.txt", p),
+        lambda p, o: qemu(m.SymlinkRequest, *o, b"file.txt", p),
         UID,
         GID,
         None,
@@ -120,11 +126,13 @@ CREATORS: Final = (
 )
 
 
+def _make(ctx: Context, creator: Creator, path: Name) -> m.Request:
+    return creator.make(path, ctx.owner(creator.uid, creator.gid))
+
+
 def _expect_owner(ctx: Context, st: os.stat_result, creator: Creator, what: str) -> None:
-    ctx.expect(
-        (st.st_uid, st.st_gid) == (creator.uid, creator.gid),
-        f"{what}: owned {st.st_uid}:{st.st_gid}, requested {creator.uid}:{creator.gid}",
-    )
+    want, got = ctx.owner(creator.uid, creator.gid), ctx.named_owner(st)
+    ctx.expect(got == want, f"{what}: owned {got[0]}:{got[1]}, requested {want[0]}:{want[1]}")
     if creator.mode is not None:
         ctx.expect(
             stat.S_IMODE(st.st_mode) == creator.mode,
@@ -134,7 +142,7 @@ def _expect_owner(ctx: Context, st: os.stat_result, creator: Creator, what: str)
 
 def _created(ctx: Context, creator: Creator, wire: Name, host: Path, what: str) -> None:
     """``creator`` on ``wire`` must succeed and leave ``host`` with the requested owner."""
-    reply = ctx.ok(creator.make(wire))
+    reply = ctx.ok(_make(ctx, creator, wire))
     if isinstance(reply, m.FdReply):
         ctx.expect(ctx.same_file(reply.fd, host), f"{what}: the fd is not the file at {host}")
     _expect_owner(ctx, os.lstat(host), creator, what)
@@ -158,7 +166,7 @@ def _dangling(target: str) -> Callable[[Context, Creator], None]:
         if c.follows_dangling:
             _created(ctx, c, qpath("co_dangling"), host, what)
         else:  # the link itself exists: nothing is created, nothing changes owner
-            ctx.err(c.make(qpath("co_dangling")))
+            ctx.err(_make(ctx, c, qpath("co_dangling")))
             ctx.expect(not os.path.lexists(host), f"{what}: {host.name} was created")
 
     return run
@@ -166,7 +174,7 @@ def _dangling(target: str) -> Callable[[Context, Creator], None]:
 
 def _tmpfile(ctx: Context, c: Creator) -> None:
     assert c.tmpfile is not None
-    reply = ctx.call(c.tmpfile(qpath("emptydir")))
+    reply = ctx.call(c.tmpfile(qpath("emptydir"), ctx.owner(c.uid, c.gid)))
     if isinstance(reply, m.ErrorReply):
         ctx.notes.append(f"O_TMPFILE refused with {errname(reply.errno)}")
         return
@@ -174,27 +182,36 @@ def _tmpfile(ctx: Context, c: Creator) -> None:
     _expect_owner(ctx, os.fstat(reply.fd), c, "O_TMPFILE")
 
 
-#: path shape -> (what it is, the check)
-SHAPES: Final[dict[str, tuple[str, Callable[[Context, Creator], None]]]] = {
-    "plain": ("a plain new name", _plain),
-    "symlinked_dir": ("a new name in a directory reached through a symlink", _symlinked_dir),
-    "dangling_rel": ("a dangling final symlink (relative)", _dangling("co_target")),
-    "dangling_abs": ("a dangling final symlink (absolute)", _dangling("/co_target_abs")),
-    "tmpfile": ("O_TMPFILE in a directory", _tmpfile),
+#: path shape -> (what it is, the check, whether it creates with a dangling final
+#: symlink: then a creator that does not follow one creates nothing, owner incidental)
+SHAPES: Final[dict[str, tuple[str, Callable[[Context, Creator], None], bool]]] = {
+    "plain": ("a plain new name", _plain, False),
+    "symlinked_dir": (
+        "a new name in a directory reached through a symlink",
+        _symlinked_dir,
+        False,
+    ),
+    "dangling_rel": ("a dangling final symlink (relative)", _dangling("co_target"), True),
+    "dangling_abs": ("a dangling final symlink (absolute)", _dangling("/co_target_abs"), True),
+    "tmpfile": ("O_TMPFILE in a directory", _tmpfile, False),
 }
 
 
 def _owner_case(creator: Creator, shape: str) -> None:
-    what, check = SHAPES[shape]
+    what, check, dangling = SHAPES[shape]
+    # rootless, a case runs where the owner it checks is the helper's own (what
+    # T_OPEN creates) or where nothing is created (a dangling link not followed)
+    checks_other = creator.others and not (dangling and not creator.follows_dangling)
 
     def run(ctx: Context) -> None:
         check(ctx, creator)
 
     run.__doc__ = (
-        f"{creator.make(Name(b'')).TYPE.name} ({creator.name}) through {what}: what it creates "
-        "gets the requested owner and mode"
+        f"{creator.make(Name(b''), (UID, GID)).TYPE.name} ({creator.name}) through {what}: "
+        "what it creates gets the requested owner and mode"
     )
-    case("security", "created-owner", name=f"owner.{creator.name}.{shape}", needs=OTHER_OWNER)(run)
+    needs = (OTHER_OWNER,) if checks_other else ()
+    case("security", "created-owner", name=f"owner.{creator.name}.{shape}", needs=needs)(run)
 
 
 for _creator in CREATORS:
@@ -233,7 +250,7 @@ def _race_case(creator: Creator) -> None:
         mine = theirs = refused = 0
         with _racer(target, make_dir=creator.name == "mkdir"):
             for _ in range(RACE_ITERATIONS):
-                reply = ctx.call(creator.make(qpath("race_dir/new")))
+                reply = ctx.call(_make(ctx, creator, qpath("race_dir/new")))
                 try:
                     st = os.fstat(reply.fd) if isinstance(reply, m.FdReply) else os.lstat(target)
                 except FileNotFoundError:
@@ -263,7 +280,7 @@ def _race_case(creator: Creator) -> None:
         "the helper created has the requested owner, none keeps the helper's own"
     )
     name = f"owner.{creator.name}.racing_creator"
-    needs = (OTHER_OWNER, OTHER_USER)
+    needs = (OTHER_OWNER, OTHER_USER) if creator.others else (OTHER_USER,)
     case("security", "created-owner", name=name, needs=needs)(run)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from virtfs_proto.kit.conformance import CASES, main
-from virtfs_proto.kit.conformance.model import select
+from virtfs_proto.kit.conformance.model import Context, select
 from virtfs_proto.kit.conformance.workspace import Workspace
 from virtfs_proto.kit.fixture import SENTINEL_CONTENT
 
@@ -162,3 +162,19 @@ def test_wire_fd_use_refuses_an_fd_outside_the_export(ws: Workspace) -> None:
     finally:
         for fd in (inside, outside, fifo):
             os.close(fd)
+
+
+def test_an_incidental_owner_is_the_invokers_only_in_a_rootless_run(ws: Workspace) -> None:
+    """Context.owner: as root the ids a case names (root verdicts unchanged), rootless
+    the invoker's as the helper names them; named_owner reads a host object back so."""
+    mine = os.stat(ws.export)  # the runner's own, as every object it builds
+    assert (mine.st_uid, mine.st_gid) == (os.getuid(), os.getgid())
+
+    def ctx(rootless: bool) -> Context:
+        # ids: what a helper under --uid-map might answer for the invoker
+        return Context(ws, lambda: pytest.fail("no helper"), "fd", rootless=rootless, ids=(7, 8))
+
+    assert ctx(False).owner(1000, 1001) == (1000, 1001)
+    assert ctx(False).named_owner(mine) == (mine.st_uid, mine.st_gid)
+    assert ctx(True).owner(1000, 1001) == (7, 8)
+    assert ctx(True).named_owner(mine) == (7, 8)

@@ -245,7 +245,7 @@ OPS: Final = (
         "lstat",
         "T_LSTAT of the deep file",
         _file,
-        lambda p, _: m.LstatRequest(p),
+        lambda p, _: qemu(m.LstatRequest, p),
         _check_lstat,
     ),
     LongOp(
@@ -259,7 +259,7 @@ OPS: Final = (
         "statfs",
         "T_STATFS of the deep file is the export's file system",
         _file,
-        lambda p, _: m.StatfsRequest(p),
+        lambda p, _: qemu(m.StatfsRequest, p),
         _check_statfs,
     ),
     LongOp(
@@ -308,7 +308,7 @@ OPS: Final = (
         "remove",
         "T_REMOVE of the deep file",
         _file,
-        lambda p, _: m.RemoveRequest(p),
+        lambda p, _: qemu(m.RemoveRequest, p),
         lambda ctx, d, r: _absent(ctx, d, LEAF),
     ),
     LongOp(

@@ -900,10 +900,8 @@ def _serve_confined(
         else:
             # Landlock and seccomp need it; the drop sets it otherwise
             privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
-        # Not dumpable: a rootless helper runs as its user on the host, and every
-        # process of that user could otherwise ptrace it, write its memory and
-        # open its fds through /proc. After the drop (an id change resets the
-        # flag to fs.suid_dumpable); its own /proc reads and reopens still work.
+        # Not dumpable (become_serving_process made it so) again: an id change
+        # resets the flag to fs.suid_dumpable. Its own /proc reads still work.
         privileges.prctl(privileges.PR_SET_DUMPABLE, 0)
         # ids, capabilities, namespaces and the view are final now: read them
         # back while /proc can still be opened (Landlock closes it)

@@ -724,9 +724,7 @@ print("environ", outcome(lambda: open(f"/proc/{pid}/environ", "rb").read()))
 
 
 @pytest.mark.rootless
-def test_the_users_other_processes_cannot_reach_into_the_helper(
-    start: Starter, user: User
-) -> None:
+def test_the_users_other_processes_cannot_reach_into_the_helper(start: Starter, user: User) -> None:
     """The serving process runs as its user on the host: left dumpable, any
     process of that user could ptrace it or write its memory (its guest
     connection, its export fd, its capabilities over the namespace) and open

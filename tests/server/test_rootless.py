@@ -799,6 +799,10 @@ def test_id_maps_and_sub_id_ranges(tmp_path: Path) -> None:
     for value in ("0:4294967295:2", "0:4294967295:1", "4294967295:2345:1", "4294967290:0:6"):
         with pytest.raises(ValueError, match="out of range"):
             IdRange.parse_option(value, "--uid-map")
+    # ASCII decimal only: int() takes other scripts' digits, '_' and blanks
+    for value in ("\u0661:2345:1", "0:2_345:1", " 0:2345:1", "0:2345:+1"):
+        with pytest.raises(ValueError, match="INSIDE:OUTSIDE:COUNT"):
+            IdRange.parse_option(value, "--uid-map")
 
 
 def test_sub_id_files(tmp_path: Path) -> None:

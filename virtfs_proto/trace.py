@@ -169,12 +169,17 @@ class Tracer:
     # -- the loop ------------------------------------------------------------
 
     def run(self) -> TraceStats:
-        """Forward until both sides have closed; return what was seen."""
+        """Forward until the helper's side has closed; return what was seen.
+
+        QEMU's closing is passed on and the helper's last replies still read;
+        the helper's closing ends the run: nothing can be answered any more,
+        and QEMU keeps its end open after the EOF (it marks the proxy dead).
+        """
         sel = selectors.DefaultSelector()
         sel.register(self._client.transport.sock, selectors.EVENT_READ, self._from_client)
         sel.register(self._helper.transport.sock, selectors.EVENT_READ, self._from_helper)
         try:
-            while self._client.readable or self._helper.readable:
+            while self._helper.readable:
                 for key, _ in sel.select():
                     handler: Callable[[], bool] = key.data
                     if not handler():
@@ -473,4 +478,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ("" if rc is None else f"; helper exit status {rc}"),
         file=sys.stderr,
     )
-    return 0 if stats.clean else 1
+    # a helper that failed (one that could not start, say) fails the trace too
+    return 0 if stats.clean and not rc else 1

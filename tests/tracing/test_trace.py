@@ -166,6 +166,34 @@ def test_unanswered_request_and_stray_bytes(no_fd_leak: None, rig: Rig) -> None:
     assert rec["reply"] == {"error": {"kind": "NoReply", "message": "no reply came"}}
 
 
+def test_a_helper_gone_ends_the_trace_while_qemu_stays(no_fd_leak: None, rig: Rig) -> None:
+    """QEMU keeps its end open after the EOF (it marks the proxy dead): the
+    tracer used to wait for it for ever with the helper long gone."""
+    rig.client.send(encode_request(m.StatfsRequest(b"/\0")))
+    recv_frame(rig.peer)
+    rig.peer.close()
+    assert rig.client.recv(10) == (b"", [])
+    rig.thread.join(10)
+    assert not rig.thread.is_alive(), "tracer still waits on QEMU's side"
+    assert rig.result[0].unanswered == 1
+
+
+def test_cli_with_a_helper_that_cannot_start(tmp_path: Path) -> None:
+    """trace -- HELPER whose helper exits at once: a non-zero exit that says so."""
+    qemu, theirs = socket.socketpair()
+    with qemu:
+        out = subprocess.run(
+            [sys.executable, "-m", "virtfs_proto.cli", "trace", "-o", str(tmp_path / "t.jsonl"),
+             "--listen-fd", str(theirs.fileno()),
+             "--", sys.executable, "-c", "raise SystemExit(3)"],
+            pass_fds=[theirs.fileno()], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        theirs.close()
+        assert qemu.recv(10) == b""  # the EOF reached QEMU's side
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith("helper exit status 3"), out.stderr
+
+
 def test_unknown_type_stops_decoding_not_forwarding(rig: Rig) -> None:
     garbage = struct.pack("=II", 99, 0)
     after = encode_request(m.LstatRequest(b"/\0"))

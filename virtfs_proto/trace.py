@@ -407,6 +407,15 @@ def _spawn_helper(argv: list[str]) -> tuple[socket.socket, subprocess.Popen[byte
     return ours, proc
 
 
+def _owner_id(value: str) -> int:
+    """-u/-g: a uid_t/gid_t in decimal, or -1 (a larger number is no owner)."""
+    if value.lstrip("-").isascii() and value.lstrip("-").isdigit():
+        number = int(value, 10)
+        if -1 <= number <= 0xFFFFFFFF:
+            return number
+    raise argparse.ArgumentTypeError(f"not a uid_t: {value!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``virtfs-proto trace`` parser."""
     p = argparse.ArgumentParser(
@@ -417,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     side = p.add_mutually_exclusive_group(required=True)
     side.add_argument("--listen-fd", type=int, metavar="N", help="QEMU's side: an inherited socket")
     side.add_argument("--listen", metavar="PATH", help="QEMU's side: bind PATH, accept one")
-    p.add_argument("-u", "--uid", type=int, help="owner of the --listen socket")
-    p.add_argument("-g", "--gid", type=int, help="group of the --listen socket")
+    p.add_argument("-u", "--uid", type=_owner_id, help="owner of the --listen socket")
+    p.add_argument("-g", "--gid", type=_owner_id, help="group of the --listen socket")
     p.add_argument("--connect", metavar="PATH", help="the helper's side: its named socket")
     p.add_argument("--byteorder", choices=["little", "big"], default=None)
     p.add_argument(
@@ -443,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.listen_fd is not None:
         try:
             client = socket.socket(fileno=args.listen_fd)
-        except (OSError, ValueError) as exc:  # ValueError: a negative number
+        except (OSError, ValueError, OverflowError) as exc:  # a negative number, a huge one
             why = exc.strerror if isinstance(exc, OSError) else "not a descriptor"
             raise SystemExit(f"trace: --listen-fd {args.listen_fd}: {why}") from None
         if client.family != socket.AF_UNIX or client.type != socket.SOCK_STREAM:

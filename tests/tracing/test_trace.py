@@ -194,6 +194,30 @@ def test_cli_with_a_helper_that_cannot_start(tmp_path: Path) -> None:
     assert out.stderr.strip().endswith("helper exit status 3"), out.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-u", "99999999999999999999", "-g", "0"], "argument -u/--uid: not a uid_t"),
+        (["-u", "0", "-g", "4294969641"], "argument -g/--gid: not a uid_t"),
+        (["--listen-fd", "99999999999999999999"], "--listen-fd 99999999999999999999: not a"),
+    ],
+    ids=str,
+)
+def test_cli_numbers_beyond_their_c_type(tmp_path: Path, args: list[str], message: str) -> None:
+    """Were internal errors (OverflowError), -u after the socket file was bound
+    (left behind, root's)."""
+    sock = tmp_path / "t.sock"
+    side = [] if "--listen-fd" in args else ["--listen", str(sock)]
+    out = subprocess.run(
+        [sys.executable, "-m", "virtfs_proto.cli", "trace", *side, *args,
+         "--connect", str(tmp_path / "nobody.sock")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert out.returncode in (1, 2) and message in out.stderr, out.stderr
+    assert "internal error" not in out.stderr
+    assert not sock.exists()
+
+
 def test_unknown_type_stops_decoding_not_forwarding(rig: Rig) -> None:
     garbage = struct.pack("=II", 99, 0)
     after = encode_request(m.LstatRequest(b"/\0"))

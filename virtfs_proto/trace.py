@@ -381,11 +381,21 @@ def _listen(path: str, uid: int | None, gid: int | None) -> socket.socket:
         listener.bind(path)
     finally:
         os.umask(old)
-    if uid is not None or gid is not None:
-        os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
-    listener.listen(1)
-    with listener:
-        conn, _ = listener.accept()
+    bound = os.lstat(path)
+    try:
+        if uid is not None or gid is not None:
+            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+        listener.listen(1)
+        with listener:
+            conn, _ = listener.accept()
+    except BaseException:
+        # a failed chown, SIGTERM/SIGINT before QEMU came: no socket file left,
+        # and none but ours removed (the name may have been swapped meanwhile)
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == (bound.st_dev, bound.st_ino):
+                os.unlink(path)
+        raise
     return conn
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -215,6 +216,21 @@ def test_cli_numbers_beyond_their_c_type(tmp_path: Path, args: list[str], messag
     )  # fmt: skip
     assert out.returncode in (1, 2) and message in out.stderr, out.stderr
     assert "internal error" not in out.stderr
+    assert not sock.exists()
+
+
+def test_cli_leaves_no_socket_file_when_stopped_before_qemu_came(tmp_path: Path) -> None:
+    """SIGTERM while --listen waits for QEMU: the socket file it bound goes too
+    (as the helper's -s does); it was left behind."""
+    sock = tmp_path / "t.sock"
+    tracer = subprocess.Popen(
+        [sys.executable, "-m", "virtfs_proto.cli", "trace", "--listen", str(sock),
+         "-u", "0", "-g", "0", "--", sys.executable, "-c", "import time; time.sleep(60)"],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_for(sock, tracer)
+    tracer.terminate()
+    assert tracer.wait(30) == 128 + signal.SIGTERM
     assert not sock.exists()
 
 

@@ -169,12 +169,17 @@ class Tracer:
     # -- the loop ------------------------------------------------------------
 
     def run(self) -> TraceStats:
-        """Forward until both sides have closed; return what was seen."""
+        """Forward until the helper's side has closed; return what was seen.
+
+        QEMU's closing is passed on and the helper's last replies still read;
+        the helper's closing ends the run: nothing can be answered any more,
+        and QEMU keeps its end open after the EOF (it marks the proxy dead).
+        """
         sel = selectors.DefaultSelector()
         sel.register(self._client.transport.sock, selectors.EVENT_READ, self._from_client)
         sel.register(self._helper.transport.sock, selectors.EVENT_READ, self._from_helper)
         try:
-            while self._client.readable or self._helper.readable:
+            while self._helper.readable:
                 for key, _ in sel.select():
                     handler: Callable[[], bool] = key.data
                     if not handler():
@@ -376,11 +381,21 @@ def _listen(path: str, uid: int | None, gid: int | None) -> socket.socket:
         listener.bind(path)
     finally:
         os.umask(old)
-    if uid is not None or gid is not None:
-        os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
-    listener.listen(1)
-    with listener:
-        conn, _ = listener.accept()
+    bound = os.lstat(path)
+    try:
+        if uid is not None or gid is not None:
+            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+        listener.listen(1)
+        with listener:
+            conn, _ = listener.accept()
+    except BaseException:
+        # a failed chown, SIGTERM/SIGINT before QEMU came: no socket file left,
+        # and none but ours removed (the name may have been swapped meanwhile)
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == (bound.st_dev, bound.st_ino):
+                os.unlink(path)
+        raise
     return conn
 
 
@@ -402,6 +417,15 @@ def _spawn_helper(argv: list[str]) -> tuple[socket.socket, subprocess.Popen[byte
     return ours, proc
 
 
+def _owner_id(value: str) -> int:
+    """-u/-g: a uid_t/gid_t in decimal, or -1 (a larger number is no owner)."""
+    if value.lstrip("-").isascii() and value.lstrip("-").isdigit():
+        number = int(value, 10)
+        if -1 <= number <= 0xFFFFFFFF:
+            return number
+    raise argparse.ArgumentTypeError(f"not a uid_t: {value!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``virtfs-proto trace`` parser."""
     p = argparse.ArgumentParser(
@@ -412,8 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     side = p.add_mutually_exclusive_group(required=True)
     side.add_argument("--listen-fd", type=int, metavar="N", help="QEMU's side: an inherited socket")
     side.add_argument("--listen", metavar="PATH", help="QEMU's side: bind PATH, accept one")
-    p.add_argument("-u", "--uid", type=int, help="owner of the --listen socket")
-    p.add_argument("-g", "--gid", type=int, help="group of the --listen socket")
+    p.add_argument("-u", "--uid", type=_owner_id, help="owner of the --listen socket")
+    p.add_argument("-g", "--gid", type=_owner_id, help="group of the --listen socket")
     p.add_argument("--connect", metavar="PATH", help="the helper's side: its named socket")
     p.add_argument("--byteorder", choices=["little", "big"], default=None)
     p.add_argument(
@@ -438,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.listen_fd is not None:
         try:
             client = socket.socket(fileno=args.listen_fd)
-        except (OSError, ValueError) as exc:  # ValueError: a negative number
+        except (OSError, ValueError, OverflowError) as exc:  # a negative number, a huge one
             why = exc.strerror if isinstance(exc, OSError) else "not a descriptor"
             raise SystemExit(f"trace: --listen-fd {args.listen_fd}: {why}") from None
         if client.family != socket.AF_UNIX or client.type != socket.SOCK_STREAM:
@@ -473,4 +497,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ("" if rc is None else f"; helper exit status {rc}"),
         file=sys.stderr,
     )
-    return 0 if stats.clean else 1
+    # a helper that failed (one that could not start, say) fails the trace too
+    return 0 if stats.clean and not rc else 1

@@ -71,6 +71,36 @@ def test_unusable_socket_fd_is_an_error(export: Export, args: list[str]) -> None
     assert out.stderr.strip()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-u", "4294969641", "-g", "0"],  # 2**32 + 2345: was uid 2345's socket
+        ["-u", "99999999999999999999", "-g", "0"],
+        ["-u", "0", "-g", "-2"],
+        ["-u", "\u0663", "-g", "0"],  # an Arabic-Indic 3: int() takes it
+        ["-u", "1_000", "-g", "0"],
+        ["-u", " 7", "-g", "0"],
+    ],
+    ids=str,
+)
+def test_owner_ids_that_are_no_uid_t_are_refused(tmp_path: Path, args: list[str]) -> None:
+    """-u/-g must be a uid_t (or -1): a larger number silently wrapped to
+    another owner of the socket file (it was chowned to the number mod 2**32)."""
+    sock = tmp_path / "proxy.sock"
+    out = _run(OUR_HELPER, "-p", str(tmp_path), "-n", "-s", str(sock), *args)
+    assert out.returncode == 1
+    assert "invalid uid" in out.stderr or "invalid gid" in out.stderr, out.stderr
+    assert not sock.exists()
+
+
+@pytest.mark.parametrize("fd", ["99999999999999999999", "2147483648", "-2147483649", "\u0663"])
+def test_socket_descriptor_that_is_no_int_is_a_usage_error(export: Export, fd: str) -> None:
+    """Was an internal error (OverflowError) for a number beyond a C int."""
+    out = _run(OUR_HELPER, "-p", str(export.root), "-n", "-f", fd)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"invalid socket descriptor {fd!r}", out.stderr
+
+
 def test_named_socket_mode(export: Export, tmp_path: Path) -> None:
     path = tmp_path / "proxy.sock"
     nobody = pwd.getpwnam("nobody")

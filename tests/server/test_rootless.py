@@ -445,16 +445,31 @@ def _ns(pid: int | str, name: str) -> int:
     return os.stat(f"/proc/{pid}/ns/{name}").st_ino
 
 
+def _confinement_seen_by_root(parent: int, serving: int, rl_export: Export) -> None:
+    """What only root may read of the (non-dumpable) serving process: its
+    namespaces and its root."""
+    for ns in ("user", "mnt", "pid", "net", "ipc", "uts"):
+        assert _ns(serving, ns) != _ns("self", ns), ns
+    # the parent and the serving process share the one user namespace
+    assert _ns(parent, "user") == _ns(serving, "user")
+    root = os.stat(f"/proc/{serving}/root")
+    assert (root.st_dev, root.st_ino) == procfs.object_id(rl_export.root)
+
+
 @pytest.mark.rootless
 def test_confinement_seen_from_the_host(start: Starter, rl_export: Export, user: User) -> None:
     h = start()
     assert isinstance(h.client.request(m.LstatRequest(b"/\0")), m.StatReply)
     serving = h.serving_pid
     assert serving != h.pid and procfs.children(h.pid) == [serving]
-    for ns in ("user", "mnt", "pid", "net", "ipc", "uts"):
-        assert _ns(serving, ns) != _ns("self", ns), ns
-    # the parent and the serving process share the one user namespace
-    assert _ns(h.pid, "user") == _ns(serving, "user")
+    if os.geteuid() != 0:
+        # not dumpable: its own user may not look into it, only root can
+        for where in (f"/proc/{serving}/ns/user", f"/proc/{serving}/root"):
+            with pytest.raises(PermissionError):
+                os.stat(where)
+        assert _ns(h.pid, "user") != _ns("self", "user")
+    else:
+        _confinement_seen_by_root(h.pid, serving, rl_export)
     # the host sees the invoking user's ids (the kernel translates into our namespace)
     for t in procfs.confinement_report(serving):
         assert t.uid == (user.uid,) * 4 and t.gid == (user.gid,) * 4
@@ -466,8 +481,6 @@ def test_confinement_seen_from_the_host(start: Starter, rl_export: Export, user:
     # the namespace is owned by the user: nothing in it has power over the host
     with open(f"/proc/{serving}/uid_map") as f:
         assert IdMap.parse(f.read()).ranges == IdMap.parse(f"{user.uid} {user.uid} 1").ranges
-    root = os.stat(f"/proc/{serving}/root")
-    assert (root.st_dev, root.st_ino) == procfs.object_id(rl_export.root)
     # the waiting parent holds no capability, and no fd but its stdio and the
     # pipe that tells the child it is alive: not the export, not the client
     for t in procfs.confinement_report(h.pid):
@@ -686,6 +699,51 @@ def test_sigterm_ends_a_rootless_helper(start: Starter) -> None:
     assert not os.path.exists(f"/proc/{serving}")
 
 
+#: Run as the helper's own host user: what it can do to the serving process,
+#: one ``name outcome`` line each (outcome ``ok`` or the errno's name).
+_REACH_IN = """
+import ctypes, errno, os, sys
+pid = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+def outcome(call):
+    try:
+        call()
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+    return "ok"
+def seize():
+    if libc.ptrace(0x4206, int(pid), 0, 0) != 0:  # PTRACE_SEIZE; the exit detaches
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+print("ptrace", outcome(seize))
+print("root", outcome(lambda: os.listdir(f"/proc/{pid}/root")))
+print("fd", outcome(lambda: os.listdir(f"/proc/{pid}/fd")))
+print("mem", outcome(lambda: os.close(os.open(f"/proc/{pid}/mem", os.O_RDWR))))
+print("environ", outcome(lambda: open(f"/proc/{pid}/environ", "rb").read()))
+"""
+
+
+@pytest.mark.rootless
+def test_the_users_other_processes_cannot_reach_into_the_helper(start: Starter, user: User) -> None:
+    """The serving process runs as its user on the host: left dumpable, any
+    process of that user could ptrace it or write its memory (its guest
+    connection, its export fd, its capabilities over the namespace) and open
+    its fds and root through /proc. It is made non-dumpable."""
+    h = start("--subids")
+    assert isinstance(h.client.request(m.LstatRequest(b"/\0")), m.StatReply)
+    out = subprocess.run(
+        [*user.prefix, sys.executable, "-c", _REACH_IN, str(h.serving_pid)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    outcomes = dict(line.split() for line in out.stdout.splitlines())
+    assert outcomes == {
+        "ptrace": "EPERM", "root": "EACCES", "fd": "EACCES", "mem": "EACCES", "environ": "EACCES"
+    }, outcomes  # fmt: skip
+    # and it still serves (its own /proc reads and reopens go on)
+    assert isinstance(h.client.request(m.LstatRequest(b"/\0")), m.StatReply)
+
+
 _NO_USERNS = """
 import os, sys
 from virtfs_proto.server import oslib
@@ -740,6 +798,10 @@ def test_id_maps_and_sub_id_ranges(tmp_path: Path) -> None:
     assert IdRange.parse_option("0:4294967294:1", "--uid-map") == IdRange(0, 4294967294, 1)
     for value in ("0:4294967295:2", "0:4294967295:1", "4294967295:2345:1", "4294967290:0:6"):
         with pytest.raises(ValueError, match="out of range"):
+            IdRange.parse_option(value, "--uid-map")
+    # ASCII decimal only: int() takes other scripts' digits, '_' and blanks
+    for value in ("\u0661:2345:1", "0:2_345:1", " 0:2345:1", "0:2345:+1"):
+        with pytest.raises(ValueError, match="INSIDE:OUTSIDE:COUNT"):
             IdRange.parse_option(value, "--uid-map")
 
 

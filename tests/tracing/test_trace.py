@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -164,6 +165,73 @@ def test_unanswered_request_and_stray_bytes(no_fd_leak: None, rig: Rig) -> None:
     stray, rec = rig.records()
     assert stray["stray"] == {"kind": "UnexpectedReply", "bytes": "00" * 12, "fds": 0}
     assert rec["reply"] == {"error": {"kind": "NoReply", "message": "no reply came"}}
+
+
+def test_a_helper_gone_ends_the_trace_while_qemu_stays(no_fd_leak: None, rig: Rig) -> None:
+    """QEMU keeps its end open after the EOF (it marks the proxy dead): the
+    tracer used to wait for it for ever with the helper long gone."""
+    rig.client.send(encode_request(m.StatfsRequest(b"/\0")))
+    recv_frame(rig.peer)
+    rig.peer.close()
+    assert rig.client.recv(10) == (b"", [])
+    rig.thread.join(10)
+    assert not rig.thread.is_alive(), "tracer still waits on QEMU's side"
+    assert rig.result[0].unanswered == 1
+
+
+def test_cli_with_a_helper_that_cannot_start(tmp_path: Path) -> None:
+    """trace -- HELPER whose helper exits at once: a non-zero exit that says so."""
+    qemu, theirs = socket.socketpair()
+    with qemu:
+        out = subprocess.run(
+            [sys.executable, "-m", "virtfs_proto.cli", "trace", "-o", str(tmp_path / "t.jsonl"),
+             "--listen-fd", str(theirs.fileno()),
+             "--", sys.executable, "-c", "raise SystemExit(3)"],
+            pass_fds=[theirs.fileno()], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        theirs.close()
+        assert qemu.recv(10) == b""  # the EOF reached QEMU's side
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith("helper exit status 3"), out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-u", "99999999999999999999", "-g", "0"], "argument -u/--uid: not a uid_t"),
+        (["-u", "0", "-g", "4294969641"], "argument -g/--gid: not a uid_t"),
+        (["--listen-fd", "99999999999999999999"], "--listen-fd 99999999999999999999: not a"),
+    ],
+    ids=str,
+)
+def test_cli_numbers_beyond_their_c_type(tmp_path: Path, args: list[str], message: str) -> None:
+    """Were internal errors (OverflowError), -u after the socket file was bound
+    (left behind, root's)."""
+    sock = tmp_path / "t.sock"
+    side = [] if "--listen-fd" in args else ["--listen", str(sock)]
+    out = subprocess.run(
+        [sys.executable, "-m", "virtfs_proto.cli", "trace", *side, *args,
+         "--connect", str(tmp_path / "nobody.sock")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert out.returncode in (1, 2) and message in out.stderr, out.stderr
+    assert "internal error" not in out.stderr
+    assert not sock.exists()
+
+
+def test_cli_leaves_no_socket_file_when_stopped_before_qemu_came(tmp_path: Path) -> None:
+    """SIGTERM while --listen waits for QEMU: the socket file it bound goes too
+    (as the helper's -s does); it was left behind."""
+    sock = tmp_path / "t.sock"
+    tracer = subprocess.Popen(
+        [sys.executable, "-m", "virtfs_proto.cli", "trace", "--listen", str(sock),
+         "-u", "0", "-g", "0", "--", sys.executable, "-c", "import time; time.sleep(60)"],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_for(sock, tracer)
+    tracer.terminate()
+    assert tracer.wait(30) == 128 + signal.SIGTERM
+    assert not sock.exists()
 
 
 def test_unknown_type_stops_decoding_not_forwarding(rig: Rig) -> None:

@@ -187,11 +187,18 @@ class Options:
     allow_setid: bool = False
 
 
-def _atoi(value: str, what: str) -> int:
-    try:
-        return int(value, 10)
-    except ValueError:
-        raise UsageError(f"invalid {what} {value!r}", usage=False) from None
+#: the largest uid_t/gid_t (-1, its all-ones value, means "unchanged")
+_ID_MAX: Final = 0xFFFFFFFF
+
+
+def _atoi(value: str, what: str, low: int, high: int) -> int:
+    """A decimal number in [low, high]: ASCII digits only (int() takes other
+    scripts' digits, '_' and blanks), and nothing a C type would wrap (a uid
+    of 2**32 + N was uid N)."""
+    digits = value[1:] if value.startswith("-") else value
+    if not (digits.isascii() and digits.isdigit()) or not low <= int(value, 10) <= high:
+        raise UsageError(f"invalid {what} {value!r}", usage=False)
+    return int(value, 10)
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -212,13 +219,13 @@ def parse_args(argv: list[str]) -> Options:
         if opt in ("-p", "--path"):
             o.path = val
         elif opt in ("-f", "--fd"):
-            o.fd = _atoi(val, "socket descriptor")
+            o.fd = _atoi(val, "socket descriptor", -(2**31), 2**31 - 1)
         elif opt in ("-s", "--socket"):
             o.socket = val
         elif opt in ("-u", "--uid"):
-            o.uid = _atoi(val, "uid")
+            o.uid = _atoi(val, "uid", -1, _ID_MAX)
         elif opt in ("-g", "--gid"):
-            o.gid = _atoi(val, "gid")
+            o.gid = _atoi(val, "gid", -1, _ID_MAX)
         elif opt in ("-n", "--nodaemon"):
             o.nodaemon = True
         elif opt in ("-h", "-?", "--help"):
@@ -900,6 +907,9 @@ def _serve_confined(
         else:
             # Landlock and seccomp need it; the drop sets it otherwise
             privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
+        # Not dumpable (become_serving_process made it so) again: an id change
+        # resets the flag to fs.suid_dumpable. Its own /proc reads still work.
+        privileges.prctl(privileges.PR_SET_DUMPABLE, 0)
         # ids, capabilities, namespaces and the view are final now: read them
         # back while /proc can still be opened (Landlock closes it)
         lines = _report(log, proc_fd, export, root_fd, host_namespaces, mode)

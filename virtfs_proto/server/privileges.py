@@ -88,6 +88,7 @@ def kept_capabilities(*, allow_device_nodes: bool) -> dict[int, str]:
     return kept
 
 
+PR_SET_DUMPABLE: Final = 4
 PR_SET_KEEPCAPS: Final = 8
 PR_CAPBSET_READ: Final = 23
 PR_CAPBSET_DROP: Final = 24

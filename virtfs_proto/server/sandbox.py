@@ -128,11 +128,14 @@ def fork_serving_process(*, new_pid_namespace: bool) -> tuple[int, int]:
 
 
 def become_serving_process(parent_alive: int) -> None:
-    """In the child: die with the parent, and end cleanly on SIGTERM/SIGINT.
+    """In the child: not dumpable (no process of its user may ptrace it or
+    open its fds), die with the parent, and end cleanly on SIGTERM/SIGINT.
 
     A handler the embedding program installed (``virtfs-proto``'s one-line
     exit) is kept; Python's defaults are replaced.
     """
+    # at once, not after the set-up: a tracer attached in between would stay
+    privileges.prctl(privileges.PR_SET_DUMPABLE, 0)
     die_with_parent(parent_alive)
     for signum in FORWARDED_SIGNALS:
         current = signal.getsignal(signum)

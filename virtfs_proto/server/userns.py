@@ -94,7 +94,10 @@ class IdRange(Record):
     def parse_option(cls, value: str, option: str) -> IdRange:
         """``INSIDE:OUTSIDE:COUNT`` as ``--uid-map``/``--gid-map`` take it."""
         try:
-            inside, outside, count = (int(part, 10) for part in value.split(":"))
+            parts = value.split(":")
+            if not all(part.isascii() and part.isdigit() for part in parts):
+                raise ValueError  # int() takes other scripts' digits, '_' and blanks
+            inside, outside, count = (int(part, 10) for part in parts)
         except ValueError:
             raise ValueError(f"{option} takes INSIDE:OUTSIDE:COUNT, not {value!r}") from None
         # 4294967295 is (uid_t)-1, which no map may contain

@@ -116,6 +116,13 @@ TRUSTED_XATTRS: Final = Requirement(
     "it needs a trusted.* attribute in the export (only CAP_SYS_ADMIN can set one)",
 )
 
+#: The serving process's /proc/<pid>/fd or root, read by the runner.
+HELPER_PROC: Final = Requirement(
+    "helper-proc",
+    "it reads the helper's /proc/<pid>/fd or root, which only root may read of a "
+    "non-dumpable process (a rootless helper is one: its user may not ptrace it)",
+)
+
 #: Every requirement, by name.
 REQUIREMENTS: Final = {
     r.name: r
@@ -128,6 +135,7 @@ REQUIREMENTS: Final = {
         MOUNTS,
         SETID_BITS,
         TRUSTED_XATTRS,
+        HELPER_PROC,
     )
 }
 

@@ -8,7 +8,7 @@ import stat
 from typing import Final
 
 from ..... import procfs
-from ...model import CheckFailed, Context, case
+from ...model import HELPER_PROC, CheckFailed, Context, case
 from .framing import _in_sync
 from .magic_links import _own_helper
 
@@ -69,7 +69,7 @@ def confine_nnp(ctx: Context) -> None:
         ctx.expect(t.no_new_privs == 1, f"thread {t.tid}: NoNewPrivs is {t.no_new_privs}")
 
 
-@case("security", "confinement", name="confine.root_is_export")
+@case("security", "confinement", name="confine.root_is_export", needs=HELPER_PROC)
 def confine_root(ctx: Context) -> None:
     """Every thread's root directory is the export (chroot), not the host's /
     (the same object: ``(st_dev, st_ino)`` through /proc/<pid>/task/<tid>/root)."""
@@ -78,7 +78,7 @@ def confine_root(ctx: Context) -> None:
         ctx.expect(t.root_dev_ino == export, f"thread {t.tid}: root is {t.root}")
 
 
-@case("security", "confinement", name="confine.inherited_fds_closed", fresh=True)
+@case("security", "confinement", name="confine.inherited_fds_closed", fresh=True, needs=HELPER_PROC)
 def confine_inherited(ctx: Context) -> None:
     """An fd to an outside directory inherited at start is closed before serving
     (the helper's own fd table in procfs, through which it reopens checked files,

@@ -12,7 +12,7 @@ from ..... import messages as m
 from ..... import procfs
 from .....codec import encode_request
 from .....constants import HEADER_SIZE, MessageType
-from ...model import Context, Deviation, Name, case, errname, qemu, qpath, show
+from ...model import HELPER_PROC, Context, Deviation, Name, case, errname, qemu, qpath, show
 from ...workspace import FILE_CONTENT
 from ..behaviour import read_all
 from ._common import O_RD, H
@@ -213,7 +213,7 @@ def frame_bytewise(ctx: Context) -> None:
     ctx.expect(reply == m.ReadlinkReply(b"file.txt"), show(reply))
 
 
-@case("security", "framing", name="frame.unsolicited_fds")
+@case("security", "framing", name="frame.unsolicited_fds", needs=HELPER_PROC)
 def frame_unsolicited_fds(ctx: Context) -> None:
     """Descriptors sent *to* the helper with a request are not kept (fd count unchanged)."""
     _in_sync(ctx)

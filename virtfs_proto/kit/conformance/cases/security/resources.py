@@ -6,7 +6,7 @@ import os
 
 from ..... import messages as m
 from ..... import procfs
-from ...model import Context, Name, case, qemu, qpath
+from ...model import HELPER_PROC, Context, Name, case, qemu, qpath
 from ._common import O_RD
 from .framing import _in_sync
 
@@ -23,7 +23,7 @@ def _after(ctx: Context, base: int, what: str) -> None:
     ctx.notes.append(f"helper fds {base} -> {after}")
 
 
-@case("security", "resource", name="resource.many_opens")
+@case("security", "resource", name="resource.many_opens", needs=HELPER_PROC)
 def resource_many_opens(ctx: Context) -> None:
     """500 T_OPENs (half of the fds kept by the client): the helper's fd count is unchanged."""
     base = _baseline(ctx)
@@ -37,7 +37,7 @@ def resource_many_opens(ctx: Context) -> None:
     _after(ctx, base, "500 opens")
 
 
-@case("security", "resource", name="resource.error_paths")
+@case("security", "resource", name="resource.error_paths", needs=HELPER_PROC)
 def resource_error_paths(ctx: Context) -> None:
     """400 failing requests of every kind: no descriptor leaks on error paths."""
     base = _baseline(ctx)

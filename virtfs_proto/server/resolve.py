@@ -328,10 +328,6 @@ class Resolver:
         if dirfd != self.root_fd:
             os.close(dirfd)
 
-    def open_dir(self, path: bytes) -> int:
-        """An ``O_PATH`` fd of the directory ``path`` (following symlinks)."""
-        return self.open(path, _DIR_PATH)
-
 
 def final_name(path: bytes) -> bytes | None:
     """The last component of a clean ``path`` when it is a plain name (an
